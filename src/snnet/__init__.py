@@ -1,6 +1,54 @@
-"""snnet: Stitchable Neural Networks for any family of pretrained models."""
+"""snnet: Stitchable Neural Networks for any family of pretrained models.
 
+Example:
+    >>> import snnet
+    >>> anchors, options = snnet.resolve_anchors("deit", pretrained=True)
+    >>> net = snnet.SNNet(anchors, **options)                   # 71 stitches
+    >>> snnet.init_least_squares(net, calibration_images)
+    >>> net.stitch = "0:5-1:6"
+"""
+
+from snnet.adapters import (
+    Anchor,
+    FeatureShape,
+    SequentialAnchor,
+    Stage,
+    ViTAnchor,
+    as_anchor,
+    register_adapter,
+)
+from snnet.anchors import PRESETS, resolve_anchors, timm_anchor
+from snnet.cost import Cost
+from snnet.lstsq import init_least_squares
+from snnet.network import SNNet, Step
+from snnet.sampling import flops_groups, sample_grouped, sample_stitch
+from snnet.serialize import load, save
+from snnet.space import SpaceConfig, StitchSpace
 from snnet.stitch import Cut, Stitch
 
-__all__ = ["Cut", "Stitch"]
+__all__ = [
+    "PRESETS",
+    "Anchor",
+    "Cost",
+    "Cut",
+    "FeatureShape",
+    "SNNet",
+    "SequentialAnchor",
+    "SpaceConfig",
+    "Stage",
+    "Step",
+    "Stitch",
+    "StitchSpace",
+    "ViTAnchor",
+    "as_anchor",
+    "flops_groups",
+    "init_least_squares",
+    "load",
+    "register_adapter",
+    "resolve_anchors",
+    "sample_grouped",
+    "sample_stitch",
+    "save",
+    "timm_anchor",
+]
 __version__ = "0.1.0"

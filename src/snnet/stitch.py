@@ -104,7 +104,9 @@ class Stitch:
         try:
             return cls(tuple(obj["route"]), tuple(Cut(*c) for c in obj["cuts"]))
         except (KeyError, TypeError) as e:
-            raise ValueError(f"not a stitch: {obj!r} (expected {{'route': [...], 'cuts': [...]}})") from e
+            raise ValueError(
+                f"not a stitch: {obj!r} (expected {{'route': [...], 'cuts': [...]}})"
+            ) from e
 
     # -- views --------------------------------------------------------------------------------
     @property

@@ -1,0 +1,5 @@
+import sys
+
+from snnet.cli import main
+
+sys.exit(main())

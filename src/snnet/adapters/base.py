@@ -1,0 +1,226 @@
+"""The anchor contract: any model seen as ``stem -> blocks -> head``.
+
+Family knowledge lives only in subclasses of :class:`Anchor` (one per family). The core asks an
+anchor four things: run the stem, run a range of blocks, run the head, and describe its stages.
+Every part is named by attribute paths into the wrapped model, so parameters can be counted per
+part and a stitch can be exported by pruning the parts it does not run, generically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+Layout = Literal["tokens", "nchw", "nhwc"]
+"""How a feature tensor is laid out: ``(B, N, C)``, ``(B, C, H, W)`` or ``(B, H, W, C)``."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A run of blocks at one resolution; ``stitchable`` is the family's default for stitching."""
+
+    blocks: range
+    layout: Layout
+    stitchable: bool = True
+
+
+@dataclass(frozen=True)
+class FeatureShape:
+    """The shape of one image's features at a block boundary."""
+
+    layout: Layout
+    channels: int
+    rows: int  # tokens for (B, N, C); H * W for maps
+    grid: tuple[int, int] | None = None  # (H, W) for maps, None for tokens
+
+    def __str__(self) -> str:
+        where = f"{self.grid[0]}x{self.grid[1]}" if self.grid else f"{self.rows} tokens"
+        return f"{self.channels} channels at {where} ({self.layout})"
+
+    @classmethod
+    def of(cls, x: torch.Tensor, layout: Layout) -> FeatureShape:
+        if layout == "tokens":
+            return cls(layout, x.shape[-1], x.shape[-2])
+        h, w, c = (x.shape[-2], x.shape[-1], x.shape[-3]) if layout == "nchw" else x.shape[-3:]
+        return cls(layout, int(c), int(h * w), (int(h), int(w)))
+
+
+class Anchor(nn.Module):
+    """A pretrained model wrapped as ``stem -> blocks -> head`` without changing the model.
+
+    Subclasses (one per family) implement :meth:`forward_stem`, :meth:`forward_head`,
+    :meth:`block_names` and :meth:`stages`, and list the attribute paths of the stem and head in
+    ``stem_names`` / ``head_names``. Running stem, all blocks and head must give exactly the
+    wrapped model's output.
+
+    Example:
+        >>> import timm
+        >>> anchor = snnet.as_anchor(timm.create_model("deit_tiny_patch16_224"))
+        >>> anchor.num_blocks
+        12
+    """
+
+    family: ClassVar[str] = "generic"
+    #: Attribute paths (into ``self.model``) of the modules/parameters the stem and head use.
+    stem_names: tuple[str, ...] = ()
+    head_names: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        name: str | None = None,
+        input_size: tuple[int, int, int] | None = None,
+        source: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        self.name = name or cfg.get("architecture") or type(model).__name__
+        self.input_size = tuple(input_size or self._infer_input_size())
+        self.source = source  # how to rebuild the model (JSON); None for user modules
+        self._block_modules: list[tuple[nn.Module, ...]] | None = None
+        self._shapes: list[FeatureShape] | None = None
+
+    # -- family hooks -------------------------------------------------------------------------
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        """Whether this adapter understands ``model``."""
+        return False
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def block_names(self) -> list[tuple[str, ...]]:
+        """For each block, the attribute paths of the modules it runs in order.
+
+        A stage's downsampling module is folded into the stage's first block, so every block
+        maps features at one resolution and cuts only ever fall between blocks.
+        """
+        raise NotImplementedError
+
+    def stages(self) -> tuple[Stage, ...]:
+        raise NotImplementedError
+
+    def _infer_input_size(self) -> tuple[int, int, int]:
+        cfg = getattr(self.model, "pretrained_cfg", None) or {}
+        patch_embed = getattr(self.model, "patch_embed", None)
+        img_size = getattr(patch_embed, "img_size", None)
+        if img_size is not None:
+            chans = getattr(getattr(patch_embed, "proj", None), "in_channels", None)
+            return (int(chans or cfg.get("input_size", (3,))[0]), *map(int, img_size))
+        if "input_size" in cfg:
+            return tuple(int(v) for v in cfg["input_size"])
+        raise ValueError(
+            f"cannot tell the input size of {self.name}; pass input_size=(C, H, W) to the anchor"
+        )
+
+    # -- generic machinery --------------------------------------------------------------------
+    @property
+    def blocks(self) -> list[tuple[nn.Module, ...]]:
+        if self._block_modules is None:
+            self._block_modules = [
+                tuple(self.model.get_submodule(n) for n in names) for names in self.block_names()
+            ]
+        return self._block_modules
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def forward_blocks(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Run blocks ``start .. stop-1``."""
+        for modules in self.blocks[start:stop]:
+            for m in modules:
+                h = m(h)
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_blocks(self.forward_stem(x), 0, self.num_blocks))
+
+    def stage_of(self, block: int) -> int:
+        for i, s in enumerate(self.stages()):
+            if block in s.blocks:
+                return i
+        raise IndexError(f"{self.name} has no block {block}")
+
+    def feature_shapes(self) -> list[FeatureShape]:
+        """Shapes at every boundary: entry ``b`` is what enters block ``b``; the last leaves the
+        final block. Measured once on a zero image, in eval mode."""
+        if self._shapes is None:
+            stages = self.stages()
+            layouts = [stages[0].layout] + [
+                stages[self.stage_of(b)].layout for b in range(self.num_blocks)
+            ]
+            p = next(iter(self.parameters()), None)
+            x = torch.zeros(1, *self.input_size, device=p.device if p is not None else None)
+            was_training = self.training
+            self.eval()
+            shapes = []
+            with torch.no_grad():
+                h = self.forward_stem(x)
+                shapes.append(FeatureShape.of(h, layouts[0]))
+                for b in range(self.num_blocks):
+                    h = self.forward_blocks(h, b, b + 1)
+                    shapes.append(FeatureShape.of(h, layouts[b + 1]))
+            self.train(was_training)
+            self._shapes = shapes
+        return self._shapes
+
+    def _resolve(self, path: str) -> nn.Module | nn.Parameter | torch.Tensor | None:
+        parent, _, leaf = path.rpartition(".")
+        owner = self.model.get_submodule(parent) if parent else self.model
+        return getattr(owner, leaf, None)
+
+    def part_parameters(self, part: str | int) -> Iterator[nn.Parameter]:
+        """Parameters of ``"stem"``, ``"head"`` or block ``i``; shared ones are yielded once."""
+        names = (
+            self.stem_names
+            if part == "stem"
+            else self.head_names
+            if part == "head"
+            else self.block_names()[part]
+        )
+        seen: set[int] = set()
+        for n in names:
+            obj = self._resolve(n)
+            params = (
+                obj.parameters()
+                if isinstance(obj, nn.Module)
+                else [obj]
+                if isinstance(obj, nn.Parameter)
+                else []
+            )
+            for p in params:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield p
+
+    def prune(self, *, stem: bool, blocks: Sequence[int], head: bool) -> None:
+        """Drop, in place, every part not listed, so the model holds only what runs.
+
+        Modules become ``nn.Identity`` and bare parameters become ``None``. Used to export one
+        stitch; call it on a copy.
+        """
+        keep = set(blocks)
+        drop = [] if stem else list(self.stem_names)
+        drop += [] if head else list(self.head_names)
+        drop += [n for b, names in enumerate(self.block_names()) if b not in keep for n in names]
+        for path in drop:
+            parent, _, leaf = path.rpartition(".")
+            owner = self.model.get_submodule(parent) if parent else self.model
+            if leaf in owner._parameters:
+                owner._parameters[leaf] = None
+            elif leaf in owner._modules:
+                owner._modules[leaf] = nn.Identity()
+        self._block_modules = None
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, family={self.family!r}, blocks={self.num_blocks}"

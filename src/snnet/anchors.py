@@ -1,0 +1,125 @@
+"""Where anchors come from: timm names, local checkpoint files, family presets, or your modules."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from snnet.adapters import Anchor, as_anchor
+
+#: Family presets: short name -> (timm names small to large, stitching options).
+PRESETS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "deit": (("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"), {}),
+}
+
+#: Builders for anchors that are not timm names, keyed by the ``kind`` of an anchor's source.
+#: Each takes the source dict and ``pretrained`` and returns a model.
+SOURCES: dict[str, Callable[[dict[str, Any], bool], nn.Module]] = {}
+
+
+def timm_anchor(
+    name: str,
+    *,
+    pretrained: bool = False,
+    checkpoint: str | Path | None = None,
+    num_classes: int | None = None,
+    img_size: int | None = None,
+    device: str | torch.device | None = None,
+    **kwargs: Any,
+) -> Anchor:
+    """A timm model as an anchor.
+
+    ``pretrained=True`` takes timm's weights (downloaded by timm where a hub is reachable);
+    ``checkpoint`` loads a local ``.pth`` / ``.safetensors`` file instead. With ``num_classes``
+    different from the weights', timm drops the classifier as usual. ``device="meta"`` builds the
+    model without memory or initialisation: enough to count costs, instantly.
+
+    Example:
+        >>> anchor = timm_anchor("deit_small_patch16_224", checkpoint="deit_s.pth", num_classes=10)
+    """
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(close)}?" if close else " See timm.list_models()."
+        raise ValueError(f"unknown timm model {name!r}.{hint}")
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    source = {"kind": "timm", "name": name, "kwargs": dict(kwargs)}
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} for {name} does not exist")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        pretrained = True
+    if device is not None and str(device) == "meta" and pretrained:
+        raise ValueError(
+            "a model on the meta device holds no weights; drop pretrained or the device"
+        )
+    try:
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (RuntimeError, OSError, ValueError) as e:  # no hub, bad file, wrong architecture
+        if checkpoint is not None:
+            raise ValueError(f"could not load {checkpoint} into {name}: {e}") from e
+        if pretrained:
+            raise RuntimeError(
+                f"could not fetch pretrained weights for {name} ({type(e).__name__}: {e}). "
+                f"Offline? Give a local file as '{name}=PATH' (CLI) or checkpoint=PATH, "
+                "or use pretrained=False"
+            ) from e
+        raise
+    return as_anchor(model, name=name, source=source)
+
+
+def from_source(source: dict[str, Any], *, pretrained: bool = False) -> Anchor:
+    """Rebuild an anchor from the ``source`` recorded in a saved network's config."""
+    kind = source.get("kind")
+    if kind == "timm":
+        return timm_anchor(source["name"], pretrained=pretrained, **source.get("kwargs", {}))
+    if kind in SOURCES:
+        return as_anchor(SOURCES[kind](source, pretrained), source=source, name=source.get("name"))
+    raise ValueError(
+        f"cannot rebuild an anchor of kind {kind!r}; pass the anchors to load() yourself"
+    )
+
+
+def resolve_anchors(
+    specs: str | Sequence[str | Path | nn.Module | Anchor],
+    *,
+    pretrained: bool = False,
+    **kwargs: Any,
+) -> tuple[list[Anchor], dict[str, Any]]:
+    """Anchors from a preset name, or from a list of timm names (``name=PATH`` loads a local
+    checkpoint), models or anchors; also returns the preset's stitching options.
+
+    Example:
+        >>> anchors, options = resolve_anchors("deit", num_classes=10, img_size=32)
+    """
+    options: dict[str, Any] = {}
+    if isinstance(specs, str):
+        specs = [specs]
+    if len(specs) == 1 and isinstance(specs[0], str) and specs[0] in PRESETS:
+        names, options = PRESETS[specs[0]]
+        specs = list(names)
+    elif any(isinstance(s, str) and s in PRESETS for s in specs):
+        raise ValueError("a preset name stands alone; list timm names to build your own family")
+    anchors = []
+    for spec in specs:
+        if isinstance(spec, nn.Module):
+            anchors.append(as_anchor(spec))
+            continue
+        name, _, path = str(spec).partition("=")
+        if name in SOURCES:
+            anchors.append(from_source({"kind": name, "name": path or name}, pretrained=True))
+            continue
+        anchors.append(timm_anchor(name, pretrained=pretrained, checkpoint=path or None, **kwargs))
+    return anchors, dict(options)

@@ -1,0 +1,45 @@
+"""``snnet`` command line. Each command lives in its own module with ``add_parser`` and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: Command name -> module under snnet.cli; imported only when that command runs.
+COMMANDS = {
+    "stitches": "List every stitch of a family with its GMACs and params.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="snnet", description="Stitchable Neural Networks: one network for every budget."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"snnet.cli.{name.replace('-', '_')}")
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_parser(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        # User errors: one clear line, no traceback.
+        print(f"snnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `snnet stitches deit | head`
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print(f"snnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Options shared by several commands: which anchors, and how to stitch them."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from snnet.anchors import PRESETS, resolve_anchors
+from snnet.network import SNNet
+
+
+def add_family_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "anchors",
+        nargs="+",
+        help=f"a preset ({', '.join(PRESETS)}) or timm names small to large; NAME=PATH loads a local checkpoint",
+    )
+    p.add_argument(
+        "--kernel",
+        type=int,
+        default=None,
+        help="sliding-window size of paired stitching (default 2)",
+    )
+    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default 1)")
+    p.add_argument(
+        "--all-pairs",
+        action="store_true",
+        help="stitch every pair of anchors and multi-hop routes, not only neighbours",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["auto", "paired", "unpaired"],
+        default=None,
+        help="stitching rule (default auto)",
+    )
+    p.add_argument(
+        "--stages", type=int, nargs="+", default=None, help="stages to stitch in unpaired mode"
+    )
+    p.add_argument("--img-size", type=int, default=None, help="input resolution for every anchor")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier size for every anchor")
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="load timm's pretrained weights (needs the hub or its cache)",
+    )
+
+
+def build_network(args: argparse.Namespace, *, device: str | None = None) -> SNNet:
+    """The network the family arguments describe; ``device='meta'`` when only costs matter."""
+    kwargs: dict[str, Any] = {}
+    if device is not None and not args.pretrained:
+        kwargs["device"] = device
+    if args.img_size is not None:
+        kwargs["img_size"] = args.img_size
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    anchors, options = resolve_anchors(args.anchors, pretrained=args.pretrained, **kwargs)
+    for key, value in (
+        ("kernel_size", args.kernel),
+        ("stride", args.stride),
+        ("mode", args.mode),
+        ("stages", args.stages),
+    ):
+        if value is not None:
+            options[key] = value
+    if args.all_pairs:
+        options["nearest"] = False
+    return SNNet(anchors, **options)

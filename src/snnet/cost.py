@@ -1,0 +1,58 @@
+"""Cost of a stitch: multiply-adds (the paper's "FLOPs") and parameters.
+
+Each part of each anchor (stem, every block, head) and each stitching layer is counted once with
+``torch.utils.flop_counter``; a stitch's cost is the sum over the parts it runs, so listing every
+stitch costs one forward per anchor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+_aten = torch.ops.aten
+
+
+def _sdpa_cpu(query, key, value, *args: Any, out_shape=None, **kwargs: Any) -> int:
+    # PyTorch counts the CUDA fused-attention kernels but not the CPU one; same formula.
+    return sdpa_flop_count(query, key, value)
+
+
+_CUSTOM = {_aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu}
+
+
+@dataclass(frozen=True, order=True)
+class Cost:
+    """Multiply-adds for one image at the anchors' input size, and parameters."""
+
+    macs: int
+    params: int
+
+    @property
+    def gmacs(self) -> float:
+        return self.macs / 1e9
+
+    @property
+    def mparams(self) -> float:
+        return self.params / 1e6
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.macs + other.macs, self.params + other.params)
+
+
+ZERO = Cost(0, 0)
+
+
+def count_macs(fn: Callable[..., Any], *args: Any) -> tuple[int, Any]:
+    """Multiply-adds of ``fn(*args)`` (FLOPs / 2, fused attention included) and its result."""
+    with FlopCounterMode(display=False, custom_mapping=_CUSTOM) as counter:
+        out = fn(*args)
+    return counter.get_total_flops() // 2, out
+
+
+def count_params(params: Any) -> int:
+    return sum(p.numel() for p in params)
