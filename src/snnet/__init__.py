@@ -11,13 +11,17 @@ Example:
 from snnet.adapters import (
     Anchor,
     FeatureShape,
+    LevitAnchor,
+    ResNetAnchor,
     SequentialAnchor,
     Stage,
+    SwinAnchor,
     ViTAnchor,
     as_anchor,
     register_adapter,
 )
 from snnet.anchors import PRESETS, resolve_anchors, timm_anchor
+from snnet.batchnorm import batchnorm_stats, recalibrate_batchnorm
 from snnet.cost import Cost
 from snnet.lstsq import init_least_squares
 from snnet.network import SNNet, Step
@@ -32,6 +36,8 @@ __all__ = [
     "Cost",
     "Cut",
     "FeatureShape",
+    "LevitAnchor",
+    "ResNetAnchor",
     "SNNet",
     "SequentialAnchor",
     "SpaceConfig",
@@ -39,11 +45,14 @@ __all__ = [
     "Step",
     "Stitch",
     "StitchSpace",
+    "SwinAnchor",
     "ViTAnchor",
     "as_anchor",
+    "batchnorm_stats",
     "flops_groups",
     "init_least_squares",
     "load",
+    "recalibrate_batchnorm",
     "register_adapter",
     "resolve_anchors",
     "sample_grouped",
