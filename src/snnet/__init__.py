@@ -21,6 +21,8 @@ from snnet.anchors import PRESETS, resolve_anchors, timm_anchor
 from snnet.cost import Cost
 from snnet.lstsq import init_least_squares
 from snnet.network import SNNet, Step
+from snnet.pareto import pareto_front
+from snnet.results import Record, Results
 from snnet.sampling import flops_groups, sample_grouped, sample_stitch
 from snnet.serialize import load, save
 from snnet.space import SpaceConfig, StitchSpace
@@ -32,6 +34,8 @@ __all__ = [
     "Cost",
     "Cut",
     "FeatureShape",
+    "Record",
+    "Results",
     "SNNet",
     "SequentialAnchor",
     "SpaceConfig",
@@ -44,6 +48,7 @@ __all__ = [
     "flops_groups",
     "init_least_squares",
     "load",
+    "pareto_front",
     "register_adapter",
     "resolve_anchors",
     "sample_grouped",
