@@ -25,6 +25,8 @@ from snnet.batchnorm import batchnorm_stats, recalibrate_batchnorm
 from snnet.cost import Cost
 from snnet.lstsq import init_least_squares
 from snnet.network import SNNet, Step
+from snnet.pareto import pareto_front
+from snnet.results import Record, Results
 from snnet.sampling import flops_groups, sample_grouped, sample_stitch
 from snnet.serialize import load, save
 from snnet.space import SpaceConfig, StitchSpace
@@ -37,7 +39,9 @@ __all__ = [
     "Cut",
     "FeatureShape",
     "LevitAnchor",
+    "Record",
     "ResNetAnchor",
+    "Results",
     "SNNet",
     "SequentialAnchor",
     "SpaceConfig",
@@ -52,6 +56,7 @@ __all__ = [
     "flops_groups",
     "init_least_squares",
     "load",
+    "pareto_front",
     "recalibrate_batchnorm",
     "register_adapter",
     "resolve_anchors",
