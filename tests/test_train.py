@@ -1,5 +1,6 @@
 """Training: the loop learns, resumes exactly, leaves idle parameters alone, and runs under DDP."""
 
+import copy
 import itertools
 import json
 import os
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 import snnet
-from families import vit_family
+from families import FAMILIES, vit_family
 from snnet.batches import EpochBatches
 from snnet.checkpoint import load_checkpoint
 from snnet.cli import main
@@ -70,6 +71,18 @@ def test_fit_loss_goes_down_and_saves_a_loadable_network(fmnist_slice, tmp_path)
     assert state_equal(loaded, net)
     record = json.loads((tmp_path / "run" / "train.json").read_text())
     assert record["step"] == result.steps and record["epoch"] == 4
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_trains(family):
+    net = snnet.SNNet(FAMILIES[family][0]())
+    g = torch.Generator().manual_seed(0)
+    size = net.anchors[0].input_size
+    data = [(torch.randn(4, *size, generator=g), torch.randint(0, 10, (4,), generator=g))] * 4
+    before = copy.deepcopy(net.state_dict())
+    result = train_loop(net, data, TrainConfig(epochs=1, sampling="grouped"), progress=False)
+    assert result.steps == 4 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert any(not torch.equal(v, before[k]) for k, v in net.state_dict().items())
 
 
 # -- resume ---------------------------------------------------------------------------------------
@@ -321,6 +334,7 @@ def test_cli_unknown_optimizer_is_rejected_by_the_parser(tmp_path, capsys):
     assert "invalid choice: 'adam'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_trains_an_image_folder_and_resumes(fmnist_slice, tmp_path, capsys):
     from snnet.data import write_image_folder
 
@@ -345,6 +359,21 @@ def test_cli_trains_an_image_folder_and_resumes(fmnist_slice, tmp_path, capsys):
         "the anchors take (3, 32, 32) inputs but the data gives (1, 28, 28)"
         in capsys.readouterr().err
     )
+
+
+def test_fmnist_preset_is_the_zoo_family_and_reloads_from_its_sources(tmp_path):
+    from snnet import zoo
+    from snnet.anchors import PRESETS, from_source
+
+    names, _ = PRESETS["fmnist"]
+    assert names == tuple(f"zoo={n}" for n in zoo.demo_family_names())
+    anchors = [
+        from_source({"kind": "zoo", "name": n}, pretrained=False) for n in zoo.demo_family_names()
+    ]
+    net = snnet.SNNet(anchors)
+    assert net.anchors[0].input_size == (1, 28, 28)
+    snnet.save(net, tmp_path / "model")
+    assert state_equal(snnet.load(tmp_path / "model"), net)  # what evaluate / export do with a run
 
 
 # -- several processes ----------------------------------------------------------------------------

@@ -268,9 +268,11 @@ def _epoch(data: Any, epoch: int, start: int) -> Iterator:
     iterated again each epoch, with the first ``start`` batches skipped on resume."""
     if callable(data):
         return iter(data(epoch, start))
-    sampler = getattr(data, "sampler", None)
-    if hasattr(sampler, "set_epoch"):  # a DataLoader over a DistributedSampler
-        sampler.set_epoch(epoch)
+    for owner in (data, getattr(data, "batch_sampler", None), getattr(data, "sampler", None)):
+        sampler = getattr(owner, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # a DataLoader over a DistributedSampler
+            sampler.set_epoch(epoch)
+            break
     return itertools.islice(iter(data), start, None)
 
 
@@ -534,8 +536,10 @@ def fit(
     world = distributed.setup(device)
     if ls_init < 0:
         raise ValueError(f"ls_init must be >= 0 images, got {ls_init}")
-    if resume and (run_dir is None or not checkpoint_path(run_dir).exists()):
-        load_checkpoint(run_dir or ".")  # raises the clear FileNotFoundError
+    if resume and run_dir is None:
+        raise ValueError("resume needs the run directory (--out) holding checkpoint.pt")
+    if resume and not checkpoint_path(run_dir).exists():
+        load_checkpoint(run_dir)  # raises the clear FileNotFoundError
     if not resume and run_dir is not None and checkpoint_path(run_dir).exists():
         raise ValueError(
             f"{run_dir} already holds a checkpoint: pass --resume to continue it, or choose "
