@@ -11,13 +11,17 @@ Example:
 from snnet.adapters import (
     Anchor,
     FeatureShape,
+    LevitAnchor,
+    ResNetAnchor,
     SequentialAnchor,
     Stage,
+    SwinAnchor,
     ViTAnchor,
     as_anchor,
     register_adapter,
 )
 from snnet.anchors import PRESETS, resolve_anchors, timm_anchor
+from snnet.batchnorm import batchnorm_stats, recalibrate_batchnorm
 from snnet.cost import Cost
 from snnet.lstsq import init_least_squares
 from snnet.network import SNNet, Step
@@ -34,7 +38,9 @@ __all__ = [
     "Cost",
     "Cut",
     "FeatureShape",
+    "LevitAnchor",
     "Record",
+    "ResNetAnchor",
     "Results",
     "SNNet",
     "SequentialAnchor",
@@ -43,12 +49,15 @@ __all__ = [
     "Step",
     "Stitch",
     "StitchSpace",
+    "SwinAnchor",
     "ViTAnchor",
     "as_anchor",
+    "batchnorm_stats",
     "flops_groups",
     "init_least_squares",
     "load",
     "pareto_front",
+    "recalibrate_batchnorm",
     "register_adapter",
     "resolve_anchors",
     "sample_grouped",
