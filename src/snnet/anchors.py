@@ -27,11 +27,20 @@ PRESETS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "resnet": (("resnet18", "resnet50"), {}),
     "resnet-swin": (("resnet18", "swin_tiny_patch4_window7_224"), {}),
     "levit": (("levit_192", "levit_256"), {}),
+    # snnet's shipped Fashion-MNIST ViTs (snnet.zoo), offline: 1×28×28 inputs, 10 classes.
+    "fmnist": (("zoo=fmnist_vit_s", "zoo=fmnist_vit_m", "zoo=fmnist_vit_l"), {}),
 }
+
+
+def _zoo_anchor(source: dict[str, Any], pretrained: bool) -> nn.Module:
+    from snnet import zoo  # imported on use: the demo family is optional for everything else
+
+    return zoo.create_demo_anchor(source["name"], pretrained=pretrained)
+
 
 #: Builders for anchors that are not timm names, keyed by the ``kind`` of an anchor's source.
 #: Each takes the source dict and ``pretrained`` and returns a model.
-SOURCES: dict[str, Callable[[dict[str, Any], bool], nn.Module]] = {}
+SOURCES: dict[str, Callable[[dict[str, Any], bool], nn.Module]] = {"zoo": _zoo_anchor}
 
 
 def timm_anchor(
