@@ -8,6 +8,7 @@ import sys
 
 #: Command name -> module under snnet.cli; imported only when that command runs.
 COMMANDS = {
+    "demo": "Run the whole pipeline offline on Fashion-MNIST: LS init, train, evaluate, plot.",
     "stitches": "List every stitch of a family with its GMACs and params.",
     "train": "Train a family's stitches (least-squares init, then one stitch per step).",
 }
