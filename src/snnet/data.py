@@ -95,7 +95,9 @@ class FashionMNIST(Dataset):
         generator: torch.Generator | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 3:
-            raise ValueError(f"images must be (N, H, W) uint8, got {tuple(images.shape)} {images.dtype}")
+            raise ValueError(
+                f"images must be (N, H, W) uint8, got {tuple(images.shape)} {images.dtype}"
+            )
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         self.images = images
@@ -148,7 +150,11 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 
 def augment_batch(
-    images: torch.Tensor, *, pad: int = 2, flip: bool = True, generator: torch.Generator | None = None
+    images: torch.Tensor,
+    *,
+    pad: int = 2,
+    flip: bool = True,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Random crop after zero padding by ``pad`` and random horizontal flip, per image, on (B, H, W)."""
     b, h, w = images.shape
@@ -252,7 +258,9 @@ class ImageFolderDataset(Dataset):
         if not samples:
             raise ValueError(f"no images found under {self.root}; {layout}")
         if ignored:
-            logger.warning("ignored %d non-image or unreadable files under %s", len(ignored), self.root)
+            logger.warning(
+                "ignored %d non-image or unreadable files under %s", len(ignored), self.root
+            )
         self.samples = samples
         self.targets = [y for _, y in samples]
         self.ignored = ignored
@@ -374,7 +382,9 @@ def write_image_folder(
         if torch.is_tensor(img):
             arr = img.detach().cpu()
             if arr.dtype != torch.uint8:
-                raise ValueError("tensor images must be uint8; pass the raw dataset, not a normalised one")
+                raise ValueError(
+                    "tensor images must be uint8; pass the raw dataset, not a normalised one"
+                )
             arr = arr.numpy()
             if arr.ndim == 3:
                 arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
@@ -392,7 +402,9 @@ def write_image_folder(
 def _default_num_workers(dataset: Dataset) -> int:
     if getattr(dataset, "images", None) is not None and torch.is_tensor(dataset.images):
         return 0  # in memory: workers only add IPC overhead
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     return min(8, max(1, cpus - 1))  # leave one core to the training process
 
 

@@ -9,6 +9,8 @@ import sys
 #: Command name -> module under snnet.cli; imported only when that command runs.
 COMMANDS = {
     "stitches": "List every stitch of a family with its GMACs and params.",
+    "evaluate": "Top-1/top-5 of every stitch of a saved network in one pass over the data.",
+    "plot": "Plot accuracy against GMACs/params/latency with the Pareto front (PNG).",
 }
 
 
