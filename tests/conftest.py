@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+
+# Offline by design: the hub fails at once instead of retrying for a minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import gzip
 from pathlib import Path
 

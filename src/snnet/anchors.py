@@ -58,7 +58,13 @@ def timm_anchor(
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} for {name} does not exist")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        overlay = {"file": str(path)}
+        classes = _checkpoint_classes(name, path)
+        if classes is not None and classes == kwargs.get("num_classes", classes):
+            # timm drops the classifier when num_classes differs from the hub's config; a local
+            # file whose head already has the requested size keeps it.
+            overlay["num_classes"] = classes
+        kwargs["pretrained_cfg_overlay"] = overlay
         pretrained = True
     if device is not None and str(device) == "meta" and pretrained:
         raise ValueError(
@@ -78,6 +84,24 @@ def timm_anchor(
             ) from e
         raise
     return as_anchor(model, name=name, source=source)
+
+
+def _checkpoint_classes(name: str, path: Path) -> int | None:
+    """Rows of the classifier weight stored in a checkpoint file, if it has one."""
+    import timm
+
+    classifier = timm.models.get_pretrained_cfg(name)
+    classifier = getattr(classifier, "classifier", None) if classifier is not None else None
+    if isinstance(classifier, (tuple, list)):
+        classifier = classifier[0]
+    if not classifier:
+        return None
+    try:
+        state = timm.models.load_state_dict(str(path))
+    except Exception as e:
+        raise ValueError(f"could not read checkpoint {path}: {e}") from e
+    weight = state.get(f"{classifier}.weight")
+    return int(weight.shape[0]) if weight is not None else None
 
 
 def from_source(source: dict[str, Any], *, pretrained: bool = False) -> Anchor:
