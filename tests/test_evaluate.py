@@ -89,7 +89,8 @@ def test_one_pass_equals_one_stitch_at_a_time(net, images):
     for data in (images, batches, Images(batched=True)):
         results = evaluate_all(net, data, batch_size=64, progress=False, device="cpu")
         assert {r.stitch: (r.top1, r.top5) for r in results} == expected
-    assert results.meta["images"] == 200 and results.meta["batch_size"] == 64
+    assert results.meta["accuracy"]["images"] == 200
+    assert results.meta["accuracy"]["batch_size"] == 64
     for r in results:  # costs come from the network
         assert (r.gmacs, r.params) == (
             round(net.cost(r.stitch).gmacs, 6),
@@ -126,11 +127,11 @@ def test_subset_and_max_images(vit, images):
     results = evaluate_all(vit, images, stitches=["2", "0:1-1:2"], max_images=50, progress=False)
     measured = {str(r.stitch) for r in results if r.top1 is not None}
     assert measured == {"2", "0:1-1:2"}
-    assert results.meta["images"] == 50
+    assert results.meta["accuracy"]["images"] == 50
     expected = one_by_one(vit, [(images.x[:50], images.y[:50])])
     assert (results["2"].top1, results["2"].top5) == expected[snnet.Stitch.parse("2")]
     amp = evaluate_all(vit, images, stitches=["2"], max_images=50, amp=True, progress=False)
-    assert amp.meta["amp"] and 0 <= amp["2"].top1 <= 100
+    assert amp.meta["accuracy"]["amp"] and 0 <= amp["2"].top1 <= 100
 
 
 def interrupted(batches, after, error=KeyboardInterrupt):

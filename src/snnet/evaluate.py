@@ -172,7 +172,8 @@ def evaluate_all(
     and a rerun skips the images already counted (a dataset is indexed from there, an iterable is
     read past them). Stitches already measured in ``path`` are not run again; the finished results
     are merged into ``path`` (JSON + CSV) and the progress file is removed. Results of another
-    network or of other data are a ``ValueError``.
+    network, other weights or other data are a ``ValueError``. How accuracy was measured (data,
+    images, batch size, device, threads, a hash of the weights) goes to ``meta["accuracy"]``.
 
     Example:
         >>> from snnet.data import fashion_mnist
@@ -249,17 +250,17 @@ def evaluate_all(
         raise ValueError(f"no images in {data_name}: nothing to evaluate")
     for s, (c1, c5) in zip(tree.stitches, state[2].tolist(), strict=True):
         results.update(s, top1=100.0 * c1 / images, top5=100.0 * c5 / images)
-    results.meta.update(
-        data=data_name,
-        max_images=max_images,
-        weights=signature["weights"],
-        images=images,
-        batch_size=batch_size,
-        device=str(device),
-        amp=amp,
-        threads=torch.get_num_threads(),
-        torch=torch.__version__,
-    )
+    results.meta["accuracy"] = {  # how accuracy was measured (latency keeps its own entry)
+        "data": data_name,
+        "max_images": max_images,
+        "weights": signature["weights"],
+        "images": images,
+        "batch_size": batch_size,
+        "device": str(device),
+        "amp": amp,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     if path is not None:
         results.save(path)
         progress_path(path).unlink(missing_ok=True)
@@ -343,12 +344,13 @@ def weights_digest(net: SNNet) -> str:
 
 
 def _check_same_measurement(results: Results, path: Path, signature: dict[str, Any]) -> None:
+    before = results.meta.get("accuracy") or {}
     if not any(r.top1 is not None for r in results):
         return
-    for key, what in (("weights", "weights"), ("data", "data"), ("max_images", "max_images")):
-        if key in results.meta and results.meta[key] != signature[key]:
+    for key in ("weights", "data", "max_images"):
+        if key in before and before[key] != signature[key]:
             raise ValueError(
-                f"{path} holds accuracies measured with other {what} ({results.meta[key]} vs "
+                f"{path} holds accuracies measured with other {key} ({before[key]} vs "
                 f"{signature[key]} now): write to another results file (--out) or delete {path}"
             )
 

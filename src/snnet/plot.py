@@ -39,7 +39,7 @@ def plot_results(
     rows = [r for r in results if getattr(r, cost) is not None and getattr(r, metric) is not None]
     if not rows:
         need = metric if all(getattr(r, cost) is not None for r in results) else cost
-        fix = "snnet evaluate" if need in METRICS else "a latency measurement"
+        fix = "snnet evaluate" if need in METRICS else "snnet latency"
         raise ValueError(f"no stitch has {need} measured in these results: run {fix} first")
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no display needed
@@ -95,7 +95,7 @@ def plot_results(
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, frameon=False)
     if title is None:
         title = f"SN-Net: {len(rows)} stitches of {', '.join(names) or 'the anchors'}"
-        meta = results.meta
+        meta = results.meta.get("accuracy") or {}
         if meta.get("data") and meta.get("images"):
             title += (
                 f"\n{METRICS[metric].split(' (')[0]} on {meta['images']} images of {meta['data']}"

@@ -71,9 +71,10 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(results))
     front = results.pareto("gmacs", "top1")
     done = [r for r in results if r.top1 is not None]
+    how = results.meta.get("accuracy") or {}
     print(
-        f"\n{len(done)} of {len(results)} stitches measured on {results.meta.get('images')} images "
-        f"of {results.meta.get('data')}; {len(front)} on the Pareto front (*). "
+        f"\n{len(done)} of {len(results)} stitches measured on {how.get('images')} images "
+        f"of {how.get('data')}; {len(front)} on the Pareto front (*). "
         f"Wrote {out} and {out.with_suffix('.csv')}; plot it with `snnet plot {out}`."
     )
     return 0
