@@ -150,21 +150,15 @@ def demo_anchor_record(name: str, weights_dir: str | Path | None = None) -> dict
 
 
 def count_gmacs(model: nn.Module, input_size: tuple[int, ...] = (1, 1, 28, 28)) -> float:
-    """Multiply-adds of one forward pass on one image, in G (FlopCounterMode counts 2 per MAC)."""
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+    """Multiply-adds of one forward pass per image, in G (snnet's counter: fused attention included)."""
+    from snnet.cost import count_macs
 
-    def _sdpa_cpu(query_shape, key_shape, value_shape, *args, **kwargs):
-        return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-    # fused SDPA on CPU is not counted by default; harmless when the plain attention path is used
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu}
     was_training = model.training
     model.eval()
-    counter = FlopCounterMode(display=False, custom_mapping=mapping)
-    with counter, torch.no_grad():
-        model(torch.zeros(input_size))
+    with torch.no_grad():
+        macs, _ = count_macs(model, torch.zeros(input_size))
     model.train(was_training)
-    return counter.get_total_flops() / 2 / 1e9 / input_size[0]
+    return macs / 1e9 / input_size[0]
 
 
 @torch.no_grad()
