@@ -18,7 +18,10 @@ from snnet.adapters import (
     register_adapter,
 )
 from snnet.anchors import PRESETS, resolve_anchors, timm_anchor
+from snnet.controller import BudgetController
 from snnet.cost import Cost
+from snnet.export import StitchedModel, export_stitch, load_stitch, save_stitch
+from snnet.latency import Timing, measure_latency, time_callable, time_module
 from snnet.lstsq import init_least_squares
 from snnet.network import SNNet, Step
 from snnet.pareto import pareto_front
@@ -31,6 +34,7 @@ from snnet.stitch import Cut, Stitch
 __all__ = [
     "PRESETS",
     "Anchor",
+    "BudgetController",
     "Cost",
     "Cut",
     "FeatureShape",
@@ -43,17 +47,25 @@ __all__ = [
     "Step",
     "Stitch",
     "StitchSpace",
+    "StitchedModel",
+    "Timing",
     "ViTAnchor",
     "as_anchor",
+    "export_stitch",
     "flops_groups",
     "init_least_squares",
     "load",
+    "load_stitch",
+    "measure_latency",
     "pareto_front",
     "register_adapter",
     "resolve_anchors",
     "sample_grouped",
     "sample_stitch",
     "save",
+    "save_stitch",
+    "time_callable",
+    "time_module",
     "timm_anchor",
 ]
 __version__ = "0.1.0"

@@ -9,6 +9,9 @@ import sys
 #: Command name -> module under snnet.cli; imported only when that command runs.
 COMMANDS = {
     "stitches": "List every stitch of a family with its GMACs and params.",
+    "latency": "Measure every stitch's latency on this machine into a results file.",
+    "select": "Pick the most accurate stitch within a budget (GMACs, params, latency).",
+    "export": "Export one stitch as a standalone model (safetensors, ONNX, torch.export).",
 }
 
 
