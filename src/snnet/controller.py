@@ -50,16 +50,18 @@ class BudgetController:
         self.fits = True
 
     def choose(self, budget: float) -> Record:
-        """The front row for ``budget`` (in units of ``cost``), without switching."""
+        """The front row for ``budget`` (in units of ``cost``), without switching: the most
+        accurate that fits, else the cheapest. Safe to call from several threads."""
         i = bisect_right(self._costs, budget / self.slowdown) - 1
-        self.fits = i >= 0
         return self.front[max(i, 0)]
 
     def set_budget(self, budget: float) -> Stitch:
         """Switch ``net`` to the stitch for ``budget`` and return it."""
+        row = self.choose(budget)
         self.budget = budget
-        self.net.stitch = stitch = self.choose(budget).stitch
-        return stitch
+        self.fits = getattr(row, self.cost) * self.slowdown <= budget
+        self.net.stitch = row.stitch
+        return row.stitch
 
     def observe(self, value: float) -> Stitch:
         """Report the cost actually seen for one call of the current stitch (e.g. measured ms);

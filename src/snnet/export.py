@@ -187,7 +187,7 @@ def export_stitch(net: SNNet, stitch: Stitch | str) -> StitchedModel:
         "layers": layer_info,
         "steps": [list(s) for s in new_steps],
     }
-    return StitchedModel(anchors, layers, new_steps, info=info)
+    return StitchedModel(anchors, layers, new_steps, info=info).train(net.training)
 
 
 def _shape_json(shape: FeatureShape) -> dict[str, Any]:
@@ -301,13 +301,14 @@ def load_stitch(
         ]
     steps = [Step(*s) for s in config["steps"]]
     model = StitchedModel(parts, layers, steps, info=config)
-    model.to_empty(device=map_location)
     _fill(model, Path(directory) / WEIGHTS, map_location)
     return model.eval()
 
 
 @torch.no_grad()
 def _fill(model: nn.Module, path: Path, map_location: str | torch.device) -> None:
+    """Put the file's tensors into ``model`` in place of its own (assigned, not copied, so
+    memory holds one copy of the weights); tied tensors stay tied."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the exported stitch is incomplete")
     state = load_file(str(path), device=str(map_location))
@@ -321,8 +322,21 @@ def _fill(model: nn.Module, path: Path, map_location: str | torch.device) -> Non
             f"unexpected, {len(wrong)} of other shape, e.g. {first}): the anchors rebuilt from "
             "their source differ from the exported ones"
         )
-    for k, t in own.items():
-        t.copy_(state[k])
+    name_of = {id(t): k for k, t in own.items()}
+    new: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for slots in (module._parameters, module._buffers):
+            for leaf, t in slots.items():
+                if t is None:
+                    continue
+                if id(t) not in new:
+                    loaded = state[name_of[id(t)]]
+                    new[id(t)] = (
+                        nn.Parameter(loaded, requires_grad=t.requires_grad)
+                        if isinstance(t, nn.Parameter)
+                        else loaded
+                    )
+                slots[leaf] = new[id(t)]
 
 
 # -- graphs -----------------------------------------------------------------------------------
