@@ -328,7 +328,9 @@ def test_measure_latency_records_and_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(latency_mod, "time_callable", flaky)
     with pytest.raises(Crash):
-        measure_latency(net, batch_size=2, repeats=3, warmup=1, save_to=path, progress=False)
+        measure_latency(
+            net, batch_size=2, repeats=3, warmup=1, save_to=path, settle_s=0, progress=False
+        )
     saved = Results.load(path)
     assert len(saved) - len(saved.missing("latency_ms")) == 3
     meta = saved.meta["latency"]
@@ -346,9 +348,11 @@ def test_measure_latency_records_and_resumes(tmp_path, monkeypatch):
     assert all(done[s].latency_ms == v for s, v in kept.items())
     assert all(0 < r.latency_ms <= r.latency_p90_ms for r in done)
     with pytest.raises(ValueError, match=r"batch_size=2, not 4.*overwrite"):
-        measure_latency(net, done, batch_size=4, repeats=3, warmup=1, progress=False)
+        measure_latency(net, done, batch_size=4, repeats=3, warmup=1, settle_s=0, progress=False)
     calls.clear()
-    measure_latency(net, done, batch_size=4, repeats=2, warmup=0, overwrite=True, progress=False)
+    measure_latency(
+        net, done, batch_size=4, repeats=2, warmup=0, overwrite=True, settle_s=0.1, progress=False
+    )
     assert len(calls) == len(net.stitches) and done.meta["latency"]["batch_size"] == 4
 
 
@@ -357,7 +361,7 @@ def test_cli_latency_select_export(tmp_path, capsys):
     net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
     _perturb(net)
     snnet.save(net, tmp_path / "net")
-    args = ["--repeats", "2", "--warmup", "0", "--threads", "1", "--no-progress"]
+    args = ["--repeats", "2", "--warmup", "0", "--threads", "1", "--settle", "0", "--no-progress"]
     assert main(["latency", str(tmp_path / "net"), *args]) == 0
     results = Results.load(tmp_path / "net" / "results.json")
     assert results.missing("latency_ms") == [] and results.meta["latency"]["threads"] == 1

@@ -154,6 +154,7 @@ def measure_latency(
     stitches: Iterable[Stitch | str] | None = None,
     save_to: str | Path | None = None,
     overwrite: bool = False,
+    settle_s: float = 3.0,
     progress: bool = True,
 ) -> Results:
     """Measure the latency of every stitch not measured yet and store it in ``results``.
@@ -163,7 +164,9 @@ def measure_latency(
     90th percentile of ``repeats`` timed calls. With ``save_to`` the results are written
     atomically after each stitch; running again measures only ``results.missing("latency_ms")``.
     Resuming with other settings (batch size, threads, device) is an error unless
-    ``overwrite=True``, which measures every stitch anew.
+    ``overwrite=True``, which measures every stitch anew. Before the first stitch, the largest
+    anchor runs for ``settle_s`` seconds: on a busy multi-threaded CPU the first seconds of a
+    process ran 100× slower here, which a warm-up counted in calls does not cover.
 
     Example:
         >>> results = measure_latency(net, Results.for_network(net), save_to="results.json")
@@ -203,6 +206,8 @@ def measure_latency(
     net.eval()
     bar = _progress(len(todo), progress)
     try:
+        if todo and settle_s > 0:
+            _settle(net, x, settle_s, device)
         for s in todo:
             net.plan(s)  # plan (and cache) the route outside the timed calls
             with torch.inference_mode():
@@ -218,6 +223,15 @@ def measure_latency(
         bar.close()
         net.train(was_training)
     return results
+
+
+def _settle(net: SNNet, x: torch.Tensor, seconds: float, device: torch.device) -> None:
+    largest = Stitch.anchor(len(net.anchors) - 1)
+    end = time.perf_counter() + seconds
+    with torch.inference_mode():
+        while time.perf_counter() < end:
+            net(x, stitch=largest)
+            _sync(device)
 
 
 def _progress(total: int, enabled: bool) -> Any:

@@ -24,7 +24,13 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="images per timed call (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=30, help="timed calls per stitch (default 30)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls per stitch (default 5)")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        help="seconds of untimed running before the first stitch (default 3)",
+    )
     p.add_argument(
         "--device",
         default=None,
@@ -54,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         save_to=path,
         overwrite=args.overwrite,
+        settle_s=args.settle,
         progress=not args.no_progress,
     )
     results.save(path)
