@@ -57,8 +57,134 @@ def sequential_family() -> list[nn.Module]:
     return out
 
 
+# Full-size depths as in the paper, widths and resolution shrunk: 32×32 inputs, patch 4 and
+# window 4 keep Swin's shifted-window masks in play (stage 0 is 8×8 = 2×2 windows).
+_SWIN = {"img_size": 32, "window_size": 4}
+
+
+def swin_family() -> list[nn.Module]:
+    """Swin-T/S/B in miniature: S is T with a deeper stage 2, B is S made wider."""
+    return [
+        _timm("swin_tiny_patch4_window7_224", embed_dim=e, depths=d, num_heads=h, **_SWIN)
+        for e, d, h in (
+            (8, (2, 2, 2, 1), (1, 2, 2, 4)),
+            (8, (2, 2, 6, 1), (1, 2, 2, 4)),
+            (16, (2, 2, 6, 1), (2, 2, 4, 4)),
+        )
+    ]
+
+
+# zero_init_last=False: with timm's zero-initialised last BN every residual branch would start
+# as a no-op, and the contracts would test little more than the shortcuts.
+_RESNET = {"img_size": 32, "channels": (8, 16, 32, 64), "zero_init_last": False}
+
+
+def resnet_family() -> list[nn.Module]:
+    """ResNet-18 (basic blocks, 2-2-2-2) into a bottleneck ResNet of depths 1-3-4-1."""
+    return [_timm("resnet18", **_RESNET), _timm("resnet50", layers=(1, 3, 4, 1), **_RESNET)]
+
+
+def resnet_swin_family() -> list[nn.Module]:
+    """ResNet-18 into Swin-T: both reduce by 4, 8, 16, 32 over their stages, so stage i of one
+    meets stage i of the other at the same resolution (NCHW maps into NHWC maps)."""
+    swin = _timm(
+        "swin_tiny_patch4_window7_224",
+        embed_dim=24,
+        depths=(2, 2, 6, 2),
+        num_heads=(2, 2, 4, 4),
+        **_SWIN,
+    )
+    return [_timm("resnet18", **_RESNET), swin]
+
+
+def _levit(name: str) -> list[nn.Module]:
+    return [
+        _timm(name, img_size=64, key_dim=8, embed_dim=e, num_heads=h, depth=d)
+        for e, h, d in (((16, 24, 32), (2, 3, 4), (2, 2, 2)), ((32, 48, 64), (4, 6, 8), (2, 3, 2)))
+    ]
+
+
+def levit_family() -> list[nn.Module]:
+    """LeViT-192/256 in miniature (tokens; the distillation head is part of the head)."""
+    return _levit("levit_128s")
+
+
+def levit_conv_family() -> list[nn.Module]:
+    """The same with ``use_conv=True``: the stages run on (B, C, H, W) maps instead of tokens."""
+    return _levit("levit_conv_128s")
+
+
+# -- the user's own family: README, "Your own family" ------------------------------------------
+class TinyConvNet(nn.Module):
+    """A model timm does not have: a patchify stem, stages of residual conv blocks (each stage
+    after the first starts with a stride-2 conv), and a pooled classifier."""
+
+    def __init__(self, widths: tuple[int, ...], depths: tuple[int, ...], num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, widths[0], kernel_size=4, stride=4)
+        self.stages = nn.ModuleList()
+        for i, (w, d) in enumerate(zip(widths, depths, strict=True)):
+            down = nn.Conv2d(widths[max(i - 1, 0)], w, 2, stride=2) if i else nn.Identity()
+            self.stages.append(nn.Sequential(down, *[_Block(w) for _ in range(d)]))
+        self.norm = nn.LayerNorm(widths[-1])
+        self.fc = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.fc(self.norm(x.mean(dim=(2, 3))))
+
+
+@snnet.register_adapter
+class TinyConvNetAnchor(snnet.Anchor):
+    family = "tinyconvnet"
+    stem_names = ("stem",)
+    head_names = ("norm", "fc")
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return isinstance(model, TinyConvNet)
+
+    def __init__(self, model: TinyConvNet, **kwargs) -> None:
+        kwargs.setdefault("input_size", (3, 32, 32))  # the resolution to stitch at
+        super().__init__(model, **kwargs)
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.stem(x)
+
+    def forward_head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.fc(self.model.norm(h.mean(dim=(2, 3))))
+
+    def block_names(self) -> list[tuple[str, ...]]:
+        names = []
+        for i, stage in enumerate(self.model.stages):  # stage = (downsample, block, block, ...)
+            names.append((f"stages.{i}.0", f"stages.{i}.1"))  # downsample folded into block 0
+            names += [(f"stages.{i}.{b}",) for b in range(2, len(stage))]
+        return names
+
+    def stages(self) -> tuple[snnet.Stage, ...]:
+        out, start = [], 0
+        for stage in self.model.stages:
+            out.append(snnet.Stage(range(start, start + len(stage) - 1), "nchw"))
+            start += len(stage) - 1
+        return tuple(out)
+
+
+def own_family() -> list[nn.Module]:
+    torch.manual_seed(0)
+    return [TinyConvNet((8, 16), (2, 2)).eval(), TinyConvNet((16, 32), (2, 4)).eval()]
+
+
 #: family -> (builder, expected number of networks with default stitching options)
 FAMILIES: dict[str, tuple[Callable[[], list[nn.Module]], int]] = {
     "vit": (vit_family, 3 + 2 * 10),  # depth 4, kernel 2: 4 + 3 * 2 = 10 cuts per pair
     "sequential": (sequential_family, 2 + 1 + 1),  # equal stages of 2 blocks: one cut each
+    # stages 0-2 stitched: 2→2, 2→2, 2→6 (1 + 1 + 5), then 2→2, 2→2, 6→6 (1 + 1 + 5)
+    "swin": (swin_family, 3 + 7 + 7),
+    "resnet": (resnet_family, 2 + 2 + 3),  # stages 1-2 stitched: 2→3 (2 cuts), 2→4 (3 cuts)
+    "resnet-swin": (resnet_swin_family, 2 + 1 + 5),  # stages 1-2: 2→2 (1 cut), 2→6 (5 cuts)
+    "levit": (levit_family, 2 + 1 + 2),  # stages 0-1 stitched: 2→2 (1 cut), 2→3 (2 cuts)
+    "levit-conv": (levit_conv_family, 2 + 1 + 2),
+    "own": (own_family, 2 + 1 + 3),  # every stage stitched: 2→2 (1 cut), 2→4 (3 cuts)
 }

@@ -11,13 +11,17 @@ Example:
 from snnet.adapters import (
     Anchor,
     FeatureShape,
+    LevitAnchor,
+    ResNetAnchor,
     SequentialAnchor,
     Stage,
+    SwinAnchor,
     ViTAnchor,
     as_anchor,
     register_adapter,
 )
 from snnet.anchors import PRESETS, resolve_anchors, timm_anchor
+from snnet.batchnorm import batchnorm_stats, recalibrate_batchnorm
 from snnet.controller import BudgetController
 from snnet.cost import Cost
 from snnet.export import StitchedModel, export_stitch, load_stitch, save_stitch
@@ -38,7 +42,9 @@ __all__ = [
     "Cost",
     "Cut",
     "FeatureShape",
+    "LevitAnchor",
     "Record",
+    "ResNetAnchor",
     "Results",
     "SNNet",
     "SequentialAnchor",
@@ -48,9 +54,11 @@ __all__ = [
     "Stitch",
     "StitchSpace",
     "StitchedModel",
+    "SwinAnchor",
     "Timing",
     "ViTAnchor",
     "as_anchor",
+    "batchnorm_stats",
     "export_stitch",
     "flops_groups",
     "init_least_squares",
@@ -58,6 +66,7 @@ __all__ = [
     "load_stitch",
     "measure_latency",
     "pareto_front",
+    "recalibrate_batchnorm",
     "register_adapter",
     "resolve_anchors",
     "sample_grouped",

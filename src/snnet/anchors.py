@@ -16,11 +16,31 @@ from snnet.adapters import Anchor, as_anchor
 #: Family presets: short name -> (timm names small to large, stitching options).
 PRESETS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "deit": (("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"), {}),
+    "swin": (
+        (
+            "swin_tiny_patch4_window7_224",
+            "swin_small_patch4_window7_224",
+            "swin_base_patch4_window7_224",
+        ),
+        {},
+    ),
+    "resnet": (("resnet18", "resnet50"), {}),
+    "resnet-swin": (("resnet18", "swin_tiny_patch4_window7_224"), {}),
+    "levit": (("levit_192", "levit_256"), {}),
+    # snnet's shipped Fashion-MNIST ViTs (snnet.zoo), offline: 1×28×28 inputs, 10 classes.
+    "fmnist": (("zoo=fmnist_vit_s", "zoo=fmnist_vit_m", "zoo=fmnist_vit_l"), {}),
 }
+
+
+def _zoo_anchor(source: dict[str, Any], pretrained: bool) -> nn.Module:
+    from snnet import zoo  # imported on use: the demo family is optional for everything else
+
+    return zoo.create_demo_anchor(source["name"], pretrained=pretrained)
+
 
 #: Builders for anchors that are not timm names, keyed by the ``kind`` of an anchor's source.
 #: Each takes the source dict and ``pretrained`` and returns a model.
-SOURCES: dict[str, Callable[[dict[str, Any], bool], nn.Module]] = {}
+SOURCES: dict[str, Callable[[dict[str, Any], bool], nn.Module]] = {"zoo": _zoo_anchor}
 
 
 def timm_anchor(
@@ -58,7 +78,13 @@ def timm_anchor(
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} for {name} does not exist")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        overlay = {"file": str(path)}
+        classes = _checkpoint_classes(name, path)
+        if classes is not None and classes == kwargs.get("num_classes", classes):
+            # timm drops the classifier when num_classes differs from the hub's config; a local
+            # file whose head already has the requested size keeps it.
+            overlay["num_classes"] = classes
+        kwargs["pretrained_cfg_overlay"] = overlay
         pretrained = True
     if device is not None and str(device) == "meta" and pretrained:
         raise ValueError(
@@ -66,7 +92,7 @@ def timm_anchor(
         )
     try:
         with torch.device(device) if device is not None else contextlib.nullcontext():
-            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+            model = _create(name, pretrained, kwargs)
     except (RuntimeError, OSError, ValueError) as e:  # no hub, bad file, wrong architecture
         if checkpoint is not None:
             raise ValueError(f"could not load {checkpoint} into {name}: {e}") from e
@@ -77,7 +103,42 @@ def timm_anchor(
                 "or use pretrained=False"
             ) from e
         raise
-    return as_anchor(model, name=name, source=source)
+    input_size = None
+    if img_size is not None:  # CNNs take any size: the anchor, not the model, must know it
+        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        input_size = (int(kwargs.get("in_chans", 3)), int(h), int(w))
+    return as_anchor(model, name=name, source=source, input_size=input_size)
+
+
+def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as e:
+        # Models without a fixed input size (CNNs such as ResNet) do not take img_size.
+        if "img_size" not in kwargs or "img_size" not in str(e):
+            raise
+        rest = {k: v for k, v in kwargs.items() if k != "img_size"}
+        return timm.create_model(name, pretrained=pretrained, **rest)
+
+
+def _checkpoint_classes(name: str, path: Path) -> int | None:
+    """Rows of the classifier weight stored in a checkpoint file, if it has one."""
+    import timm
+
+    classifier = timm.models.get_pretrained_cfg(name)
+    classifier = getattr(classifier, "classifier", None) if classifier is not None else None
+    if isinstance(classifier, (tuple, list)):
+        classifier = classifier[0]
+    if not classifier:
+        return None
+    try:
+        state = timm.models.load_state_dict(str(path))
+    except Exception as e:
+        raise ValueError(f"could not read checkpoint {path}: {e}") from e
+    weight = state.get(f"{classifier}.weight")
+    return int(weight.shape[0]) if weight is not None else None
 
 
 def from_source(source: dict[str, Any], *, pretrained: bool = False) -> Anchor:
@@ -112,6 +173,8 @@ def resolve_anchors(
         specs = list(names)
     elif any(isinstance(s, str) and s in PRESETS for s in specs):
         raise ValueError("a preset name stands alone; list timm names to build your own family")
+    if len(specs) == 1 and isinstance(specs[0], str) and "=" not in specs[0]:
+        _check_preset_or_model(specs[0])
     anchors = []
     for spec in specs:
         if isinstance(spec, nn.Module):
@@ -123,3 +186,17 @@ def resolve_anchors(
             continue
         anchors.append(timm_anchor(name, pretrained=pretrained, checkpoint=path or None, **kwargs))
     return anchors, dict(options)
+
+
+def _check_preset_or_model(name: str) -> None:
+    """A lone unknown name is most likely a mistyped preset: say so, with suggestions."""
+    import timm
+
+    if name in SOURCES or timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, [*PRESETS, *timm.list_models()], n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor a timm model.{hint} A family "
+        "is a preset or two or more timm names, small to large"
+    )

@@ -330,7 +330,12 @@ def _fill(model: nn.Module, path: Path, map_location: str | torch.device) -> Non
                 if t is None:
                     continue
                 if id(t) not in new:
-                    loaded = state[name_of[id(t)]]
+                    loaded = state.pop(name_of[id(t)])
+                    if loaded.data_ptr() % 64:
+                        # safetensors hands out tensors at 8-byte offsets; vectorised kernels
+                        # take other paths on unaligned data and round differently, so move
+                        # each into an aligned allocation (one at a time: peak stays ~1 copy)
+                        loaded = loaded.clone()
                     new[id(t)] = (
                         nn.Parameter(loaded, requires_grad=t.requires_grad)
                         if isinstance(t, nn.Parameter)

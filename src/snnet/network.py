@@ -87,7 +87,8 @@ class SNNet(nn.Module):
 
     @stitch.setter
     def stitch(self, stitch: Stitch | str) -> None:
-        self._stitch = self._resolve(stitch)
+        # Straight into __dict__: nn.Module.__setattr__'s checks would double the switch cost.
+        self.__dict__["_stitch"] = self._resolve(stitch)
 
     def _resolve(self, stitch: Stitch | str) -> Stitch:
         if stitch.__class__ is Stitch and stitch in self.space:
@@ -101,7 +102,7 @@ class SNNet(nn.Module):
         try:
             yield self
         finally:
-            self._stitch = previous
+            self.__dict__["_stitch"] = previous
 
     def plan(self, stitch: Stitch | str) -> tuple[Step, ...]:
         """The steps ``forward`` takes for ``stitch`` (stem of ``steps[0].anchor`` first, head of
@@ -189,13 +190,14 @@ class SNNet(nn.Module):
 
     # -- training helpers ---------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:
-        """The anchors' own no-weight-decay names, under this module's prefixes."""
+        """The anchors' own no-weight-decay names, under this module's prefixes (the reference
+        lost them behind its wrapper). timm may list names a model lacks; only real ones remain."""
         names = set()
         for i, anchor in enumerate(self.anchors):
             fn = getattr(anchor.model, "no_weight_decay", None)
             for n in fn() if callable(fn) else ():
                 names.add(f"anchors.{i}.model.{n}")
-        return names
+        return names & dict(self.named_parameters()).keys()
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``{"anchors": [...], "layers": [...]}``: the two groups SN-Net trains at different rates."""

@@ -41,3 +41,106 @@ def sample_grouped(groups: Sequence[Sequence[Stitch]], generator: torch.Generato
     """A band uniformly, then a stitch inside it uniformly."""
     band = groups[int(torch.randint(len(groups), (1,), generator=generator))]
     return band[int(torch.randint(len(band), (1,), generator=generator))]
+
+
+POLICIES = ("uniform", "grouped")
+RANK_SAMPLING = ("independent", "same", "balanced")
+#: Cost bands used when grouping without an explicit ``gap``.
+DEFAULT_BANDS = 8
+
+
+def default_gap(costs: dict[Stitch, float], bands: int = DEFAULT_BANDS) -> float:
+    """A band width that cuts the cost range into about ``bands`` bands."""
+    low, high = min(costs.values()), max(costs.values())
+    return (high - low) / bands if high > low else 1.0
+
+
+class StitchSampler:
+    """Picks every rank's stitch for each training step, identically on every rank.
+
+    ``policy`` sets how often each stitch trains: ``"uniform"`` (the paper) or ``"grouped"``
+    (SN-Netv2: a cost band of width ``gap`` uniformly, then a stitch in it). ``rank_sampling`` sets
+    how the ``world_size`` ranks of one step relate:
+
+    - ``"independent"``: each rank its own draw (the reference code).
+    - ``"same"``: every rank runs the same stitch.
+    - ``"balanced"``: every rank draws from the same cost band, each its own stitch inside it, so
+      no rank waits for one much larger. The band is chosen so that each rank's stitch still
+      follows ``policy`` (for ``uniform``, a band with probability proportional to its size).
+
+    Every rank draws the whole world's stitches from generators seeded the same everywhere, so
+    each rank knows which stitch every other rank runs (gradient averaging needs it), and the
+    sampler state is the same on every rank (one checkpoint restores them all).
+
+    Example:
+        >>> sampler = StitchSampler(net.stitches, costs, policy="grouped", gap=0.5, seed=0)
+        >>> stitch = sampler.draw()[0]          # this step's stitch for rank 0
+    """
+
+    def __init__(
+        self,
+        stitches: Sequence[Stitch],
+        costs: dict[Stitch, float] | None = None,
+        *,
+        policy: str = "uniform",
+        gap: float | None = None,
+        rank_sampling: str = "independent",
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown sampling policy {policy!r}; choose {' or '.join(POLICIES)}")
+        if rank_sampling not in RANK_SAMPLING:
+            raise ValueError(
+                f"unknown rank sampling {rank_sampling!r}; choose one of {', '.join(RANK_SAMPLING)}"
+            )
+        if not stitches:
+            raise ValueError("no stitches to sample from")
+        if world_size < 1:
+            raise ValueError(f"world_size must be at least 1, got {world_size}")
+        self.stitches = list(stitches)
+        self.policy, self.rank_sampling, self.world_size = policy, rank_sampling, world_size
+        self.groups: list[list[Stitch]] = [self.stitches]
+        if policy == "grouped" or rank_sampling == "balanced":
+            if costs is None:
+                raise ValueError(f"{policy}/{rank_sampling} sampling needs the stitches' costs")
+            costs = {s: float(costs[s]) for s in self.stitches}
+            self.gap = gap if gap is not None else default_gap(costs)
+            self.groups = flops_groups(costs, self.gap)
+        self._group_of = {s: i for i, g in enumerate(self.groups) for s in g}
+        # One generator shared by the world, one per rank; all of them live on every rank.
+        self.shared = torch.Generator().manual_seed(seed)
+        self.per_rank = [
+            torch.Generator().manual_seed(seed + 1_000_003 * (r + 1)) for r in range(world_size)
+        ]
+
+    def _pick(self, g: torch.Generator) -> Stitch:
+        if self.policy == "grouped":
+            return sample_grouped(self.groups, g)
+        return sample_stitch(self.stitches, g)
+
+    def draw(self) -> list[Stitch]:
+        """This step's stitch for each rank: ``draw()[rank]``."""
+        if self.rank_sampling == "same":
+            return [self._pick(self.shared)] * self.world_size
+        if self.rank_sampling == "independent":
+            return [self._pick(g) for g in self.per_rank]
+        # balanced: the band from the shared generator, each rank's stitch from its own
+        band = self.groups[self._group_of[self._pick(self.shared)]]
+        return [band[int(torch.randint(len(band), (1,), generator=g))] for g in self.per_rank]
+
+    def state_dict(self) -> dict:
+        return {
+            "shared": self.shared.get_state(),
+            "per_rank": [g.get_state() for g in self.per_rank],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["per_rank"]) != self.world_size:
+            raise ValueError(
+                f"the sampler state is for {len(state['per_rank'])} ranks, this run has "
+                f"{self.world_size}: resume with the same number of processes"
+            )
+        self.shared.set_state(state["shared"])
+        for g, s in zip(self.per_rank, state["per_rank"], strict=True):
+            g.set_state(s)

@@ -234,6 +234,14 @@ def _unpaired(front: Anchor, end: Anchor, config: SpaceConfig) -> list[tuple[int
     out = []
     for s in chosen:
         f0, e0 = fs[s].blocks.start, es[s].blocks.start
+        # Resolution first: mismatched families would otherwise fail on depth or order.
+        src, dst = front.feature_shapes()[f0 + 1], end.feature_shapes()[e0 + 1]
+        if src.rows != dst.rows:
+            raise ValueError(
+                f"cannot stitch stage {s}: {front.name} runs it at {src}, {end.name} at {dst}. "
+                "Unpaired stitching joins stages of equal resolution; pick stages where the anchors "
+                "match with stages=[...], or give them matching input and patch sizes"
+            )
         for j, k in stage_positions(len(fs[s].blocks), len(es[s].blocks)):
             # One layer per front block: positions of different front blocks never share (SPEC §6.2).
             out.append((f0 + j, e0 + k, f0 + j))

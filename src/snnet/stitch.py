@@ -55,6 +55,11 @@ class Stitch:
             c.out_block < 0 or c.in_block < 0 for c in self.cuts
         ):
             raise ValueError("anchor and block indices of a stitch are non-negative")
+        # Cached so that switching stitches (a dict lookup) allocates nothing.
+        object.__setattr__(self, "_hash", hash((self.route, self.cuts)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     # -- constructors -------------------------------------------------------------------------
     @classmethod

@@ -7,10 +7,13 @@ from typing import Any
 from torch import nn
 
 from snnet.adapters.base import Anchor, FeatureShape, Layout, Stage
+from snnet.adapters.levit import LevitAnchor
+from snnet.adapters.resnet import ResNetAnchor
 from snnet.adapters.sequential import SequentialAnchor
+from snnet.adapters.swin import SwinAnchor
 from snnet.adapters.vit import ViTAnchor
 
-_ADAPTERS: list[type[Anchor]] = [ViTAnchor]
+_ADAPTERS: list[type[Anchor]] = [ViTAnchor, SwinAnchor, ResNetAnchor, LevitAnchor]
 
 
 def register_adapter(cls: type[Anchor]) -> type[Anchor]:
@@ -39,8 +42,11 @@ __all__ = [
     "Anchor",
     "FeatureShape",
     "Layout",
+    "LevitAnchor",
+    "ResNetAnchor",
     "SequentialAnchor",
     "Stage",
+    "SwinAnchor",
     "ViTAnchor",
     "as_anchor",
     "register_adapter",

@@ -8,7 +8,11 @@ import sys
 
 #: Command name -> module under snnet.cli; imported only when that command runs.
 COMMANDS = {
+    "demo": "Run the whole pipeline offline on Fashion-MNIST: LS init, train, evaluate, plot.",
     "stitches": "List every stitch of a family with its GMACs and params.",
+    "train": "Train a family's stitches (least-squares init, then one stitch per step).",
+    "evaluate": "Top-1/top-5 of every stitch of a saved network in one pass over the data.",
+    "plot": "Plot accuracy against GMACs/params/latency with the Pareto front (PNG).",
     "latency": "Measure every stitch's latency on this machine into a results file.",
     "select": "Pick the most accurate stitch within a budget (GMACs, params, latency).",
     "export": "Export one stitch as a standalone model (safetensors, ONNX, torch.export).",

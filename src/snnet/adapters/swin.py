@@ -1,0 +1,50 @@
+"""Swin Transformers from timm (``SwinTransformer``): four stages of channels-last maps."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from snnet.adapters.base import Anchor, Stage
+
+
+class SwinAnchor(Anchor):
+    """timm ``SwinTransformer``: stem = patch embedding, head = norm + pooling + fc.
+
+    A stage runs its patch merging, then its blocks; the merging is folded into the stage's first
+    block, so every cut falls between two blocks at one resolution. Features are ``(B, H, W, C)``.
+    """
+
+    family = "swin"
+    stem_names = ("patch_embed",)
+    head_names = ("norm", "head")
+    #: Stitched by default (the paper): every stage but the last.
+    default_stages = (0, 1, 2)
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        from timm.models.swin_transformer import SwinTransformer
+
+        return isinstance(model, SwinTransformer)
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.patch_embed(x)  # (B, H, W, C)
+
+    def forward_head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.norm(h))
+
+    def block_names(self) -> list[tuple[str, ...]]:
+        names = []
+        for i, stage in enumerate(self.model.layers):
+            names.append((f"layers.{i}.downsample", f"layers.{i}.blocks.0"))
+            names += [(f"layers.{i}.blocks.{b}",) for b in range(1, len(stage.blocks))]
+        return names
+
+    def stages(self) -> tuple[Stage, ...]:
+        out, start = [], 0
+        for i, stage in enumerate(self.model.layers):
+            out.append(
+                Stage(range(start, start + len(stage.blocks)), "nhwc", i in self.default_stages)
+            )
+            start += len(stage.blocks)
+        return tuple(out)

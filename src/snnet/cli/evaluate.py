@@ -1,0 +1,171 @@
+"""``snnet evaluate``: top-1 / top-5 of every stitch of a saved network in one pass over the data."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from snnet.network import SNNet
+from snnet.results import Results
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="RUN_OR_MODEL_DIR", help="a directory written by snnet.save")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="an ImageFolder of validation images (root/<class>/<image>), or a folder of the "
+        "Fashion-MNIST idx files (default for 1x28x28 anchors: the Fashion-MNIST test split)",
+    )
+    p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--stitches", nargs="+", default=None, help="evaluate only these stitches, e.g. 0 0:5-1:6"
+    )
+    p.add_argument(
+        "--out", default=None, help="results JSON (a CSV goes beside it); default DIR/results.json"
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--amp", action="store_true", help="autocast (float16 on CUDA, bfloat16 on CPU)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="image-decoding processes for --data folders"
+    )
+    p.add_argument("--checkpoint-every", type=int, default=10, help="save progress every N batches")
+    p.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation mean")
+    p.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std")
+
+
+def run(args: argparse.Namespace) -> int:
+    from snnet.evaluate import evaluate_all, progress_path
+
+    net = load_network(args.model)
+    data, name = open_data(net, args.data, mean=args.mean, std=args.std)
+    out = Path(args.out) if args.out else model_dir(args.model) / "results.json"
+    try:
+        results = evaluate_all(
+            net,
+            data,
+            stitches=args.stitches,
+            batch_size=args.batch_size,
+            max_images=args.max_images,
+            device=args.device,
+            amp=args.amp,
+            path=out,
+            checkpoint_every=args.checkpoint_every,
+            num_workers=args.workers,
+            data_name=name,
+        )
+    except KeyboardInterrupt:
+        if progress_path(out).exists():
+            print(
+                f"snnet evaluate: interrupted; progress saved in {progress_path(out)}: "
+                "run the same command again to continue",
+                file=sys.stderr,
+            )
+        else:
+            print("snnet evaluate: interrupted before the first batch finished", file=sys.stderr)
+        return 130
+    print(format_table(results))
+    front = results.pareto("gmacs", "top1")
+    done = [r for r in results if r.top1 is not None]
+    how = results.meta.get("accuracy") or {}
+    print(
+        f"\n{len(done)} of {len(results)} stitches measured on {how.get('images')} images "
+        f"of {how.get('data')}; {len(front)} on the Pareto front (*). "
+        f"Wrote {out} and {out.with_suffix('.csv')}; plot it with `snnet plot {out}`."
+    )
+    return 0
+
+
+def model_dir(path: str | Path) -> Path:
+    """The directory holding ``config.json``: ``path`` itself, or its only subdirectory with one
+    (a training run that keeps its model in a subfolder)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} does not exist: give a directory written by snnet.save")
+    if (path / "config.json").is_file():
+        return path
+    inside = sorted(p.parent for p in path.glob("*/config.json"))
+    if len(inside) == 1:
+        return inside[0]
+    if inside:
+        raise ValueError(
+            f"{path} holds several models ({', '.join(p.name for p in inside)}): pass one of them"
+        )
+    raise FileNotFoundError(
+        f"{path} holds no config.json: give a directory written by snnet.save (or snnet train)"
+    )
+
+
+def load_network(path: str | Path) -> SNNet:
+    import snnet
+
+    return snnet.load(model_dir(path))
+
+
+def open_data(
+    net: SNNet,
+    path: str | Path | None,
+    *,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> tuple[Dataset, str]:
+    """The evaluation dataset for ``net`` and a name for it: ``path`` as an ImageFolder (or the
+    Fashion-MNIST idx folder), preprocessed for the anchors' ``input_size``; without ``path``,
+    the Fashion-MNIST test split for 1x28x28 anchors (the demo family)."""
+    from snnet import data
+
+    sizes = {tuple(a.input_size) for a in net.anchors}
+    if len(sizes) > 1:
+        raise ValueError(f"the anchors take different input sizes {sorted(sizes)}; cannot evaluate")
+    chans, height, width = next(iter(sizes))
+    fmnist = (chans, height, width) == (1, 28, 28)
+    if path is None:
+        if not fmnist:
+            raise ValueError(
+                f"no default data for anchors taking {chans}x{height}x{width} images: pass "
+                "--data PATH (an ImageFolder of validation images, root/<class>/<image>)"
+            )
+        return data.fashion_mnist("test"), "Fashion-MNIST test"
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--data {path} does not exist")
+    if (path / "t10k-images-idx3-ubyte.gz").is_file():
+        return data.fashion_mnist("test", root=path), f"Fashion-MNIST test ({path})"
+    cfg = getattr(net.anchors[0].model, "pretrained_cfg", None) or {}
+    options: dict = {}
+    if fmnist:  # the demo family was trained on Fashion-MNIST's own normalisation, no resizing
+        options = dict(mean=(data.FASHION_MNIST_MEAN,), std=(data.FASHION_MNIST_STD,), crop_pct=1.0)
+    elif cfg:
+        options = {k: cfg[k] for k in ("mean", "std", "crop_pct", "interpolation") if k in cfg}
+        if len(options.get("mean", ())) != chans:
+            options.pop("mean", None), options.pop("std", None)
+    if mean is not None:
+        options["mean"] = mean
+    if std is not None:
+        options["std"] = std
+    if height != width:
+        raise ValueError(f"image folders need square inputs; the anchors take {height}x{width}")
+    dataset = data.image_folder(path, train=False, img_size=height, in_chans=chans, **options)
+    return dataset, f"ImageFolder {path}"
+
+
+def format_table(results: Results, *, cost: str = "gmacs", metric: str = "top1") -> str:
+    """The measured stitches sorted by cost, one line each; ``*`` marks the Pareto front."""
+    rows = sorted(
+        (r for r in results if r.top1 is not None), key=lambda r: (getattr(r, cost), str(r.stitch))
+    )
+    front = {r.stitch for r in results.pareto(cost, metric)}
+    width = max([len("stitch"), *(len(str(r.stitch)) for r in rows)])
+    lines = [f"{'stitch':<{width}}  {'GMACs':>8}  {'params (M)':>10}  {'top-1':>6}  {'top-5':>6}"]
+    for r in rows:
+        top5 = f"{r.top5:6.2f}" if r.top5 is not None else f"{'':6}"
+        mark = " *" if r.stitch in front else ""
+        lines.append(
+            f"{r.stitch!s:<{width}}  {r.gmacs:8.4f}  {r.params / 1e6:10.3f}  {r.top1:6.2f}  "
+            f"{top5}{mark}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,33 @@
+"""``snnet plot``: accuracy against cost for every stitch, with the Pareto front, as a PNG."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from snnet.plot import COSTS, METRICS
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", help="a results JSON written by snnet evaluate")
+    p.add_argument("--cost", choices=list(COSTS), default="gmacs", help="x axis (default gmacs)")
+    p.add_argument("--metric", choices=list(METRICS), default="top1", help="y axis (default top1)")
+    p.add_argument(
+        "--out", default=None, help="PNG to write (default: pareto_COST.png beside the results)"
+    )
+    p.add_argument("--title", default=None, help="title of the plot")
+
+
+def run(args: argparse.Namespace) -> int:
+    from snnet.plot import plot_results
+    from snnet.results import Results
+
+    path = Path(args.results)
+    if path.is_dir():
+        path = path / "results.json"
+    results = Results.load(path)
+    out = Path(args.out) if args.out else path.with_name(f"pareto_{args.cost}.png")
+    plot_results(results, out, cost=args.cost, metric=args.metric, title=args.title)
+    front = results.pareto(args.cost, args.metric)
+    print(f"wrote {out}: {args.metric} against {args.cost}, {len(front)} stitches on the front")
+    return 0

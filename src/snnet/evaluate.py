@@ -1,0 +1,403 @@
+"""Accuracy of every stitch in one pass over the data, sharing the computation stitches have in common.
+
+The reference evaluated each stitch with its own pass over the validation set: 71 passes for DeiT,
+each decoding every image again. Here each batch is decoded once and every stitch runs on it, and
+the stitches are arranged as a prefix tree of what they compute: all stitches that start in anchor
+0 share its stem and its first blocks, ``0:5-1:6`` and ``0:5-1:7`` share anchor 0 up to block 5 and
+the stitching layer's output, so each distinct prefix runs once per batch.
+
+A run with a results path checkpoints its counts beside the results file (``NAME.progress.json``)
+every few batches and when interrupted; running it again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from snnet.network import SNNet
+from snnet.results import Results, fingerprint
+from snnet.serialize import atomic_write
+from snnet.stitch import Stitch
+
+PROGRESS_FORMAT = "snnet-eval-progress"
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+# -- the prefix tree ------------------------------------------------------------------------------
+@dataclass(eq=False)
+class _Node:
+    # ("stem", anchor) | ("blocks", anchor, start, stop) | ("layer", key) | ("head", anchor)
+    op: tuple
+    children: list[_Node] = field(default_factory=list)
+    stitches: list[int] = field(default_factory=list)  # head nodes: indices of stitches ending here
+    size: int = 0  # stitches in this subtree
+
+
+class StitchTree:
+    """Stitches arranged as a prefix tree of their computation, to run them all on one batch.
+
+    Every distinct prefix (a stem, a run of blocks, a stitching layer on a given input) runs once.
+    The tree is walked depth first, and the largest subtree of a node goes last, after the node's
+    output has been dropped by every other branch, so a batch holds only a few activations at once.
+
+    Example:
+        >>> tree = StitchTree(net)                      # every stitch, or StitchTree(net, ["0", "1"])
+        >>> for stitch, logits in tree.run(images):     # logits: (B, num_classes)
+        ...     print(stitch, logits.argmax(-1))
+        >>> tree.block_runs, tree.block_runs_per_stitch  # blocks run per batch: shared vs one by one
+    """
+
+    def __init__(self, net: SNNet, stitches: Sequence[Stitch | str] | None = None) -> None:
+        self.net = net
+        chosen = net.stitches if stitches is None else [net.space.check(s) for s in stitches]
+        self.stitches: tuple[Stitch, ...] = tuple(dict.fromkeys(chosen))  # unique, in order
+        if not self.stitches:
+            raise ValueError("no stitches to run: pass at least one")
+        self.root = _Node(("root",))
+        for i, s in enumerate(self.stitches):
+            node = self.root
+            for op in self._ops(s):
+                child = next((c for c in node.children if c.op == op), None)
+                if child is None:
+                    child = _Node(op)
+                    node.children.append(child)
+                node = child
+            node.stitches.append(i)
+        self._finish(self.root)
+        self.block_runs = self._count_blocks(self.root)
+        self.block_runs_per_stitch = sum(
+            sum(step.stop - step.start for step in net.plan(s)) for s in self.stitches
+        )
+
+    def _ops(self, stitch: Stitch) -> list[tuple]:
+        """One op per block, so stitches that cut the same anchor at different blocks share the
+        blocks before the earlier cut; chains are merged again in :meth:`_finish`."""
+        steps = self.net.plan(stitch)
+        ops: list[tuple] = [("stem", steps[0].anchor)]
+        for step in steps:
+            ops += [("blocks", step.anchor, b, b + 1) for b in range(step.start, step.stop)]
+            if step.layer is not None:
+                ops.append(("layer", step.layer))
+        ops.append(("head", steps[-1].anchor))
+        return ops
+
+    def _finish(self, node: _Node) -> None:
+        # Merge a run of single-child block nodes of one anchor into one forward_blocks call.
+        for child in node.children:
+            while (
+                child.op[0] == "blocks"
+                and len(child.children) == 1
+                and child.children[0].op[0] == "blocks"
+                and child.children[0].op[1] == child.op[1]
+            ):
+                nxt = child.children[0]
+                child.op = ("blocks", child.op[1], child.op[2], nxt.op[3])
+                child.children = nxt.children
+            self._finish(child)
+        node.size = len(node.stitches) + sum(c.size for c in node.children)
+        node.children.sort(key=lambda c: c.size)  # the largest subtree runs last
+
+    def _count_blocks(self, node: _Node) -> int:
+        own = node.op[3] - node.op[2] if node.op[0] == "blocks" else 0
+        return own + sum(self._count_blocks(c) for c in node.children)
+
+    def _apply(self, op: tuple, h: torch.Tensor) -> torch.Tensor:
+        kind = op[0]
+        if kind == "blocks":
+            return self.net.anchors[op[1]].forward_blocks(h, op[2], op[3])
+        if kind == "layer":
+            return self.net.layers[op[1]](h)
+        if kind == "stem":
+            return self.net.anchors[op[1]].forward_stem(h)
+        return self.net.anchors[op[1]].forward_head(h)
+
+    def run(self, x: torch.Tensor) -> Iterator[tuple[Stitch, torch.Tensor]]:
+        """Yield ``(stitch, logits)`` for every stitch of the tree on images ``x`` (B, C, H, W).
+
+        Runs under the caller's grad mode, autocast and module mode (call ``net.eval()`` first
+        for evaluation). Each logits tensor equals ``net(x, stitch=stitch)``.
+        """
+        # A stack of (node, input): a node's output is referenced only by its pending children,
+        # and freed once the last of them (the largest subtree) has run.
+        stack = [(c, x) for c in reversed(self.root.children)]
+        del x
+        while stack:
+            node, h = stack.pop()
+            out = self._apply(node.op, h)
+            del h
+            for i in node.stitches:
+                yield self.stitches[i], out
+            stack.extend((c, out) for c in reversed(node.children))
+            del out
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+def evaluate_all(
+    net: SNNet,
+    data: Dataset | Iterable[Batch],
+    *,
+    stitches: Sequence[Stitch | str] | None = None,
+    batch_size: int = 256,
+    max_images: int | None = None,
+    device: str | torch.device | None = None,
+    amp: bool = False,
+    path: str | Path | None = None,
+    checkpoint_every: int = 10,
+    num_workers: int | None = None,
+    progress: bool = True,
+    data_name: str | None = None,
+) -> Results:
+    """Top-1 / top-5 accuracy of every stitch (or of ``stitches``) in one pass over ``data``.
+
+    ``data`` is a map-style dataset of ``(image, label)`` (batched here, in order, ``batch_size``
+    at a time; a dataset with ``get_batch(indices)`` like :func:`snnet.data.fashion_mnist` is
+    indexed a batch at a time) or any iterable of ``(images, labels)`` batches in a fixed order.
+    Only the first ``max_images`` images are used when given. The network is moved to ``device``
+    (default: CUDA when available), put in eval mode and run under ``torch.inference_mode()``;
+    ``amp`` adds autocast (bfloat16 on CPU, float16 on CUDA).
+
+    With ``path`` (a results JSON file) the run is resumable: counts are saved to
+    ``NAME.progress.json`` beside it every ``checkpoint_every`` batches and on Ctrl-C or error,
+    and a rerun skips the images already counted (a dataset is indexed from there, an iterable is
+    read past them). Stitches already measured in ``path`` are not run again; the finished results
+    are merged into ``path`` (JSON + CSV) and the progress file is removed. Results of another
+    network, other weights or other data are a ``ValueError``. How accuracy was measured (data,
+    images, batch size, device, threads, a hash of the weights) goes to ``meta["accuracy"]``.
+
+    Example:
+        >>> from snnet.data import fashion_mnist
+        >>> results = evaluate_all(net, fashion_mnist("test"), path="runs/demo/results.json")
+        >>> results["0:5-1:6"].top1, results.pareto("gmacs", "top1")
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be at least 1, got {max_images}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    data_name = data_name or _describe(data)
+    path = Path(path) if path is not None else None
+
+    # What is already known: finished stitches in the results file, counts in the progress file.
+    signature = {
+        "network": fingerprint(net),
+        "weights": weights_digest(net),
+        "data": data_name,
+        "max_images": max_images,
+    }
+    if path is not None and path.exists():
+        results = Results.load(path)
+        results.check_network(net)
+        _check_same_measurement(results, path, signature)
+    else:
+        results = Results.for_network(net)
+    wanted = list(net.stitches) if stitches is None else [net.space.check(s) for s in stitches]
+    todo = [s for s in dict.fromkeys(wanted) if results[s].top1 is None]
+    if not todo:
+        return results
+    tree = StitchTree(net, todo)
+    index = {s: i for i, s in enumerate(tree.stitches)}
+    state = _load_progress(path, signature, tree.stitches)  # (images, batches, counts (S, 2))
+
+    was_training = net.training
+    net.to(device).eval()
+    autocast = torch.autocast(
+        device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=amp
+    )
+    total = _num_images(data, max_images)
+    bar = tqdm(
+        total=total,
+        initial=state[0],
+        unit="img",
+        desc=f"evaluating {len(todo)} stitches",
+        disable=not progress,
+    )
+    try:
+        with torch.inference_mode(), autocast:
+            for x, y in _batches(data, state[0], max_images, batch_size, num_workers):
+                x = x.to(device, non_blocking=True)
+                y = torch.as_tensor(y).to(device, non_blocking=True)
+                counts = torch.zeros(len(tree.stitches), 2, dtype=torch.long, device=device)
+                for s, logits in tree.run(x):
+                    counts[index[s]] = _correct(logits, y)
+                # One assignment, so an interruption never leaves a half-counted batch.
+                state = (state[0] + len(y), state[1] + 1, state[2] + counts.cpu())
+                bar.update(len(y))
+                if path is not None and state[1] % checkpoint_every == 0:
+                    _save_progress(path, signature, tree.stitches, state)
+    except BaseException:
+        if path is not None and state[0] > 0:
+            _save_progress(path, signature, tree.stitches, state)
+        raise
+    finally:
+        bar.close()
+        net.train(was_training)
+
+    images = state[0]
+    if images == 0:
+        raise ValueError(f"no images in {data_name}: nothing to evaluate")
+    for s, (c1, c5) in zip(tree.stitches, state[2].tolist(), strict=True):
+        results.update(s, top1=100.0 * c1 / images, top5=100.0 * c5 / images)
+    results.meta["accuracy"] = {  # how accuracy was measured (latency keeps its own entry)
+        "data": data_name,
+        "max_images": max_images,
+        "weights": signature["weights"],
+        "images": images,
+        "batch_size": batch_size,
+        "device": str(device),
+        "amp": amp,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    if path is not None:
+        results.save(path)
+        progress_path(path).unlink(missing_ok=True)
+    return results
+
+
+def _correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Top-1 and top-5 hits of one batch, as a (2,) tensor on the logits' device."""
+    top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (B, k)
+    hits = top == y[:, None]
+    return torch.stack([hits[:, 0].sum(), hits.any(dim=-1).sum()])
+
+
+# -- data -----------------------------------------------------------------------------------------
+def _describe(data: Any) -> str:
+    parts = [str(getattr(data, "root", "") or "")]
+    if isinstance(data, Dataset) and hasattr(data, "__len__"):
+        parts.append(f"{len(data)} items")
+    return f"{type(data).__name__}({', '.join(p for p in parts if p)})"
+
+
+def _num_images(data: Any, max_images: int | None) -> int | None:
+    if isinstance(data, Dataset) and hasattr(data, "__len__"):
+        return len(data) if max_images is None else min(len(data), max_images)
+    return max_images
+
+
+def _batches(
+    data: Dataset | Iterable[Batch],
+    start: int,
+    max_images: int | None,
+    batch_size: int,
+    num_workers: int | None,
+) -> Iterator[Batch]:
+    """Batches from image ``start`` on, in the data's order, cut at ``max_images``."""
+    if isinstance(data, Dataset) and hasattr(data, "__len__"):
+        stop = len(data) if max_images is None else min(len(data), max_images)
+        if hasattr(data, "get_batch"):  # in memory: one indexing call per batch
+            for i in range(start, stop, batch_size):
+                yield data.get_batch(torch.arange(i, min(i + batch_size, stop)))
+            return
+        if num_workers is None:
+            num_workers = min(4, max(0, (os.cpu_count() or 1) - 1))
+        loader = DataLoader(
+            Subset(data, range(start, stop)),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+        yield from loader
+        return
+    seen = 0
+    for x, y in data:
+        n = len(y)
+        if max_images is not None and seen + n > max_images:
+            x, y, n = x[: max_images - seen], y[: max_images - seen], max_images - seen
+        if seen + n > start:
+            skip = max(0, start - seen)  # resuming inside this batch
+            yield (x[skip:], y[skip:]) if skip else (x, y)
+        seen += n
+        if max_images is not None and seen >= max_images:
+            return
+
+
+# -- resuming -------------------------------------------------------------------------------------
+def progress_path(path: str | Path) -> Path:
+    """Where an unfinished evaluation writing ``path`` keeps its counts."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.progress.json")
+
+
+def weights_digest(net: SNNet) -> str:
+    """A hash of every weight and buffer of ``net``: results measured before more training
+    (same anchors, other weights) are not mistaken for this network's."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_same_measurement(results: Results, path: Path, signature: dict[str, Any]) -> None:
+    before = results.meta.get("accuracy") or {}
+    if not any(r.top1 is not None for r in results):
+        return
+    for key in ("weights", "data", "max_images"):
+        if key in before and before[key] != signature[key]:
+            raise ValueError(
+                f"{path} holds accuracies measured with other {key} ({before[key]} vs "
+                f"{signature[key]} now): write to another results file (--out) or delete {path}"
+            )
+
+
+def _load_progress(
+    path: Path | None, signature: dict[str, Any], stitches: Sequence[Stitch]
+) -> tuple[int, int, torch.Tensor]:
+    empty = (0, 0, torch.zeros(len(stitches), 2, dtype=torch.long))
+    if path is None or not progress_path(path).exists():
+        return empty
+    p = progress_path(path)
+    try:
+        saved = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p} is damaged ({e}); delete it to start the evaluation over") from e
+    if saved.get("format") != PROGRESS_FORMAT:
+        raise ValueError(f"{p} is not an snnet evaluation progress file; move it away")
+    for key in ("network", "weights", "data", "max_images"):
+        if saved.get(key) != signature[key]:
+            raise ValueError(
+                f"{p} holds an unfinished evaluation with a different {key} ({saved.get(key)} "
+                f"vs {signature[key]} now): rerun it with the same network and data, or delete "
+                "it to start over"
+            )
+    if saved.get("stitches") != [str(s) for s in stitches]:
+        raise ValueError(
+            f"{p} holds an unfinished evaluation of other stitches ({len(saved.get('stitches', []))} "
+            f"vs {len(stitches)} now): rerun with the same stitches, or delete it to start over"
+        )
+    counts = torch.tensor([saved["correct1"], saved["correct5"]], dtype=torch.long).T
+    return saved["images"], saved["batches"], counts.reshape(len(stitches), 2)
+
+
+def _save_progress(
+    path: Path,
+    signature: dict[str, Any],
+    stitches: Sequence[Stitch],
+    state: tuple[int, int, torch.Tensor],
+) -> None:
+    images, batches, counts = state
+    doc = {
+        "format": PROGRESS_FORMAT,
+        **signature,
+        "stitches": [str(s) for s in stitches],
+        "images": images,
+        "batches": batches,
+        "correct1": counts[:, 0].tolist(),
+        "correct5": counts[:, 1].tolist(),
+    }
+    atomic_write(progress_path(path), lambda f: json.dump(doc, f, indent=2, sort_keys=True))

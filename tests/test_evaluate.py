@@ -1,0 +1,262 @@
+"""Evaluating every stitch in one pass: same numbers as one stitch at a time, fewer blocks run,
+resumable, plotted; on tiny random-initialised families and real Fashion-MNIST images."""
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+import snnet
+from conftest import as_rgb
+from families import FAMILIES, vit_family
+from snnet.cli import main
+from snnet.data import fashion_mnist, write_image_folder
+from snnet.evaluate import StitchTree, evaluate_all, progress_path
+from snnet.plot import plot_results
+from snnet.results import Results
+
+
+class Images(Dataset):
+    """The first ``n`` Fashion-MNIST test images, as the tiny families' 3x32x32 inputs."""
+
+    def __init__(self, n: int = 200, *, batched: bool = False) -> None:
+        ds = fashion_mnist("test")
+        self.x = as_rgb(ds.images[:n].unsqueeze(1).float() / 255, 32)
+        self.y = ds.targets[:n]
+        self.requested: list[int] = []
+        if batched:  # like snnet.data.FashionMNIST: one indexing call per batch
+            self.get_batch = self._get_batch
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        self.requested.append(int(i))
+        return self.x[i], self.y[i]
+
+    def _get_batch(self, idx):
+        self.requested += idx.tolist()
+        return self.x[idx], self.y[idx]
+
+    def batches(self, size: int):
+        return [(self.x[i : i + size], self.y[i : i + size]) for i in range(0, len(self.y), size)]
+
+
+@pytest.fixture(scope="module")
+def images() -> Images:
+    return Images()
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def net(request) -> snnet.SNNet:
+    return snnet.SNNet(FAMILIES[request.param][0]()).eval()
+
+
+@pytest.fixture
+def vit() -> snnet.SNNet:
+    return snnet.SNNet(vit_family()).eval()
+
+
+def one_by_one(net, batches):
+    """The reference's way: a pass over the data per stitch."""
+    counts = {}
+    with torch.inference_mode():
+        for s in net.stitches:
+            c1 = c5 = n = 0
+            for x, y in batches:
+                top = net(x, stitch=s).topk(5, dim=-1).indices
+                c1 += (top[:, 0] == y).sum().item()
+                c5 += (top == y[:, None]).any(-1).sum().item()
+                n += len(y)
+            counts[s] = (100.0 * c1 / n, 100.0 * c5 / n)
+    return counts
+
+
+def test_tree_gives_each_stitch_its_own_logits(net, images):
+    x = images.x[:16]
+    tree = StitchTree(net)
+    with torch.inference_mode():
+        out = list(tree.run(x))
+        assert sorted(s for s, _ in out) == sorted(net.stitches)  # each stitch exactly once
+        for s, logits in out:
+            torch.testing.assert_close(logits, net(x, stitch=s), rtol=0, atol=0)
+
+
+def test_one_pass_equals_one_stitch_at_a_time(net, images):
+    batches = images.batches(64)
+    expected = one_by_one(net, batches)
+    for data in (images, batches, Images(batched=True)):
+        results = evaluate_all(net, data, batch_size=64, progress=False, device="cpu")
+        assert {r.stitch: (r.top1, r.top5) for r in results} == expected
+    assert results.meta["accuracy"]["images"] == 200
+    assert results.meta["accuracy"]["batch_size"] == 64
+    for r in results:  # costs come from the network
+        assert (r.gmacs, r.params) == (
+            round(net.cost(r.stitch).gmacs, 6),
+            net.cost(r.stitch).params,
+        )
+    assert len({r.top1 for r in results}) > 1  # the stitches do differ on real images
+
+
+def test_shared_prefixes_run_fewer_blocks(net, images):
+    calls = []
+    hooks = [
+        modules[0].register_forward_hook(lambda *_, a=a, b=b: calls.append((a, b)))
+        for a, anchor in enumerate(net.anchors)
+        for b, modules in enumerate(anchor.blocks)
+    ]
+    x = images.x[:4]
+    tree = StitchTree(net)
+    try:
+        with torch.inference_mode():
+            list(tree.run(x))
+            shared = len(calls)
+            calls.clear()
+            for s in net.stitches:
+                net(x, stitch=s)
+            separate = len(calls)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert (shared, separate) == (tree.block_runs, tree.block_runs_per_stitch)
+    assert shared < separate
+
+
+def test_subset_and_max_images(vit, images):
+    results = evaluate_all(vit, images, stitches=["2", "0:1-1:2"], max_images=50, progress=False)
+    measured = {str(r.stitch) for r in results if r.top1 is not None}
+    assert measured == {"2", "0:1-1:2"}
+    assert results.meta["accuracy"]["images"] == 50
+    expected = one_by_one(vit, [(images.x[:50], images.y[:50])])
+    assert (results["2"].top1, results["2"].top5) == expected[snnet.Stitch.parse("2")]
+    amp = evaluate_all(vit, images, stitches=["2"], max_images=50, amp=True, progress=False)
+    assert amp.meta["accuracy"]["amp"] and 0 <= amp["2"].top1 <= 100
+
+
+def interrupted(batches, after, error=KeyboardInterrupt):
+    for i, batch in enumerate(batches):
+        if i == after:
+            raise error()
+        yield batch
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_resume_after_interruption_equals_one_run(vit, tmp_path, batched):
+    data = Images(batched=batched)
+    whole = evaluate_all(vit, data, batch_size=32, progress=False)
+    path = tmp_path / "results.json"
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C during the 4th batch of 7
+        evaluate_all(
+            vit, interrupted(data.batches(32), 3), path=path, progress=False, data_name="fm"
+        )
+    saved = json.loads(progress_path(path).read_text())
+    assert (saved["images"], saved["batches"]) == (96, 3) and not path.exists()
+
+    data.requested.clear()
+    resumed = evaluate_all(
+        vit, data, batch_size=32, path=path, progress=False, data_name="fm", num_workers=0
+    )
+    assert sorted(data.requested) == list(range(96, 200))  # only the images not counted yet
+    assert [(r.stitch, r.top1, r.top5) for r in resumed] == [
+        (r.stitch, r.top1, r.top5) for r in whole
+    ]
+    assert not progress_path(path).exists() and Results.load(path)["0"].top1 == whole["0"].top1
+
+
+def test_progress_is_checkpointed_every_n_batches(vit, tmp_path, images):
+    path = tmp_path / "results.json"
+    seen = []
+
+    def watched():
+        for i, batch in enumerate(images.batches(20)):
+            if progress_path(path).exists():
+                seen.append((i, json.loads(progress_path(path).read_text())["batches"]))
+            yield batch
+
+    evaluate_all(vit, watched(), path=path, checkpoint_every=3, progress=False)
+    assert seen == [(i, 3 * (i // 3)) for i in range(3, 10)]
+    assert not progress_path(path).exists()
+
+
+def test_finished_stitches_are_not_measured_again(vit, tmp_path, images):
+    path = tmp_path / "r.json"
+    evaluate_all(vit, images, stitches=["0"], path=path, progress=False)
+    doc = json.loads(path.read_text())
+    for r in doc["records"]:
+        if r["stitch"] == "0":
+            r["top1"] = 123.0  # a value no evaluation could give
+    path.write_text(json.dumps(doc))
+    results = evaluate_all(vit, images, path=path, progress=False)
+    assert results["0"].top1 == 123.0 and not results.missing("top1")
+
+
+def test_errors(vit, tmp_path, images):
+    path = tmp_path / "r.json"
+    evaluate_all(vit, images, stitches=["0"], path=path, progress=False)
+    other = snnet.SNNet(vit_family(), kernel_size=1)
+    with pytest.raises(ValueError, match="another network"):
+        evaluate_all(other, images, path=path, progress=False)
+    with pytest.raises(ValueError, match="other max_images"):
+        evaluate_all(vit, images, path=path, max_images=10, progress=False)
+    with torch.no_grad():
+        vit.layers[next(iter(vit.layers))].weight.add_(1)  # as after more training
+    with pytest.raises(ValueError, match="other weights"):
+        evaluate_all(vit, images, path=path, progress=False)
+    with pytest.raises(ValueError, match="not in this network"):
+        evaluate_all(vit, images, stitches=["0:9-1:0"], progress=False)
+    with pytest.raises(ValueError, match="no images"):
+        evaluate_all(vit, [], progress=False)
+
+    path = tmp_path / "s.json"
+    batches = interrupted(images.batches(50), 1, RuntimeError)
+    with pytest.raises(RuntimeError):  # any error mid-way saves the progress too
+        evaluate_all(vit, batches, path=path, progress=False, data_name="fm")
+    with pytest.raises(ValueError, match="different data"):
+        evaluate_all(vit, images, path=path, progress=False)
+    with pytest.raises(ValueError, match="other stitches"):
+        evaluate_all(vit, images, stitches=["1"], path=path, progress=False, data_name="fm")
+
+
+def test_plot_writes_a_png(vit, tmp_path, images):
+    results = evaluate_all(vit, images, progress=False)
+    out = plot_results(results, tmp_path / "plot.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    height, width, _ = matplotlib.image.imread(out).shape
+    assert width > 600 and height > 400
+    plot_results(results, tmp_path / "params.png", cost="params", metric="top5")
+    with pytest.raises(ValueError, match="latency"):
+        plot_results(results, tmp_path / "lat.png", cost="latency_ms")
+    with pytest.raises(ValueError, match="snnet evaluate"):
+        plot_results(Results.for_network(vit), tmp_path / "none.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.png", "plot.png"]
+
+
+def test_cli_evaluate_and_plot(vit, tmp_path, capsys):
+    model = snnet.save(vit, tmp_path / "run")
+    folder = write_image_folder(fashion_mnist("test"), tmp_path / "images", limit=64)
+    args = ["evaluate", str(model), "--data", str(folder), "--batch-size", "16", "--workers", "0"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "23 of 23 stitches measured on 64 images" in out and " *" in out
+    lines = out.splitlines()[1:24]
+    gmacs = [float(line.split()[1]) for line in lines]
+    assert gmacs == sorted(gmacs)  # the table is sorted by cost
+    results = Results.load(model / "results.json")
+    assert (model / "results.csv").is_file() and not results.missing("top1")
+
+    assert main(["plot", str(model / "results.json")]) == 0
+    assert (model / "pareto_gmacs.png").read_bytes()[:4] == b"\x89PNG"
+
+    for bad, message in [
+        (["evaluate", str(tmp_path / "nope")], "does not exist"),
+        (["evaluate", str(folder)], "no config.json"),
+        (["evaluate", str(model)], "pass --data PATH"),
+        (["evaluate", str(model), "--data", str(folder), "--stitches", "7"], "names anchor 7"),
+        (["plot", str(tmp_path / "missing.json")], "does not exist"),
+    ]:
+        assert main(bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err

@@ -1,0 +1,414 @@
+"""Training: the loop learns, resumes exactly, leaves idle parameters alone, and runs under DDP."""
+
+import copy
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import snnet
+from families import FAMILIES, vit_family
+from snnet.batches import EpochBatches
+from snnet.checkpoint import load_checkpoint
+from snnet.cli import main
+from snnet.data import FashionMNIST, fashion_mnist
+from snnet.distributed import parameters_of
+from snnet.sampling import StitchSampler, flops_groups
+from snnet.train import TrainConfig, fit, get_lr, parameter_groups, train_loop
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_fmnist_net(*, drop_rate: float = 0.0) -> snnet.SNNet:
+    """Two random-init ViTs (widths 16, 32; depth 4) on 1×28×28 Fashion-MNIST images."""
+    torch.manual_seed(0)
+    anchors = [
+        snnet.timm_anchor(
+            "vit_tiny_patch16_224",
+            img_size=28,
+            patch_size=7,
+            in_chans=1,
+            embed_dim=width,
+            depth=4,
+            num_heads=2,
+            num_classes=10,
+            drop_rate=drop_rate,
+        )
+        for width in (16, 32)
+    ]
+    return snnet.SNNet(anchors)
+
+
+@pytest.fixture(scope="module")
+def fmnist_slice() -> FashionMNIST:
+    test = fashion_mnist("test")
+    return FashionMNIST(test.images[:512], test.targets[:512])
+
+
+def state_equal(a: snnet.SNNet, b: snnet.SNNet) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# -- the loop learns -----------------------------------------------------------------------------
+
+
+def test_fit_loss_goes_down_and_saves_a_loadable_network(fmnist_slice, tmp_path):
+    net = tiny_fmnist_net()
+    config = TrainConfig(epochs=4, batch_size=32, lr=3e-3, anchor_lr_scale=1.0, warmup=4)
+    result = fit(net, fmnist_slice, config, run_dir=tmp_path / "run", ls_init=64, progress=False)
+    assert result.steps == 4 * (512 // 32) and not result.interrupted
+    first, last = sum(result.losses[:8]) / 8, sum(result.losses[-8:]) / 8
+    assert last < first - 0.3, (first, last)
+    assert len(set(result.stitches)) > 5  # many stitches trained, not one
+    loaded = snnet.load(tmp_path / "run" / "model")
+    assert state_equal(loaded, net)
+    record = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert record["step"] == result.steps and record["epoch"] == 4
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_trains(family):
+    net = snnet.SNNet(FAMILIES[family][0]())
+    g = torch.Generator().manual_seed(0)
+    size = net.anchors[0].input_size
+    data = [(torch.randn(4, *size, generator=g), torch.randint(0, 10, (4,), generator=g))] * 4
+    before = copy.deepcopy(net.state_dict())
+    result = train_loop(net, data, TrainConfig(epochs=1, sampling="grouped"), progress=False)
+    assert result.steps == 4 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert any(not torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+# -- resume ---------------------------------------------------------------------------------------
+
+
+class SignalAfter:
+    """Epoch batches that send this process SIGTERM after ``k`` batches in all (like a scheduler
+    pre-empting the job mid-epoch)."""
+
+    def __init__(self, batches: EpochBatches, k: int) -> None:
+        self.batches, self.k, self.served = batches, k, 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __call__(self, epoch: int, start: int = 0):
+        for batch in self.batches(epoch, start):
+            self.served += 1
+            if self.served == self.k:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+
+def test_resume_after_sigterm_equals_an_uninterrupted_run(fmnist_slice, tmp_path):
+    # dropout makes the result depend on the restored RNG state, AdamW on the optimizer state,
+    # the cosine schedule on the step, the batches on the epoch and position.
+    config = TrainConfig(
+        epochs=2, batch_size=64, lr=3e-3, anchor_lr_scale=0.5, warmup=2, sampling="grouped"
+    )
+    batches = EpochBatches(fmnist_slice, 64, seed=config.seed)  # 8 batches per epoch
+
+    whole = train_loop(tiny_fmnist_net(drop_rate=0.1), batches, config, progress=False)
+
+    run = tmp_path / "run"
+    first = train_loop(
+        tiny_fmnist_net(drop_rate=0.1),
+        SignalAfter(batches, 11),
+        config,
+        run_dir=run,
+        progress=False,
+    )
+    assert first.interrupted == signal.SIGTERM and first.steps == 11  # stopped at the boundary
+    state = load_checkpoint(run)
+    assert (state["step"], state["epoch"], state["position"]) == (11, 1, 3)
+
+    other_init = tiny_fmnist_net(drop_rate=0.1)
+    with torch.no_grad():
+        for p in other_init.parameters():
+            p.add_(1.0)  # the checkpoint, not the construction, must decide the weights
+    rest = train_loop(other_init, batches, config, run_dir=run, resume=True, progress=False)
+    assert rest.steps == whole.steps == 16 and not rest.interrupted
+    assert rest.losses == whole.losses and rest.stitches == whole.stitches
+    assert state_equal(rest.net, whole.net)
+    assert state_equal(snnet.load(run / "model"), whole.net)
+
+
+# -- idle parameters ------------------------------------------------------------------------------
+
+
+class Snapshots:
+    """A list of batches that records every parameter each time the loop fetches a batch, i.e.
+    before each step."""
+
+    def __init__(self, net: snnet.SNNet, batches: list) -> None:
+        self.net, self.batches, self.before = net, batches, []
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            self.before.append({n: p.detach().clone() for n, p in self.net.named_parameters()})
+            yield batch
+
+
+def test_parameters_a_step_does_not_run_stay_bit_identical():
+    net = snnet.SNNet(vit_family())
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g))]
+    data = Snapshots(net, batches * 12)
+    config = TrainConfig(epochs=1, lr=1e-2, weight_decay=0.5, anchor_lr_scale=1.0, warmup=0)
+    result = train_loop(net, data, config, progress=False)
+    data.before.append({n: p.detach().clone() for n, p in net.named_parameters()})
+    assert len(data.before) == len(result.stitches) + 1 == 13
+    names = {id(p): n for n, p in net.named_parameters()}
+    idle_with_momentum = 0
+    for t, stitch in enumerate(result.stitches):
+        ran = {names[id(p)] for p in parameters_of(net, snnet.Stitch.parse(stitch))}
+        seen_before = {
+            names[id(p)]
+            for s in result.stitches[:t]
+            for p in parameters_of(net, snnet.Stitch.parse(s))
+        }
+        before, after = data.before[t], data.before[t + 1]
+        for n in before:
+            if n in ran:
+                continue
+            assert torch.equal(before[n], after[n]), (t, stitch, n)
+            idle_with_momentum += n in seen_before
+        assert any(not torch.equal(before[n], after[n]) for n in ran), (t, stitch)
+    # The check has teeth: idle parameters with AdamW state (momentum, decay) were present...
+    assert idle_with_momentum > 50
+    # ...and such a parameter does move when its gradient is zero instead of None.
+    optimizer = torch.optim.AdamW(
+        [p := torch.nn.Parameter(torch.ones(3))], lr=0.1, weight_decay=0.5
+    )
+    p.grad = torch.ones(3)
+    optimizer.step()
+    before = p.detach().clone()
+    optimizer.zero_grad(set_to_none=False)
+    optimizer.step()
+    assert not torch.equal(before, p.detach())
+
+
+def test_weight_decay_groups_keep_the_anchors_no_weight_decay_sets():
+    net = snnet.SNNet(vit_family())
+    groups = {g["name"]: g for g in parameter_groups(net, TrainConfig(anchor_lr_scale=0.1))}
+    names = {id(p): n for n, p in net.named_parameters()}
+    no_decay = {
+        names[id(p)] for k in ("anchors/no_decay", "layers/no_decay") for p in groups[k]["params"]
+    }
+    assert "anchors.0.model.pos_embed" in no_decay and "anchors.2.model.cls_token" in no_decay
+    assert "anchors.1.model.blocks.0.norm1.weight" in no_decay
+    assert "layers.a0_a1_0.bias" in no_decay and "layers.a0_a1_0.weight" not in no_decay
+    assert groups["anchors/decay"]["lr_scale"] == 0.1 and groups["layers/decay"]["lr_scale"] == 1.0
+    assert groups["anchors/no_decay"]["weight_decay"] == 0.0
+    total = sum(len(g["params"]) for g in groups.values())
+    assert total == len(list(net.parameters()))
+
+
+# -- schedule and sampling ------------------------------------------------------------------------
+
+
+def test_lr_schedule_warms_up_then_follows_a_cosine():
+    lr = lambda step: get_lr(step, lr=1.0, min_lr=0.1, warmup=4, total=104)  # noqa: E731
+    assert [lr(s) for s in range(4)] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert lr(4) == pytest.approx(1.0)
+    assert lr(54) == pytest.approx(0.55)  # half way: (lr + min_lr) / 2
+    assert lr(104) == lr(500) == pytest.approx(0.1)
+    after = [lr(s) for s in range(4, 105)]
+    assert all(a >= b for a, b in itertools.pairwise(after))
+
+
+def test_grouped_sampler_visits_every_group_equally_often():
+    net = snnet.SNNet(vit_family())
+    costs = {s: net.cost(s).gmacs for s in net.stitches}
+    gap = (max(costs.values()) - min(costs.values())) / 4
+    groups = flops_groups(costs, gap)
+    assert len(groups) >= 4 and len({len(g) for g in groups}) > 1  # bands of different sizes
+    sampler = StitchSampler(net.stitches, costs, policy="grouped", gap=gap, seed=0)
+    group_of = {s: i for i, g in enumerate(groups) for s in g}
+    draws = 4000
+    visits = [0] * len(groups)
+    for _ in range(draws):
+        visits[group_of[sampler.draw()[0]]] += 1
+    expected = draws / len(groups)
+    assert all(abs(v - expected) < 0.15 * expected for v in visits), visits
+    uniform = StitchSampler(net.stitches, costs, policy="uniform", seed=0)
+    small = [0] * len(groups)
+    for _ in range(draws):
+        small[group_of[uniform.draw()[0]]] += 1
+    assert small != visits  # uniform follows band sizes instead
+
+
+def test_rank_sampling_modes():
+    net = snnet.SNNet(vit_family())
+    costs = {s: net.cost(s).gmacs for s in net.stitches}
+    make = lambda mode: StitchSampler(net.stitches, costs, rank_sampling=mode, world_size=4, seed=3)  # noqa: E731
+    same, independent, balanced = make("same"), make("independent"), make("balanced")
+    groups = balanced.groups
+    group_of = {s: i for i, g in enumerate(groups) for s in g}
+    differ = 0
+    for _ in range(200):
+        assert len(set(same.draw())) == 1
+        differ += len(set(independent.draw())) > 1
+        draw = balanced.draw()
+        assert len({group_of[s] for s in draw}) == 1
+    assert differ > 150
+    state = balanced.state_dict()
+    again = [balanced.draw() for _ in range(5)]
+    balanced.load_state_dict(state)
+    assert [balanced.draw() for _ in range(5)] == again
+
+
+# -- configuration and errors ---------------------------------------------------------------------
+
+
+def test_config_json_round_trip_and_unknown_keys():
+    config = TrainConfig(epochs=3, lr=5e-4, sampling="grouped", gap=0.5, steps=100)
+    assert TrainConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+    with pytest.raises(ValueError, match=r"unknown TrainConfig keys \['lrr'\]"):
+        TrainConfig.from_json({"lrr": 1e-3})
+    with pytest.raises(TypeError):
+        TrainConfig(3)  # keyword-only
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lr": -1e-3}, "lr must be positive"),
+        ({"optimizer": "adam"}, "unknown optimizer 'adam'; choose adamw or sgd"),
+        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"sampling": "random"}, "unknown sampling 'random'"),
+        ({"rank_sampling": "all"}, "unknown rank_sampling 'all'"),
+        ({"label_smoothing": 1.0}, "label_smoothing must lie in"),
+        ({"gap": 0.0}, "gap must be positive"),
+        ({"amp": "fp8"}, "unknown amp 'fp8'"),
+    ],
+)
+def test_bad_config_values_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_resume_with_other_options_is_an_error(fmnist_slice, tmp_path):
+    batches = EpochBatches(fmnist_slice, 128)
+    config = TrainConfig(epochs=1, steps=1, batch_size=128)
+    train_loop(tiny_fmnist_net(), batches, config, run_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="already holds a checkpoint: pass --resume"):
+        train_loop(tiny_fmnist_net(), batches, config, run_dir=tmp_path, progress=False)
+    other = TrainConfig(epochs=1, steps=1, batch_size=128, lr=1.0)
+    with pytest.raises(ValueError, match=r"written with lr=0.001 \(now 1.0\)"):
+        train_loop(tiny_fmnist_net(), batches, other, run_dir=tmp_path, resume=True, progress=False)
+
+
+def _cli(*args: str) -> list[str]:
+    return ["train", "deit_tiny_patch16_224", "deit_small_patch16_224", *args]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "-0.1"], "lr must be positive, got -0.1"),
+        (["--epochs", "0"], "epochs must be at least 1"),
+        (["--resume"], "--resume: no checkpoint at"),
+        (["--ls-init", "-5"], "--ls-init must be >= 0"),
+    ],
+)
+def test_cli_bad_arguments_print_one_clear_line(args, message, tmp_path, capsys):
+    code = main(_cli("--out", str(tmp_path / "run"), *args))
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_unknown_optimizer_is_rejected_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(_cli("--out", str(tmp_path), "--optimizer", "adam"))
+    assert "invalid choice: 'adam'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_trains_an_image_folder_and_resumes(fmnist_slice, tmp_path, capsys):
+    from snnet.data import write_image_folder
+
+    folder = write_image_folder(fmnist_slice, tmp_path / "images", limit=48)
+    out = tmp_path / "run"
+    family = ["vit_tiny_patch16_224", "vit_small_patch16_224", "--img-size", "32"]
+    args = [*family, "--num-classes", "10", "--data", str(folder), "--out", str(out)]
+    args += ["--steps", "3", "--batch-size", "8", "--ls-init", "16", "--quiet"]
+    assert main(["train", *args]) == 0
+    assert "trained 3 steps" in capsys.readouterr().out
+    net = snnet.load(out / "model")
+    assert len(net.stitches) == 2 + 34
+    assert load_checkpoint(out)["step"] == 3
+    # The same command again needs --resume; with it, the finished run has nothing left to do.
+    assert main(["train", *args]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(["train", *args, "--resume"]) == 0
+    assert state_equal(snnet.load(out / "model"), net)
+    # A family that does not match the data is a clear error, not a shape crash.
+    assert main(["train", *family, "--out", str(tmp_path / "other"), "--quiet"]) == 2
+    assert (
+        "the anchors take (3, 32, 32) inputs but the data gives (1, 28, 28)"
+        in capsys.readouterr().err
+    )
+
+
+def test_fmnist_preset_is_the_zoo_family_and_reloads_from_its_sources(tmp_path):
+    from snnet import zoo
+    from snnet.anchors import PRESETS, from_source
+
+    names, _ = PRESETS["fmnist"]
+    assert names == tuple(f"zoo={n}" for n in zoo.demo_family_names())
+    anchors = [
+        from_source({"kind": "zoo", "name": n}, pretrained=False) for n in zoo.demo_family_names()
+    ]
+    net = snnet.SNNet(anchors)
+    assert net.anchors[0].input_size == (1, 28, 28)
+    snnet.save(net, tmp_path / "model")
+    assert state_equal(snnet.load(tmp_path / "model"), net)  # what evaluate / export do with a run
+
+
+# -- several processes ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_process_ddp_keeps_ranks_identical_and_averages_over_users(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*cmd, str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in range(2):
+        grads = json.loads((tmp_path / f"grad-rank{rank}.json").read_text())
+        assert grads["max_error"] < 1e-6 and grads["checked"] > 50 and grads["shared"] > 10
+        assert grads["none_mismatch"] == []
+        assert "anchors.2.model.head.weight" in grads["idle_none"]  # no rank ran anchor 2
+    initial = snnet.SNNet(vit_family()).state_dict()
+    for mode in ("independent", "balanced", "same"):
+        w0 = torch.load(tmp_path / f"{mode}-rank0.pt")
+        w1 = torch.load(tmp_path / f"{mode}-rank1.pt")
+        assert all(torch.equal(w0[k], w1[k]) for k in w0), mode
+        assert any(not torch.equal(w0[k], initial[k]) for k in w0), mode  # it trained
+        s0, s1 = (
+            json.loads((tmp_path / f"{mode}-rank{r}.json").read_text())["stitches"]
+            for r in range(2)
+        )
+        assert len(s0) == len(s1) == 4
+        if mode == "same":
+            assert s0 == s1
+        if mode == "independent":
+            assert s0 != s1
+        assert load_checkpoint(tmp_path / mode)["world_size"] == 2
