@@ -8,7 +8,7 @@ part and a stitch can be exported by pruning the parts it does not run, generica
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -47,6 +47,28 @@ class FeatureShape:
             return cls(layout, x.shape[-1], x.shape[-2])
         h, w, c = (x.shape[-2], x.shape[-1], x.shape[-3]) if layout == "nchw" else x.shape[-3:]
         return cls(layout, int(c), int(h * w), (int(h), int(w)))
+
+
+def consecutive_stages(
+    depths: Sequence[int], layout: Layout | Sequence[Layout], stitchable: Collection[int]
+) -> tuple[Stage, ...]:
+    """Stages of consecutive blocks from each stage's depth; ``stitchable`` lists stage indices."""
+    layouts = [layout] * len(depths) if isinstance(layout, str) else list(layout)
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    return tuple(
+        Stage(range(s, s + d), lay, i in stitchable)
+        for i, (s, d, lay) in enumerate(zip(starts, depths, layouts, strict=True))
+    )
+
+
+def downsample_then_blocks(container: str, stages: Sequence[nn.Module]) -> list[tuple[str, ...]]:
+    """Block names for timm stages that run ``downsample`` then ``blocks`` (Swin, LeViT): the
+    downsampling is folded into each stage's first block."""
+    names = []
+    for i, stage in enumerate(stages):
+        names.append((f"{container}.{i}.downsample", f"{container}.{i}.blocks.0"))
+        names += [(f"{container}.{i}.blocks.{b}",) for b in range(1, len(stage.blocks))]
+    return names
 
 
 class Anchor(nn.Module):

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from snnet.adapters.base import Anchor, Stage
+from snnet.adapters.base import Anchor, Stage, consecutive_stages, downsample_then_blocks
 
 
 def _clear_attention_bias_caches(module: nn.Module, *_: Any) -> None:
@@ -77,16 +77,8 @@ class LevitAnchor(Anchor):
         return self.model.forward_head(h)
 
     def block_names(self) -> list[tuple[str, ...]]:
-        names = []
-        for i, stage in enumerate(self.model.stages):
-            names.append((f"stages.{i}.downsample", f"stages.{i}.blocks.0"))
-            names += [(f"stages.{i}.blocks.{b}",) for b in range(1, len(stage.blocks))]
-        return names
+        return downsample_then_blocks("stages", self.model.stages)
 
     def stages(self) -> tuple[Stage, ...]:
-        out, start = [], 0
-        for i, stage in enumerate(self.model.stages):
-            depth = len(stage.blocks)
-            out.append(Stage(range(start, start + depth), self.layout, i in self.default_stages))
-            start += depth
-        return tuple(out)
+        depths = [len(stage.blocks) for stage in self.model.stages]
+        return consecutive_stages(depths, self.layout, self.default_stages)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from snnet.adapters.base import Anchor, Stage
+from snnet.adapters.base import Anchor, Stage, consecutive_stages
 
 
 class ResNetAnchor(Anchor):
@@ -51,9 +51,5 @@ class ResNetAnchor(Anchor):
         ]
 
     def stages(self) -> tuple[Stage, ...]:
-        out, start = [], 0
-        for i, stage in enumerate(self._stage_names()):
-            depth = len(self.model.get_submodule(stage))
-            out.append(Stage(range(start, start + depth), "nchw", i in self.default_stages))
-            start += depth
-        return tuple(out)
+        depths = [len(self.model.get_submodule(stage)) for stage in self._stage_names()]
+        return consecutive_stages(depths, "nchw", self.default_stages)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from snnet.adapters.base import Anchor, Layout, Stage
+from snnet.adapters.base import Anchor, Layout, Stage, consecutive_stages
 
 
 class _Parts(nn.Module):
@@ -59,11 +59,7 @@ class SequentialAnchor(Anchor):
         if bad:
             raise ValueError(f"unknown layout {bad[0]!r}: use 'tokens', 'nchw' or 'nhwc'")
         chosen = set(range(len(depths)) if stitch_stages is None else stitch_stages)
-        starts = [sum(depths[:i]) for i in range(len(depths))]
-        self._stages = tuple(
-            Stage(range(s, s + d), lay, i in chosen)
-            for i, (s, d, lay) in enumerate(zip(starts, depths, layouts, strict=True))
-        )
+        self._stages = consecutive_stages(depths, layouts, chosen)
         super().__init__(
             _Parts(stem, blocks, head), name=name or "sequential", input_size=input_size
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from snnet.adapters.base import Anchor, Stage
+from snnet.adapters.base import Anchor, Stage, consecutive_stages, downsample_then_blocks
 
 
 class SwinAnchor(Anchor):
@@ -34,17 +34,8 @@ class SwinAnchor(Anchor):
         return self.model.forward_head(self.model.norm(h))
 
     def block_names(self) -> list[tuple[str, ...]]:
-        names = []
-        for i, stage in enumerate(self.model.layers):
-            names.append((f"layers.{i}.downsample", f"layers.{i}.blocks.0"))
-            names += [(f"layers.{i}.blocks.{b}",) for b in range(1, len(stage.blocks))]
-        return names
+        return downsample_then_blocks("layers", self.model.layers)
 
     def stages(self) -> tuple[Stage, ...]:
-        out, start = [], 0
-        for i, stage in enumerate(self.model.layers):
-            out.append(
-                Stage(range(start, start + len(stage.blocks)), "nhwc", i in self.default_stages)
-            )
-            start += len(stage.blocks)
-        return tuple(out)
+        depths = [len(stage.blocks) for stage in self.model.layers]
+        return consecutive_stages(depths, "nhwc", self.default_stages)
