@@ -22,7 +22,10 @@ from snnet.adapters import (
 )
 from snnet.anchors import PRESETS, resolve_anchors, timm_anchor
 from snnet.batchnorm import batchnorm_stats, recalibrate_batchnorm
+from snnet.controller import BudgetController
 from snnet.cost import Cost
+from snnet.export import StitchedModel, export_stitch, load_stitch, save_stitch
+from snnet.latency import Timing, measure_latency, time_callable, time_module
 from snnet.lstsq import init_least_squares
 from snnet.network import SNNet, Step
 from snnet.pareto import pareto_front
@@ -35,6 +38,7 @@ from snnet.stitch import Cut, Stitch
 __all__ = [
     "PRESETS",
     "Anchor",
+    "BudgetController",
     "Cost",
     "Cut",
     "FeatureShape",
@@ -49,13 +53,18 @@ __all__ = [
     "Step",
     "Stitch",
     "StitchSpace",
+    "StitchedModel",
     "SwinAnchor",
+    "Timing",
     "ViTAnchor",
     "as_anchor",
     "batchnorm_stats",
+    "export_stitch",
     "flops_groups",
     "init_least_squares",
     "load",
+    "load_stitch",
+    "measure_latency",
     "pareto_front",
     "recalibrate_batchnorm",
     "register_adapter",
@@ -63,6 +72,9 @@ __all__ = [
     "sample_grouped",
     "sample_stitch",
     "save",
+    "save_stitch",
+    "time_callable",
+    "time_module",
     "timm_anchor",
 ]
 __version__ = "0.1.0"

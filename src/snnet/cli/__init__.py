@@ -13,6 +13,9 @@ COMMANDS = {
     "train": "Train a family's stitches (least-squares init, then one stitch per step).",
     "evaluate": "Top-1/top-5 of every stitch of a saved network in one pass over the data.",
     "plot": "Plot accuracy against GMACs/params/latency with the Pareto front (PNG).",
+    "latency": "Measure every stitch's latency on this machine into a results file.",
+    "select": "Pick the most accurate stitch within a budget (GMACs, params, latency).",
+    "export": "Export one stitch as a standalone model (safetensors, ONNX, torch.export).",
 }
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from snnet.anchors import PRESETS, resolve_anchors
 from snnet.network import SNNet
+from snnet.results import Results
 
 
 def add_family_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,3 +68,19 @@ def build_network(args: argparse.Namespace, *, device: str | None = None) -> SNN
     if args.all_pairs:
         options["nearest"] = False
     return SNNet(anchors, **options)
+
+
+def load_results_for(net: SNNet, path: str | Path, *, create: bool) -> Results:
+    """The results file for ``net`` at ``path``; with ``create``, a new one with costs if absent.
+    Results of another network are a clear error."""
+    path = Path(path)
+    if not path.exists():
+        if not create:
+            raise FileNotFoundError(
+                f"results file {path} does not exist: measure with `snnet evaluate` / "
+                "`snnet latency`, or pass --results"
+            )
+        return Results.for_network(net)
+    results = Results.load(path)
+    results.check_network(net)
+    return results

@@ -1,0 +1,61 @@
+"""``snnet export``: one stitch as a standalone model (safetensors, ONNX, torch.export)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from snnet.cli.common import load_results_for
+from snnet.cli.select import add_budget_arguments, budgets
+from snnet.export import FORMATS, export, export_stitch
+from snnet.select import select
+from snnet.serialize import load
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model_dir", metavar="MODEL_DIR", help="a network saved by snnet.save / training"
+    )
+    p.add_argument("--stitch", default=None, help="the stitch to export, e.g. 0:5-1:6")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--format",
+        nargs="+",
+        choices=FORMATS,
+        default=["safetensors"],
+        help="safetensors (config.json + model.safetensors), onnx, pt2 (torch.export)",
+    )
+    p.add_argument(
+        "--results",
+        default=None,
+        help="results file to select from with the budget options (default MODEL_DIR/results.json)",
+    )
+    add_budget_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    wanted = budgets(args)
+    if (args.stitch is None) == (not wanted):
+        raise ValueError(
+            "give --stitch, or a budget (--max-gmacs, ...) to export the stitch select picks"
+        )
+    net = load(args.model_dir).eval()
+    stitch = args.stitch
+    if wanted:
+        path = Path(args.results) if args.results else Path(args.model_dir) / "results.json"
+        results = load_results_for(net, path, create=False)
+        stitch = select(results, **wanted).stitch
+        print(f"selected stitch {stitch} for {', '.join(f'{k}={v}' for k, v in wanted.items())}")
+    model = export_stitch(net, stitch)
+    try:
+        written = export(model, args.out, args.format)
+    except ImportError as e:  # a missing optional package: one line naming the extra
+        raise ValueError(str(e)) from None
+    share = model.info["params"] / sum(p.numel() for p in net.parameters())
+    print(
+        f"exported {model.info['path']} ({model.info['params'] / 1e6:.2f} M params, "
+        f"{share:.0%} of the SN-Net)"
+    )
+    for fmt, where in written.items():
+        print(f"  {fmt:<12} {where}")
+    return 0

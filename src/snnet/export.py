@@ -1,0 +1,451 @@
+"""One stitch as a standalone model: only the weights it runs, saved, reloaded and exported.
+
+:func:`export_stitch` copies from the SN-Net only what the stitch runs: the parts of the anchors
+on its route (the first anchor's stem, each anchor's block range, the last anchor's head) and
+its stitching layers. Parts it skips are never copied, so memory follows the stitch, not the
+family. The result, a :class:`StitchedModel`, computes exactly what ``net(x, stitch=...)``
+computes, and saves as ``config.json`` + ``model.safetensors`` that load back without the SN-Net
+and without unpickling. :func:`export_onnx` and :func:`export_pt2` write deployable graphs.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from snnet.adapters import Anchor, FeatureShape, as_anchor
+from snnet.anchors import from_source
+from snnet.layers import StitchingLayer
+from snnet.network import SNNet, Step
+from snnet.serialize import atomic_write
+from snnet.stitch import Stitch
+
+FORMAT = "snnet-stitch"
+VERSION = 1
+CONFIG, WEIGHTS = "config.json", "model.safetensors"
+ONNX, PT2 = "model.onnx", "model.pt2"
+FORMATS = ("safetensors", "onnx", "pt2")
+_CONFIG_KEYS = {
+    "format",
+    "version",
+    "stitch",
+    "path",
+    "macs",
+    "params",
+    "anchors",
+    "layers",
+    "steps",
+}
+
+
+class StitchedModel(nn.Module):
+    """One stitch of an SN-Net as a plain module holding only the weights that stitch runs.
+
+    ``anchors`` are the (pruned) anchors of the route in order; ``steps`` index into them and
+    into ``layers``, like :meth:`SNNet.plan` does into the network. Build one with
+    :func:`export_stitch` or :func:`load_stitch`.
+
+    Example:
+        >>> model = snnet.export_stitch(net, "0:5-1:6")
+        >>> torch.equal(model(x), net(x, stitch="0:5-1:6"))
+        True
+    """
+
+    def __init__(
+        self,
+        anchors: Sequence[Anchor],
+        layers: Sequence[StitchingLayer],
+        steps: Sequence[Step],
+        *,
+        info: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.anchors = nn.ModuleList(anchors)
+        self.layers = nn.ModuleList(layers)
+        self.steps = tuple(Step(*s) for s in steps)
+        self.info = info  # JSON: the stitch, its source anchors and parts, its cost
+
+    @property
+    def stitch(self) -> Stitch:
+        return Stitch.parse(self.info["stitch"])
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return tuple(self.anchors[0].input_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.anchors[self.steps[0].anchor].forward_stem(x)
+        for step in self.steps:
+            h = self.anchors[step.anchor].forward_blocks(h, step.start, step.stop)
+            if step.layer is not None:
+                h = self.layers[int(step.layer)](h)
+        return self.anchors[self.steps[-1].anchor].forward_head(h)
+
+    def extra_repr(self) -> str:
+        return f"stitch='{self.info['stitch']}', path={self.info['path']!r}"
+
+
+def _copy_parts(anchor: Anchor, *, stem: bool, blocks: Sequence[int], head: bool) -> Anchor:
+    """A copy of ``anchor`` holding only the listed parts; the others are never copied.
+
+    Dropped modules and parameters are put in ``deepcopy``'s memo as their replacement
+    (``nn.Identity`` / ``None``, what :meth:`Anchor.prune` puts there), so copying skips them;
+    anything a kept part also uses is copied as usual.
+    """
+    keep = set(blocks)
+    block_names = anchor.block_names()
+    kept_paths = list(anchor.stem_names if stem else ()) + list(anchor.head_names if head else ())
+    kept_paths += [n for b in sorted(keep) for n in block_names[b]]
+    dropped_paths = [n for n in anchor.stem_names if not stem]
+    dropped_paths += [n for n in anchor.head_names if not head]
+    dropped_paths += [n for b, names in enumerate(block_names) if b not in keep for n in names]
+
+    kept: set[int] = set()
+    for path in kept_paths:
+        obj = anchor._resolve(path)
+        if isinstance(obj, nn.Module):
+            kept.update(id(m) for m in obj.modules())
+            kept.update(id(t) for t in obj.parameters())
+        elif obj is not None:
+            kept.add(id(obj))
+    memo: dict[int, Any] = {}
+    for path in dropped_paths:
+        obj = anchor._resolve(path)
+        if id(obj) in kept or obj is None:
+            continue
+        if isinstance(obj, nn.Module):
+            memo[id(obj)] = nn.Identity()
+        elif isinstance(obj, nn.Parameter):
+            memo[id(obj)] = None
+    part = copy.deepcopy(anchor, memo)
+    part.prune(stem=stem, blocks=sorted(keep), head=head)
+    return part
+
+
+def _route_parts(steps: Sequence[Step]) -> list[dict[str, Any]]:
+    last = len(steps) - 1
+    return [
+        {"stem": k == 0, "blocks": list(range(s.start, s.stop)), "head": k == last}
+        for k, s in enumerate(steps)
+    ]
+
+
+def export_stitch(net: SNNet, stitch: Stitch | str) -> StitchedModel:
+    """A standalone module running ``stitch``, holding copies of only the weights it uses.
+
+    The network is not changed and not copied as a whole: only the parts on the stitch's route
+    are copied, so exporting needs memory for the stitch, not for the family. The module's
+    parameter count is ``net.cost(stitch).params`` and its output equals
+    ``net(x, stitch=stitch)`` exactly.
+
+    Example:
+        >>> model = export_stitch(net, "0:5-1:6")
+        >>> save_stitch(model, "deploy/ti-s")
+    """
+    stitch = net.space.check(stitch)
+    steps = net.plan(stitch)
+    parts = _route_parts(steps)
+    anchors = [_copy_parts(net.anchors[s.anchor], **p) for s, p in zip(steps, parts, strict=True)]
+    layers, new_steps, layer_info = [], [], []
+    for k, s in enumerate(steps):
+        idx = None
+        if s.layer is not None:
+            layer = net.layers[s.layer]
+            idx = str(len(layers))
+            layers.append(copy.deepcopy(layer))
+            layer_info.append(
+                {"name": s.layer, "src": _shape_json(layer.src), "dst": _shape_json(layer.dst)}
+            )
+        new_steps.append(Step(k, s.start, s.stop, idx))
+    cost = net.cost(stitch)
+    info = {
+        "format": FORMAT,
+        "version": VERSION,
+        "stitch": str(stitch),
+        "path": net.describe(stitch),
+        "macs": cost.macs,
+        "params": cost.params,
+        "anchors": [
+            {
+                "index": s.anchor,
+                "name": net.anchors[s.anchor].name,
+                "family": net.anchors[s.anchor].family,
+                "input_size": list(net.anchors[s.anchor].input_size),
+                "source": net.anchors[s.anchor].source,
+                **p,
+            }
+            for s, p in zip(steps, parts, strict=True)
+        ],
+        "layers": layer_info,
+        "steps": [list(s) for s in new_steps],
+    }
+    return StitchedModel(anchors, layers, new_steps, info=info).train(net.training)
+
+
+def _shape_json(shape: FeatureShape) -> dict[str, Any]:
+    return {
+        "layout": shape.layout,
+        "channels": shape.channels,
+        "rows": shape.rows,
+        "grid": list(shape.grid) if shape.grid else None,
+    }
+
+
+def _shape_from_json(d: dict[str, Any]) -> FeatureShape:
+    return FeatureShape(
+        d["layout"], d["channels"], d["rows"], tuple(d["grid"]) if d["grid"] else None
+    )
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer, persistent or not, so a model built on the meta device can be
+    filled completely from the file."""
+    out = dict(model.named_parameters())
+    out.update(model.named_buffers())
+    return out
+
+
+# -- files ------------------------------------------------------------------------------------
+def save_stitch(model: StitchedModel, directory: str | Path) -> Path:
+    """Write ``directory/config.json`` and ``directory/model.safetensors`` (atomically).
+
+    Example:
+        >>> save_stitch(export_stitch(net, "0:5-1:6"), "deploy/ti-s")
+        >>> model = load_stitch("deploy/ti-s")
+    """
+    directory = Path(directory)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in _tensors(model).items()}
+    atomic_write(
+        directory / WEIGHTS,
+        lambda p: save_file(
+            tensors, p, metadata={"format": FORMAT, "stitch": model.info["stitch"]}
+        ),
+        mode="path",
+    )
+    atomic_write(directory / CONFIG, lambda f: json.dump(model.info, f, indent=2, sort_keys=True))
+    return directory
+
+
+def read_stitch_config(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: is {directory} a directory written by snnet export?"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        fmt = config.get("format") if isinstance(config, dict) else None
+        hint = " (a whole SN-Net: load it with snnet.load)" if fmt == "snnet" else ""
+        raise ValueError(f"{path} is not an exported stitch (format={fmt!r}){hint}")
+    if config.get("version", 0) > VERSION:
+        raise ValueError(
+            f"{path} was written by a newer snnet (version {config['version']}); upgrade snnet"
+        )
+    unknown = set(config) - _CONFIG_KEYS
+    if unknown:
+        raise ValueError(
+            f"{path} has unknown keys {sorted(unknown)}; was it written by a newer snnet?"
+        )
+    return config
+
+
+def load_stitch(
+    directory: str | Path,
+    *,
+    anchors: Sequence[nn.Module | Anchor] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> StitchedModel:
+    """Rebuild an exported stitch from ``directory`` without the SN-Net and without unpickling.
+
+    Anchors recorded from timm (or snnet's demo family) are rebuilt on the meta device, pruned
+    and then filled from the file, so loading too needs memory only for the stitch. Anchors that
+    were your own modules must be passed again: ``anchors`` lists the network's anchors as given
+    to ``SNNet`` (their weights are not used; the file's are).
+    """
+    config = read_stitch_config(directory)
+    parts = []
+    for entry in config["anchors"]:
+        keep = {"stem": entry["stem"], "blocks": entry["blocks"], "head": entry["head"]}
+        if anchors is not None:
+            if entry["index"] >= len(anchors):
+                raise ValueError(
+                    f"the stitch uses anchor {entry['index']} ({entry['name']}) but only "
+                    f"{len(anchors)} anchors were passed: pass the network's anchors in order"
+                )
+            parts.append(_copy_parts(as_anchor(anchors[entry["index"]]), **keep))
+            continue
+        if entry.get("source") is None:
+            raise ValueError(
+                f"anchor {entry['name']} was given as a module, so snnet cannot rebuild it; pass "
+                "anchors=[...] to load_stitch() (the network's anchors, in order)"
+            )
+        with torch.device("meta"):  # structure only: the weights come from the file
+            anchor = from_source(entry["source"], pretrained=False)
+        anchor.prune(**keep)
+        parts.append(anchor)
+    with torch.device("meta"):
+        layers = [
+            StitchingLayer(_shape_from_json(d["src"]), _shape_from_json(d["dst"]))
+            for d in config["layers"]
+        ]
+    steps = [Step(*s) for s in config["steps"]]
+    model = StitchedModel(parts, layers, steps, info=config)
+    _fill(model, Path(directory) / WEIGHTS, map_location)
+    return model.eval()
+
+
+@torch.no_grad()
+def _fill(model: nn.Module, path: Path, map_location: str | torch.device) -> None:
+    """Put the file's tensors into ``model`` in place of its own (assigned, not copied, so
+    memory holds one copy of the weights); tied tensors stay tied."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the exported stitch is incomplete")
+    state = load_file(str(path), device=str(map_location))
+    own = _tensors(model)
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        first = (wrong or missing or unexpected)[0]
+        raise ValueError(
+            f"{path} does not fit its config ({len(missing)} missing, {len(unexpected)} "
+            f"unexpected, {len(wrong)} of other shape, e.g. {first}): the anchors rebuilt from "
+            "their source differ from the exported ones"
+        )
+    name_of = {id(t): k for k, t in own.items()}
+    new: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for slots in (module._parameters, module._buffers):
+            for leaf, t in slots.items():
+                if t is None:
+                    continue
+                if id(t) not in new:
+                    loaded = state.pop(name_of[id(t)])
+                    if loaded.data_ptr() % 64:
+                        # safetensors hands out tensors at 8-byte offsets; vectorised kernels
+                        # take other paths on unaligned data and round differently, so move
+                        # each into an aligned allocation (one at a time: peak stays ~1 copy)
+                        loaded = loaded.clone()
+                    new[id(t)] = (
+                        nn.Parameter(loaded, requires_grad=t.requires_grad)
+                        if isinstance(t, nn.Parameter)
+                        else loaded
+                    )
+                slots[leaf] = new[id(t)]
+
+
+# -- graphs -----------------------------------------------------------------------------------
+def require(*packages: str, purpose: str) -> None:
+    """Raise a one-line ImportError naming the pip extra when an optional package is missing."""
+    missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    if missing:
+        raise ImportError(f"{purpose} needs {', '.join(missing)}: pip install 'snnet[export]'")
+
+
+def _example(model: StitchedModel, batch_size: int) -> torch.Tensor:
+    p = next(model.parameters())
+    g = torch.Generator(device=p.device).manual_seed(0)
+    return torch.randn(batch_size, *model.input_size, generator=g, device=p.device, dtype=p.dtype)
+
+
+def export_onnx(
+    model: StitchedModel,
+    path: str | Path,
+    *,
+    dynamic_batch: bool = True,
+    check: bool = True,
+    atol: float = 1e-4,
+) -> Path:
+    """Write ``model`` as ONNX (``torch.onnx.export``, the dynamo exporter) with a dynamic batch
+    dimension, and with ``check`` run it in onnxruntime against PyTorch (max abs error ≤ ``atol``).
+
+    Example:
+        >>> export_onnx(export_stitch(net, "0:5-1:6"), "deploy/ti-s/model.onnx")
+    """
+    require("onnx", "onnxscript", purpose="ONNX export")
+    if check:
+        require("onnxruntime", purpose="checking the ONNX export")
+    path = Path(path)
+    model = model.eval()
+    x = _example(model, 2)
+    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+    with torch.no_grad():
+        program = torch.onnx.export(
+            model,
+            (x,),
+            dynamo=True,
+            dynamic_shapes=dynamic,
+            input_names=["x"],
+            output_names=["logits"],
+            verbose=False,
+        )
+    atomic_write(path, lambda p: program.save(p), mode="path")
+    if check:
+        check_onnx(model, path, atol=atol)
+    return path
+
+
+def check_onnx(
+    model: nn.Module, path: str | Path, *, atol: float = 1e-4, batch_size: int = 3
+) -> float:
+    """Run the ONNX file in onnxruntime and compare with ``model``; returns the max abs error."""
+    require("onnxruntime", purpose="checking the ONNX export")
+    import onnxruntime as ort
+
+    x = _example(model, batch_size)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.cpu().float().numpy()})[0]
+    with torch.no_grad():
+        want = model(x).float().cpu()
+    err = float((torch.from_numpy(got) - want).abs().max())
+    if not err <= atol:
+        raise ValueError(f"the ONNX model in {path} differs from PyTorch by {err:.3g} (> {atol})")
+    return err
+
+
+def export_pt2(model: StitchedModel, path: str | Path, *, dynamic_batch: bool = True) -> Path:
+    """Write ``model`` as a ``torch.export`` program (``.pt2``), batch dimension dynamic.
+
+    Load with ``torch.export.load(path).module()``. (TorchScript is deprecated in current
+    PyTorch; ``torch.export`` is its successor.)
+    """
+    path = Path(path)
+    model = model.eval()
+    x = _example(model, 2)  # batch 2: an example batch of 1 would be specialised to 1
+    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+    with torch.no_grad():
+        program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
+    atomic_write(path, lambda f: torch.export.save(program, f), mode="wb")
+    return path
+
+
+def export(
+    model: StitchedModel, directory: str | Path, formats: Sequence[str] = ("safetensors",)
+) -> dict[str, Path]:
+    """Write ``model`` into ``directory`` in each of ``formats`` (``safetensors``, ``onnx``,
+    ``pt2``); returns the path written per format."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown export format {bad[0]!r}; choose from {', '.join(FORMATS)}")
+    if "onnx" in formats:  # fail before writing anything
+        require("onnx", "onnxscript", "onnxruntime", purpose="ONNX export")
+    directory = Path(directory)
+    out: dict[str, Path] = {}
+    for f in formats:
+        if f == "safetensors":
+            out[f] = save_stitch(model, directory) / WEIGHTS
+        elif f == "onnx":
+            out[f] = export_onnx(model, directory / ONNX)
+        else:
+            out[f] = export_pt2(model, directory / PT2)
+    return out
