@@ -11,7 +11,18 @@ from snnet.results import Results
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--steps", "20", "--eval-images", "256", "--quiet", "--threads", "1"]
+    args = [
+        "demo",
+        "--out",
+        str(out),
+        "--steps",
+        "20",
+        "--eval-images",
+        "256",
+        "--quiet",
+        "--threads",
+        "1",
+    ]
     assert main(args) == 0
     text = capsys.readouterr().out
     results = Results.load(out / "results.json")

@@ -18,11 +18,12 @@ from snnet.results import Results
 
 
 class Images(Dataset):
-    """The first ``n`` Fashion-MNIST test images, as the tiny families' 3x32x32 inputs."""
+    """The first ``n`` Fashion-MNIST test images as ``size``×``size`` RGB inputs (each tiny family
+    takes its own size: LeViT's attention tables fix the resolution)."""
 
-    def __init__(self, n: int = 200, *, batched: bool = False) -> None:
+    def __init__(self, n: int = 200, *, batched: bool = False, size: int = 32) -> None:
         ds = fashion_mnist("test")
-        self.x = as_rgb(ds.images[:n].unsqueeze(1).float() / 255, 32)
+        self.x = as_rgb(ds.images[:n].unsqueeze(1).float() / 255, size)
         self.y = ds.targets[:n]
         self.requested: list[int] = []
         if batched:  # like snnet.data.FashionMNIST: one indexing call per batch
@@ -53,6 +54,11 @@ def net(request) -> snnet.SNNet:
     return snnet.SNNet(FAMILIES[request.param][0]()).eval()
 
 
+@pytest.fixture(scope="module")
+def net_images(net) -> Images:
+    return Images(size=net.anchors[0].input_size[-1])
+
+
 @pytest.fixture
 def vit() -> snnet.SNNet:
     return snnet.SNNet(vit_family()).eval()
@@ -73,8 +79,8 @@ def one_by_one(net, batches):
     return counts
 
 
-def test_tree_gives_each_stitch_its_own_logits(net, images):
-    x = images.x[:16]
+def test_tree_gives_each_stitch_its_own_logits(net, net_images):
+    x = net_images.x[:16]
     tree = StitchTree(net)
     with torch.inference_mode():
         out = list(tree.run(x))
@@ -83,10 +89,10 @@ def test_tree_gives_each_stitch_its_own_logits(net, images):
             torch.testing.assert_close(logits, net(x, stitch=s), rtol=0, atol=0)
 
 
-def test_one_pass_equals_one_stitch_at_a_time(net, images):
-    batches = images.batches(64)
+def test_one_pass_equals_one_stitch_at_a_time(net, net_images):
+    batches = net_images.batches(64)
     expected = one_by_one(net, batches)
-    for data in (images, batches, Images(batched=True)):
+    for data in (net_images, batches, Images(batched=True, size=net_images.x.shape[-1])):
         results = evaluate_all(net, data, batch_size=64, progress=False, device="cpu")
         assert {r.stitch: (r.top1, r.top5) for r in results} == expected
     assert results.meta["accuracy"]["images"] == 200
@@ -99,14 +105,14 @@ def test_one_pass_equals_one_stitch_at_a_time(net, images):
     assert len({r.top1 for r in results}) > 1  # the stitches do differ on real images
 
 
-def test_shared_prefixes_run_fewer_blocks(net, images):
+def test_shared_prefixes_run_fewer_blocks(net, net_images):
     calls = []
     hooks = [
         modules[0].register_forward_hook(lambda *_, a=a, b=b: calls.append((a, b)))
         for a, anchor in enumerate(net.anchors)
         for b, modules in enumerate(anchor.blocks)
     ]
-    x = images.x[:4]
+    x = net_images.x[:4]
     tree = StitchTree(net)
     try:
         with torch.inference_mode():
