@@ -9,6 +9,7 @@ import sys
 #: Command name -> module under snnet.cli; imported only when that command runs.
 COMMANDS = {
     "demo": "Run the whole pipeline offline on Fashion-MNIST: LS init, train, evaluate, plot.",
+    "zoo": "Show or rebuild the shipped Fashion-MNIST demo anchors (list | train --all).",
     "stitches": "List every stitch of a family with its GMACs and params.",
     "train": "Train a family's stitches (least-squares init, then one stitch per step).",
     "evaluate": "Top-1/top-5 of every stitch of a saved network in one pass over the data.",
