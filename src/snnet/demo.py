@@ -50,7 +50,7 @@ class DemoReport:
     results_path: Path
     plot_path: Path
     model_dir: Path
-    seconds: dict[str, float]
+    seconds: dict[str, float]  # of this invocation (a resumed run only times what was left)
     anchors_before: list[float]  # standalone test top-1 of each shipped anchor
     anchors_after: list[float]  # the same anchors inside the trained SN-Net
     pareto: list[str]
@@ -126,6 +126,7 @@ def run_demo(
     )
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(report).items()}
     summary["settings"] = asdict(settings)
+    summary["resumed"] = resume  # timings then cover only what this run still had to do
     atomic_write(out / "summary.json", lambda f: json.dump(summary, f, indent=2))
     return report
 
