@@ -128,3 +128,15 @@ def test_pooled_least_squares_is_one_problem_not_an_average(fmnist_images):
     a = torch.linalg.lstsq(x1, y).solution
     torch.testing.assert_close(net.layers[key].weight, a[:-1].T.float(), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(net.layers[key].bias, a[-1].float(), atol=1e-4, rtol=1e-4)
+
+
+def test_config_files_that_are_not_snnet_networks(tmp_path):
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        snnet.load(tmp_path)
+    (tmp_path / "config.json").write_text('{"format": "snnet-stitch"}')
+    with pytest.raises(ValueError, match="not an snnet config"):
+        snnet.load(tmp_path)
+    (tmp_path / "config.json").write_text('{"format": "snnet", "version": 99}')
+    with pytest.raises(ValueError, match="newer snnet"):
+        snnet.load(tmp_path)

@@ -25,7 +25,7 @@ from snnet.adapters import Anchor, FeatureShape, as_anchor
 from snnet.anchors import from_source
 from snnet.layers import StitchingLayer
 from snnet.network import SNNet, Step
-from snnet.serialize import atomic_write
+from snnet.serialize import atomic_write, read_json_config
 from snnet.stitch import Stitch
 
 FORMAT = "snnet-stitch"
@@ -240,18 +240,13 @@ def read_stitch_config(directory: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{path} not found: is {directory} a directory written by snnet export?"
         )
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from e
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        fmt = config.get("format") if isinstance(config, dict) else None
-        hint = " (a whole SN-Net: load it with snnet.load)" if fmt == "snnet" else ""
-        raise ValueError(f"{path} is not an exported stitch (format={fmt!r}){hint}")
-    if config.get("version", 0) > VERSION:
-        raise ValueError(
-            f"{path} was written by a newer snnet (version {config['version']}); upgrade snnet"
-        )
+    config = read_json_config(
+        path,
+        FORMAT,
+        VERSION,
+        what="an exported stitch",
+        hints={"snnet": " (a whole SN-Net: load it with snnet.load)"},
+    )
     unknown = set(config) - _CONFIG_KEYS
     if unknown:
         raise ValueError(

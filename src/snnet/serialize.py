@@ -86,10 +86,23 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{path} not found: is {directory} a directory written by snnet.save?"
         )
-    config = json.loads(path.read_text())
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an snnet config (format={config.get('format')!r})")
-    if config.get("version", 0) > VERSION:
+    return read_json_config(path, FORMAT, VERSION, what="an snnet config")
+
+
+def read_json_config(
+    path: Path, fmt: str, version: int, *, what: str, hints: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Read a JSON config of format ``fmt`` written by this or an older snnet, or explain why not
+    (``hints`` maps other formats to advice)."""
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from e
+    found = config.get("format") if isinstance(config, dict) else None
+    if found != fmt:
+        hint = (hints or {}).get(found, "")
+        raise ValueError(f"{path} is not {what} (format={found!r}){hint}")
+    if config.get("version", 0) > version:
         raise ValueError(
             f"{path} was written by a newer snnet (version {config['version']}); upgrade snnet"
         )
