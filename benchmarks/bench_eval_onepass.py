@@ -169,26 +169,36 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for the PNGs")
     p.add_argument("--deit-images", type=int, default=8)
     p.add_argument("--skip-deit", action="store_true")
+    p.add_argument("--skip-demo", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    report = {
-        "machine": {
+    # Parts can be re-measured separately: each keeps the machine state it was measured in, and a
+    # run updates only the parts it measured.
+    report = json.loads(OUT.read_text()) if OUT.exists() else {}
+    report.pop("machine", None)
+
+    def machine() -> dict:
+        return {
             "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(),
-            "load_before": [round(v, 2) for v in os.getloadavg()],
+            "load": [round(v, 2) for v in os.getloadavg()],
             "torch": torch.__version__,
             "python": platform.python_version(),
         }
-    }
-    report["demo_image_folder"] = demo_family(args.images, args.batch_size, args.workers)
-    print(json.dumps(report["demo_image_folder"], indent=2))
+
+    if not args.skip_demo:
+        before = machine()
+        report["demo_image_folder"] = demo_family(args.images, args.batch_size, args.workers)
+        report["demo_image_folder"]["machine"] = {**before, "load_after": machine()["load"]}
+        print(json.dumps(report["demo_image_folder"], indent=2))
     if not args.skip_deit:
+        before = machine()
         report["deit_224"] = deit(args.deit_images)
+        report["deit_224"]["machine"] = {**before, "load_after": machine()["load"]}
         print(json.dumps(report["deit_224"], indent=2))
-    report["machine"]["load_after"] = [round(v, 2) for v in os.getloadavg()]
     atomic_write(OUT, lambda f: json.dump(report, f, indent=2))
-    print(json.dumps(report["machine"]), f"\nwrote {OUT}")
+    print(f"wrote {OUT}")
 
 
 if __name__ == "__main__":
