@@ -24,7 +24,7 @@ from snnet.zoo import demo_anchor_record, demo_family_names
 
 @dataclass(frozen=True, kw_only=True)
 class DemoSettings:
-    """The demo's recipe; defaults fit in about 10 minutes on 2 CPU cores.
+    """The demo's recipe; the defaults took 5 minutes on 2 CPU cores (10 at most is the aim).
 
     lr and anchor_lr_scale were chosen among six 5-epoch runs (stitching-layer LR 1e-3..5e-3, anchors
     ×0.03..×0.3): this one gave the most Pareto stitches (7 on 2,000 test images) while every anchor

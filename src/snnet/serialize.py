@@ -32,9 +32,13 @@ def atomic_write(path: str | Path, write: Any, *, mode: str = "w") -> None:
         if mode == "path":
             os.close(fd)
             write(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         else:
             with os.fdopen(fd, mode) as f:
                 write(f)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the rename, even across a power cut
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

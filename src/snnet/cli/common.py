@@ -84,3 +84,27 @@ def load_results_for(net: SNNet, path: str | Path, *, create: bool) -> Results:
     results = Results.load(path)
     results.check_network(net)
     return results
+
+
+def model_dir(path: str | Path) -> Path:
+    """The saved network a command was pointed at: ``path`` itself (written by ``snnet.save``),
+    or the model inside a training run (``path/model``) or a demo run (``path/train/model``).
+    Commands keep their results file in ``path`` itself, so ``snnet evaluate RUN``, ``snnet latency
+    RUN``, ``snnet select --results RUN/results.json`` and ``snnet export RUN`` meet in one file."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} does not exist: give a directory written by snnet.save")
+    for candidate in (path, path / "model", path / "train" / "model"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    inside = sorted(p.parent for p in path.glob("*/config.json"))
+    if len(inside) == 1:
+        return inside[0]
+    if inside:
+        raise ValueError(
+            f"{path} holds several models ({', '.join(p.name for p in inside)}): pass one of them"
+        )
+    raise FileNotFoundError(
+        f"{path} holds no config.json: give a directory written by snnet.save, snnet train or "
+        "snnet demo"
+    )

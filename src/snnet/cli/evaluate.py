@@ -8,6 +8,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from snnet.cli.common import model_dir
 from snnet.network import SNNet
 from snnet.results import Results
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     net = load_network(args.model)
     data, name = open_data(net, args.data, mean=args.mean, std=args.std)
-    out = Path(args.out) if args.out else model_dir(args.model) / "results.json"
+    out = Path(args.out) if args.out else Path(args.model) / "results.json"
     try:
         results = evaluate_all(
             net,
@@ -78,26 +79,6 @@ def run(args: argparse.Namespace) -> int:
         f"Wrote {out} and {out.with_suffix('.csv')}; plot it with `snnet plot {out}`."
     )
     return 0
-
-
-def model_dir(path: str | Path) -> Path:
-    """The directory holding ``config.json``: ``path`` itself, or its only subdirectory with one
-    (a training run that keeps its model in a subfolder)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} does not exist: give a directory written by snnet.save")
-    if (path / "config.json").is_file():
-        return path
-    inside = sorted(p.parent for p in path.glob("*/config.json"))
-    if len(inside) == 1:
-        return inside[0]
-    if inside:
-        raise ValueError(
-            f"{path} holds several models ({', '.join(p.name for p in inside)}): pass one of them"
-        )
-    raise FileNotFoundError(
-        f"{path} holds no config.json: give a directory written by snnet.save (or snnet train)"
-    )
 
 
 def load_network(path: str | Path) -> SNNet:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from snnet.cli.common import load_results_for
+from snnet.cli.common import load_results_for, model_dir
 from snnet.cli.select import add_budget_arguments, budgets
 from snnet.export import FORMATS, export, export_stitch
 from snnet.select import select
@@ -14,7 +14,9 @@ from snnet.serialize import load
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "model_dir", metavar="MODEL_DIR", help="a network saved by snnet.save / training"
+        "model_dir",
+        metavar="MODEL_DIR",
+        help="a run of snnet train / snnet demo, or a network saved by snnet.save",
     )
     p.add_argument("--stitch", default=None, help="the stitch to export, e.g. 0:5-1:6")
     p.add_argument("--out", required=True, help="output directory")
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             "give --stitch, or a budget (--max-gmacs, ...) to export the stitch select picks"
         )
-    net = load(args.model_dir).eval()
+    net = load(model_dir(args.model_dir)).eval()
     stitch = args.stitch
     if wanted:
         path = Path(args.results) if args.results else Path(args.model_dir) / "results.json"

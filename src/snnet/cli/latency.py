@@ -7,14 +7,16 @@ from pathlib import Path
 
 import torch
 
-from snnet.cli.common import load_results_for
+from snnet.cli.common import load_results_for, model_dir
 from snnet.latency import measure_latency
 from snnet.serialize import load
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "model_dir", metavar="MODEL_DIR", help="a network saved by snnet.save / training"
+        "model_dir",
+        metavar="MODEL_DIR",
+        help="a run of snnet train / snnet demo, or a network saved by snnet.save",
     )
     p.add_argument(
         "--results",
@@ -46,7 +48,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    net = load(args.model_dir, map_location="cpu").to(device).eval()
+    net = load(model_dir(args.model_dir), map_location="cpu").to(device).eval()
     path = Path(args.results) if args.results else Path(args.model_dir) / "results.json"
     results = load_results_for(net, path, create=True)
     todo = len(results) if args.overwrite else len(results.missing("latency_ms"))
