@@ -44,9 +44,6 @@ class Cost:
         return Cost(self.macs + other.macs, self.params + other.params)
 
 
-ZERO = Cost(0, 0)
-
-
 def count_macs(fn: Callable[..., Any], *args: Any) -> tuple[int, Any]:
     """Multiply-adds of ``fn(*args)`` (FLOPs / 2, fused attention included) and its result."""
     with FlopCounterMode(display=False, custom_mapping=_CUSTOM) as counter:
