@@ -54,18 +54,26 @@ def init_least_squares(
         batch = batch.to(device)
         seen += batch.shape[0]
         feats = [_boundaries(anchor, batch) for anchor in net.anchors]
-        grams: dict[tuple[int, int], torch.Tensor] = {}
+        # Cuts share front outputs and end inputs: rows, Gram and norm are built once per boundary.
+        fronts: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        ends: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         for (f, e), positions in net.space.positions.items():
             for p in positions:
                 layer = net.layers[p.layer]
-                x = _with_ones(to_rows(feats[f][p.cut.out_block + 1], layer.src.layout).double())
-                y = to_rows(feats[e][p.cut.in_block], layer.dst.layout).double()
-                g = grams.get((f, p.cut.out_block))
-                if g is None:
-                    g = grams[(f, p.cut.out_block)] = x.T @ x
+                if (f, p.cut.out_block) not in fronts:
+                    x = to_rows(feats[f][p.cut.out_block + 1], layer.src.layout).double()
+                    x = _with_ones(x)  # (rows, C_front + 1)
+                    fronts[(f, p.cut.out_block)] = (x, x.T @ x)
+                if (e, p.cut.in_block) not in ends:
+                    y = to_rows(
+                        feats[e][p.cut.in_block], layer.dst.layout
+                    ).double()  # (rows, C_end)
+                    ends[(e, p.cut.in_block)] = (y, (y * y).sum())
+                x, g = fronts[(f, p.cut.out_block)]
+                y, yy = ends[(e, p.cut.in_block)]
                 gram[p.layer] = gram.get(p.layer, 0) + g
                 cross[p.layer] = cross.get(p.layer, 0) + x.T @ y
-                y_sq[p.layer] = y_sq.get(p.layer, 0) + (y * y).sum()
+                y_sq[p.layer] = y_sq.get(p.layer, 0) + yy
     if seen == 0:
         raise ValueError("least-squares init needs at least one calibration image")
     residuals = {}
