@@ -24,7 +24,7 @@ from torch import nn
 from snnet.adapters import Anchor, FeatureShape, as_anchor
 from snnet.anchors import from_source
 from snnet.layers import StitchingLayer
-from snnet.network import SNNet, Step
+from snnet.network import SNNet, Step, run_plan
 from snnet.serialize import atomic_write, read_json_config
 from snnet.stitch import Stitch
 
@@ -69,7 +69,8 @@ class StitchedModel(nn.Module):
     ) -> None:
         super().__init__()
         self.anchors = nn.ModuleList(anchors)
-        self.layers = nn.ModuleList(layers)
+        # Keyed "0", "1", ... like the steps' layer names (state-dict keys as a ModuleList's).
+        self.layers = nn.ModuleDict({str(i): layer for i, layer in enumerate(layers)})
         self.steps = tuple(Step(*s) for s in steps)
         self.info = info  # JSON: the stitch, its source anchors and parts, its cost
 
@@ -82,12 +83,7 @@ class StitchedModel(nn.Module):
         return tuple(self.anchors[0].input_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.anchors[self.steps[0].anchor].forward_stem(x)
-        for step in self.steps:
-            h = self.anchors[step.anchor].forward_blocks(h, step.start, step.stop)
-            if step.layer is not None:
-                h = self.layers[int(step.layer)](h)
-        return self.anchors[self.steps[-1].anchor].forward_head(h)
+        return run_plan(self.steps, self.anchors, self.layers, x)
 
     def extra_repr(self) -> str:
         return f"stitch='{self.info['stitch']}', path={self.info['path']!r}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -23,6 +23,22 @@ class Step(NamedTuple):
     start: int
     stop: int
     layer: str | None
+
+
+def run_plan(
+    steps: Sequence[Step],
+    anchors: Sequence[Anchor],
+    layers: Mapping[str, nn.Module],
+    x: torch.Tensor,
+) -> torch.Tensor:
+    """One stitch's forward: the first anchor's stem, each step's blocks then stitching layer,
+    the last anchor's head. Shared by :class:`SNNet` and an exported stitch."""
+    h = anchors[steps[0].anchor].forward_stem(x)
+    for step in steps:
+        h = anchors[step.anchor].forward_blocks(h, step.start, step.stop)
+        if step.layer is not None:
+            h = layers[step.layer](h)
+    return anchors[steps[-1].anchor].forward_head(h)
 
 
 class SNNet(nn.Module):
@@ -120,12 +136,7 @@ class SNNet(nn.Module):
 
     def forward(self, x: torch.Tensor, stitch: Stitch | str | None = None) -> torch.Tensor:
         steps = self.plan(self._stitch if stitch is None else stitch)
-        h = self.anchors[steps[0].anchor].forward_stem(x)
-        for step in steps:
-            h = self.anchors[step.anchor].forward_blocks(h, step.start, step.stop)
-            if step.layer is not None:
-                h = self.layers[step.layer](h)
-        return self.anchors[steps[-1].anchor].forward_head(h)
+        return run_plan(steps, self.anchors, self.layers, x)
 
     # -- cost ---------------------------------------------------------------------------------
     def cost(self, stitch: Stitch | str) -> Cost:
