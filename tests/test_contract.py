@@ -76,7 +76,7 @@ def test_least_squares_lowers_stitch_error(family, fmnist_images):
     def error() -> float:
         errs = []
         with torch.no_grad():
-            feats = [snnet.lstsq._boundaries(a, held_out) for a in net.anchors]
+            feats = [a.boundaries(held_out) for a in net.anchors]
             for (f, e), positions in net.space.positions.items():
                 for p in positions:
                     layer = net.layers[p.layer]

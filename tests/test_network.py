@@ -120,8 +120,8 @@ def test_pooled_least_squares_is_one_problem_not_an_average(fmnist_images):
     cuts = [p.cut for p in net.space.positions[(0, 1)] if p.layer == key]
     assert len(cuts) == 4
     with torch.no_grad():
-        fa = snnet.lstsq._boundaries(net.anchors[0], images)
-        fb = snnet.lstsq._boundaries(net.anchors[1], images)
+        fa = net.anchors[0].boundaries(images)
+        fb = net.anchors[1].boundaries(images)
     x = torch.cat([fa[c.out_block + 1].reshape(-1, 16) for c in cuts]).double()
     y = torch.cat([fb[c.in_block].reshape(-1, 32) for c in cuts]).double()
     x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)

@@ -53,7 +53,7 @@ def init_least_squares(
             batch = batch[0]
         batch = batch.to(device)
         seen += batch.shape[0]
-        feats = [_boundaries(anchor, batch) for anchor in net.anchors]
+        feats = [anchor.boundaries(batch) for anchor in net.anchors]
         # Cuts share front outputs and end inputs: rows, Gram and norm are built once per boundary.
         fronts: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         ends: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -87,13 +87,3 @@ def init_least_squares(
         residuals[key] = float(err.clamp_min(0).sqrt() / y_sq[key].sqrt())
     net.train(was_training)
     return residuals
-
-
-def _boundaries(anchor, x: torch.Tensor) -> list[torch.Tensor]:
-    """Features entering every block of ``anchor`` and leaving its last one."""
-    h = anchor.forward_stem(x)
-    out = [h]
-    for b in range(anchor.num_blocks):
-        h = anchor.forward_blocks(h, b, b + 1)
-        out.append(h)
-    return out

@@ -185,16 +185,21 @@ class Anchor(nn.Module):
             x = torch.zeros(1, *self.input_size, device=p.device if p is not None else None)
             was_training = self.training
             self.eval()
-            shapes = []
             with torch.no_grad():
-                h = self.forward_stem(x)
-                shapes.append(FeatureShape.of(h, layouts[0]))
-                for b in range(self.num_blocks):
-                    h = self.forward_blocks(h, b, b + 1)
-                    shapes.append(FeatureShape.of(h, layouts[b + 1]))
+                feats = self.boundaries(x)
             self.train(was_training)
-            self._shapes = shapes
+            self._shapes = [FeatureShape.of(h, lay) for h, lay in zip(feats, layouts, strict=True)]
         return self._shapes
+
+    def boundaries(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Features at every boundary on images ``x``: entry ``b`` enters block ``b``, the last
+        leaves the final block (what least squares fits stitching layers between)."""
+        h = self.forward_stem(x)
+        out = [h]
+        for b in range(self.num_blocks):
+            h = self.forward_blocks(h, b, b + 1)
+            out.append(h)
+        return out
 
     def _resolve(self, path: str) -> nn.Module | nn.Parameter | torch.Tensor | None:
         parent, _, leaf = path.rpartition(".")
