@@ -24,7 +24,7 @@ import timm
 import torch
 
 import snnet
-from snnet.serialize import atomic_write
+from snnet.files import atomic_write
 
 OUT = Path(__file__).parent / "results" / "core.json"
 

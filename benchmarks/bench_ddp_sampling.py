@@ -136,7 +136,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(ROOT / "src"))
-    from snnet.serialize import atomic_write
+    from snnet.files import atomic_write
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,8 +28,8 @@ from snnet.batches import first_images
 from snnet.data import fashion_mnist
 from snnet.demo import DemoSettings, run_demo
 from snnet.evaluate import evaluate_all
+from snnet.files import atomic_write
 from snnet.results import Results
-from snnet.serialize import atomic_write
 
 OUT = Path(__file__).parent / "results" / "demo_family.json"
 

@@ -34,7 +34,7 @@ from snnet.cli.evaluate import open_data
 from snnet.cost import count_macs
 from snnet.data import fashion_mnist, write_image_folder
 from snnet.evaluate import StitchTree, evaluate_all
-from snnet.serialize import atomic_write
+from snnet.files import atomic_write
 
 OUT = Path(__file__).parent / "results" / "eval_onepass.json"
 

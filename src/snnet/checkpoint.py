@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from snnet.serialize import atomic_write
+from snnet.files import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "snnet-train"

@@ -14,10 +14,10 @@ from pathlib import Path
 from snnet.anchors import resolve_anchors
 from snnet.data import fashion_mnist
 from snnet.evaluate import evaluate_all
+from snnet.files import atomic_write
 from snnet.network import SNNet
 from snnet.plot import plot_results
 from snnet.results import Results
-from snnet.serialize import atomic_write
 from snnet.train import TrainConfig, fit
 from snnet.zoo import demo_anchor_record, demo_family_names
 

@@ -24,9 +24,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from snnet.files import atomic_write
 from snnet.network import SNNet
 from snnet.results import Results, fingerprint
-from snnet.serialize import atomic_write
 from snnet.stitch import Stitch
 
 PROGRESS_FORMAT = "snnet-eval-progress"

@@ -23,14 +23,13 @@ from torch import nn
 
 from snnet.adapters import Anchor, FeatureShape, as_anchor
 from snnet.anchors import from_source
+from snnet.files import CONFIG, WEIGHTS, atomic_write, read_json_config
 from snnet.layers import StitchingLayer
 from snnet.network import SNNet, Step, run_plan
-from snnet.serialize import atomic_write, read_json_config
 from snnet.stitch import Stitch
 
 FORMAT = "snnet-stitch"
 VERSION = 1
-CONFIG, WEIGHTS = "config.json", "model.safetensors"
 ONNX, PT2 = "model.onnx", "model.pt2"
 FORMATS = ("safetensors", "onnx", "pt2")
 _CONFIG_KEYS = {

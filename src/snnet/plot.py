@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from snnet.files import atomic_write
 from snnet.results import Record, Results
-from snnet.serialize import atomic_write
 
 #: cost field -> (axis label, scale applied to the values)
 COSTS = {

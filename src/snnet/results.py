@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from snnet.files import atomic_write
 from snnet.network import SNNet
 from snnet.pareto import pareto_front
-from snnet.serialize import atomic_write
 from snnet.stitch import Stitch
 
 FORMAT = "snnet-results"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,35 +12,12 @@ from torch import nn
 
 from snnet.adapters import Anchor
 from snnet.anchors import from_source
+from snnet.files import CONFIG, WEIGHTS, atomic_write, read_json_config
 from snnet.network import SNNet
 from snnet.space import SpaceConfig
 
 FORMAT = "snnet"
 VERSION = 1
-CONFIG, WEIGHTS = "config.json", "model.safetensors"
-
-
-def atomic_write(path: str | Path, write: Any, *, mode: str = "w") -> None:
-    """Write through ``write(file_or_path)`` into a temp file beside ``path``, then rename: a crash
-    leaves the old file or the new one, never half of either."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        if mode == "path":
-            os.close(fd)
-            write(tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        else:
-            with os.fdopen(fd, mode) as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())  # on disk before the rename, even across a power cut
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def network_config(net: SNNet) -> dict[str, Any]:
@@ -91,26 +66,6 @@ def read_config(directory: str | Path) -> dict[str, Any]:
             f"{path} not found: is {directory} a directory written by snnet.save?"
         )
     return read_json_config(path, FORMAT, VERSION, what="an snnet config")
-
-
-def read_json_config(
-    path: Path, fmt: str, version: int, *, what: str, hints: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """Read a JSON config of format ``fmt`` written by this or an older snnet, or explain why not
-    (``hints`` maps other formats to advice)."""
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from e
-    found = config.get("format") if isinstance(config, dict) else None
-    if found != fmt:
-        hint = (hints or {}).get(found, "")
-        raise ValueError(f"{path} is not {what} (format={found!r}){hint}")
-    if config.get("version", 0) > version:
-        raise ValueError(
-            f"{path} was written by a newer snnet (version {config['version']}); upgrade snnet"
-        )
-    return config
 
 
 def load(

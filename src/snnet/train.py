@@ -36,10 +36,11 @@ from snnet.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from snnet.files import atomic_write
 from snnet.lstsq import init_least_squares
 from snnet.network import SNNet
 from snnet.sampling import POLICIES, RANK_SAMPLING, StitchSampler
-from snnet.serialize import atomic_write, save
+from snnet.serialize import save
 from snnet.stitch import Stitch
 
 OPTIMIZERS = ("adamw", "sgd")
