@@ -150,9 +150,7 @@ class TinyConvNetAnchor(snnet.Anchor):
         kwargs.setdefault("input_size", (3, 32, 32))  # the resolution to stitch at
         super().__init__(model, **kwargs)
 
-    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.stem(x)
-
+    # forward_stem: the default runs stem_names in order. The head pools first, so it is spelled out.
     def forward_head(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.fc(self.model.norm(h.mean(dim=(2, 3))))
 

@@ -74,10 +74,12 @@ def downsample_then_blocks(container: str, stages: Sequence[nn.Module]) -> list[
 class Anchor(nn.Module):
     """A pretrained model wrapped as ``stem -> blocks -> head`` without changing the model.
 
-    Subclasses (one per family) implement :meth:`forward_stem`, :meth:`forward_head`,
-    :meth:`block_names` and :meth:`stages`, and list the attribute paths of the stem and head in
-    ``stem_names`` / ``head_names``. Running stem, all blocks and head must give exactly the
-    wrapped model's output.
+    Subclasses (one per family) implement :meth:`block_names` and :meth:`stages`, and list the
+    attribute paths of the stem and head in ``stem_names`` / ``head_names``. The default
+    :meth:`forward_stem` and :meth:`forward_head` run those named modules in order; a family
+    overrides them only where its model does more (a position embedding, a reshape, a
+    functional dropout). Running stem, all blocks and head must give exactly the wrapped
+    model's output.
 
     Example:
         >>> import timm
@@ -87,7 +89,8 @@ class Anchor(nn.Module):
     """
 
     family: ClassVar[str] = "generic"
-    #: Attribute paths (into ``self.model``) of the modules/parameters the stem and head use.
+    #: Attribute paths (into ``self.model``) of the modules/parameters the stem and head use, in
+    #: the order the default forwards run them. Paths the model lacks (an absent option) are skipped.
     stem_names: tuple[str, ...] = ()
     head_names: tuple[str, ...] = ()
 
@@ -105,7 +108,8 @@ class Anchor(nn.Module):
         self.name = name or cfg.get("architecture") or type(model).__name__
         self.input_size = tuple(input_size or self._infer_input_size())
         self.source = source  # how to rebuild the model (JSON); None for user modules
-        self._block_modules: list[tuple[nn.Module, ...]] | None = None
+        self._runs: dict[str | int, tuple[nn.Module, ...]] = {}  # part -> modules, see _run
+        self._block_names: list[tuple[str, ...]] | None = None
         self._shapes: list[FeatureShape] | None = None
 
     # -- family hooks -------------------------------------------------------------------------
@@ -115,10 +119,12 @@ class Anchor(nn.Module):
         return False
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Run the modules named in ``stem_names``, in order."""
+        return self._run("stem", x)
 
     def forward_head(self, h: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Run the modules named in ``head_names``, in order."""
+        return self._run("head", h)
 
     def block_names(self) -> list[tuple[str, ...]]:
         """For each block, the attribute paths of the modules it runs in order.
@@ -145,23 +151,57 @@ class Anchor(nn.Module):
         )
 
     # -- generic machinery --------------------------------------------------------------------
+    def part_names(self, part: str | int) -> tuple[str, ...]:
+        """Attribute paths (into ``self.model``) of ``"stem"``, ``"head"`` or block ``i``."""
+        if part == "stem":
+            return tuple(self.stem_names)
+        if part == "head":
+            return tuple(self.head_names)
+        if self._block_names is None:  # the model's structure is fixed: ask the family once
+            self._block_names = [tuple(names) for names in self.block_names()]
+        return self._block_names[part]
+
+    def part_members(self, part: str | int) -> list[tuple[str, nn.Module | torch.Tensor]]:
+        """``(path, module or tensor)`` for every path of a part the model has."""
+        out = []
+        for path in self.part_names(part):
+            obj = self._resolve(path)
+            if obj is not None:
+                out.append((path, obj))
+        return out
+
+    def _run_modules(self, part: str | int) -> tuple[nn.Module, ...]:
+        # Resolved once: forward runs these on every call. prune() replaces modules, so it clears.
+        modules = self._runs.get(part)
+        if modules is None:
+            members = self.part_members(part)
+            bare = [path for path, obj in members if not isinstance(obj, nn.Module)]
+            if bare:
+                raise TypeError(
+                    f"{type(self).__name__}'s {part} names {bare[0]!r}, which is not a module and "
+                    f"cannot be run in order: override forward_{part} to say how it is used"
+                )
+            modules = self._runs[part] = tuple(obj for _, obj in members)
+        return modules
+
+    def _run(self, part: str | int, h: torch.Tensor) -> torch.Tensor:
+        for m in self._run_modules(part):
+            h = m(h)
+        return h
+
     @property
     def blocks(self) -> list[tuple[nn.Module, ...]]:
-        if self._block_modules is None:
-            self._block_modules = [
-                tuple(self.model.get_submodule(n) for n in names) for names in self.block_names()
-            ]
-        return self._block_modules
+        """The modules each block runs, in order."""
+        return [self._run_modules(b) for b in range(len(self.block_names()))]
 
     @property
     def num_blocks(self) -> int:
-        return len(self.blocks)
+        return len(self.block_names()) if self._block_names is None else len(self._block_names)
 
     def forward_blocks(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Run blocks ``start .. stop-1``."""
-        for modules in self.blocks[start:stop]:
-            for m in modules:
-                h = m(h)
+        for b in range(start, stop):
+            h = self._run(b, h)
         return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,16 +248,8 @@ class Anchor(nn.Module):
 
     def part_parameters(self, part: str | int) -> Iterator[nn.Parameter]:
         """Parameters of ``"stem"``, ``"head"`` or block ``i``; shared ones are yielded once."""
-        names = (
-            self.stem_names
-            if part == "stem"
-            else self.head_names
-            if part == "head"
-            else self.block_names()[part]
-        )
         seen: set[int] = set()
-        for n in names:
-            obj = self._resolve(n)
+        for _, obj in self.part_members(part):
             params = (
                 obj.parameters()
                 if isinstance(obj, nn.Module)
@@ -236,18 +268,22 @@ class Anchor(nn.Module):
         Modules become ``nn.Identity`` and bare parameters become ``None``. Used to export one
         stitch; call it on a copy.
         """
-        keep = set(blocks)
-        drop = [] if stem else list(self.stem_names)
-        drop += [] if head else list(self.head_names)
-        drop += [n for b, names in enumerate(self.block_names()) if b not in keep for n in names]
-        for path in drop:
+        for path in self.dropped_names(stem=stem, blocks=blocks, head=head):
             parent, _, leaf = path.rpartition(".")
             owner = self.model.get_submodule(parent) if parent else self.model
             if leaf in owner._parameters:
                 owner._parameters[leaf] = None
             elif leaf in owner._modules:
                 owner._modules[leaf] = nn.Identity()
-        self._block_modules = None
+        self._runs = {}
+
+    def dropped_names(self, *, stem: bool, blocks: Sequence[int], head: bool) -> list[str]:
+        """Paths of the parts not listed: what :meth:`prune` drops."""
+        keep = set(blocks)
+        drop = [] if stem else list(self.stem_names)
+        drop += [] if head else list(self.head_names)
+        drop += [n for b in range(self.num_blocks) if b not in keep for n in self.part_names(b)]
+        return drop
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, family={self.family!r}, blocks={self.num_blocks}"

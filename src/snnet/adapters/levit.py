@@ -59,7 +59,7 @@ class LevitAnchor(Anchor):
         return "nchw" if self.model.use_conv else "tokens"
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.model.stem(x)  # (B, C, H, W)
+        x = super().forward_stem(x)  # the convolutions: (B, C, H, W)
         return x if self.model.use_conv else x.flatten(2).transpose(1, 2)  # (B, N, C)
 
     def forward_blocks(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -74,6 +74,7 @@ class LevitAnchor(Anchor):
             _clear_attention_bias_caches(self.model.stages)
 
     def forward_head(self, h: torch.Tensor) -> torch.Tensor:
+        # timm's own: pooling, then head and head_dist averaged at inference (not run in order).
         return self.model.forward_head(h)
 
     def block_names(self) -> list[tuple[str, ...]]:

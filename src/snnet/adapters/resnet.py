@@ -36,12 +36,9 @@ class ResNetAnchor(Anchor):
             i += 1
         return names
 
-    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        return m.maxpool(m.act1(m.bn1(m.conv1(x))))
-
     def forward_head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(h)  # pooling, dropout (training only), fc
+        # timm's own: pooling, a functional dropout (training only) that no named module runs, fc.
+        return self.model.forward_head(h)
 
     def block_names(self) -> list[tuple[str, ...]]:
         return [

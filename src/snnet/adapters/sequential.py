@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
 from snnet.adapters.base import Anchor, Layout, Stage, consecutive_stages
@@ -63,12 +62,6 @@ class SequentialAnchor(Anchor):
         super().__init__(
             _Parts(stem, blocks, head), name=name or "sequential", input_size=input_size
         )
-
-    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.stem(x)
-
-    def forward_head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.model.head(h)
 
     def block_names(self) -> list[tuple[str, ...]]:
         return [(f"blocks.{i}",) for i in range(len(self.model.blocks))]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from snnet.adapters.base import Anchor, Stage, consecutive_stages, downsample_then_blocks
@@ -16,8 +15,8 @@ class SwinAnchor(Anchor):
     """
 
     family = "swin"
-    stem_names = ("patch_embed",)
-    head_names = ("norm", "head")
+    stem_names = ("patch_embed",)  # -> (B, H, W, C)
+    head_names = ("norm", "head")  # timm's forward_head is head(norm(x)): pooling + fc
     #: Stitched by default (the paper): every stage but the last.
     default_stages = (0, 1, 2)
 
@@ -26,12 +25,6 @@ class SwinAnchor(Anchor):
         from timm.models.swin_transformer import SwinTransformer
 
         return isinstance(model, SwinTransformer)
-
-    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.patch_embed(x)  # (B, H, W, C)
-
-    def forward_head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.norm(h))
 
     def block_names(self) -> list[tuple[str, ...]]:
         return downsample_then_blocks("layers", self.model.layers)
