@@ -2,10 +2,16 @@
 
 import pytest
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
 import snnet
 from conftest import as_rgb
 from families import FAMILIES
+from snnet.batchnorm import batchnorm_layers
+from snnet.cost import count_macs, count_params
+from snnet.distributed import average_over_users
+from snnet.evaluate import StitchTree
+from snnet.export import export_stitch
 from snnet.layers import to_rows
 
 
@@ -107,3 +113,111 @@ def test_save_and_load_give_identical_outputs(family, tmp_path):
             torch.testing.assert_close(
                 loaded(x, stitch=stitch), net(x, stitch=stitch), rtol=0, atol=0
             )
+
+
+# -- one description of what a stitch runs: net.parts(stitch) --------------------------------------
+def _ran(net, x, stitch) -> set[str]:
+    """Names of the parameters that receive a gradient when ``stitch`` trains on ``x``."""
+    net.zero_grad(set_to_none=True)
+    net.train()
+    try:
+        net(x, stitch=stitch).float().square().mean().backward()
+    finally:
+        net.eval()
+    ran = {n for n, p in net.named_parameters() if p.grad is not None}
+    net.zero_grad(set_to_none=True)
+    return ran
+
+
+def test_parts_hold_exactly_the_parameters_that_get_gradients(family):
+    _, _, net, x, _ = family
+    names = {id(p): n for n, p in net.named_parameters()}
+    for stitch in net.stitches:
+        parts = net.parts(stitch)
+        assert parts[0].kind == "stem" and parts[-1].kind == "head", stitch
+        assert len(parts) == len(set(parts)), stitch
+        assert {names[id(p)] for p in net.parameters_of(stitch)} == _ran(net, x, stitch), stitch
+        layers = [p.layer for p in parts if p.kind == "layer"]
+        assert layers == [net.space.layer_for(f, e, c) for f, e, c in stitch.hops], stitch
+
+
+def test_cost_measured_whole_equals_the_sum_over_parts(family):
+    _, _, net, x, _ = family
+    for stitch in net.stitches:
+        with torch.no_grad():
+            macs, _ = count_macs(net, x[:1], stitch)
+        assert net.cost(stitch) == snnet.Cost(macs, count_params(net.parameters_of(stitch)))
+
+
+def test_ddp_rescales_each_gradient_by_the_ranks_that_ran_it(family):
+    _, _, net, x, _ = family
+    pick = torch.randperm(len(net.stitches), generator=torch.Generator().manual_seed(1))[:4]
+    stitches = [net.stitches[i] for i in pick]  # one per rank, W = 4
+    ran = [_ran(net, x, s) for s in stitches]  # measured, not derived from parts
+    for p in net.parameters():
+        p.grad = torch.ones_like(p)
+    average_over_users(net, stitches)
+    for n, p in net.named_parameters():
+        users = sum(n in r for r in ran)
+        expected = 4 / users if 0 < users < 4 else 1.0
+        assert torch.all(p.grad == expected), (n, users)
+    net.zero_grad(set_to_none=True)
+
+
+def test_batchnorm_layers_are_those_that_run(family):
+    _, _, net, x, _ = family
+    names = {m: n for n, m in net.named_modules() if isinstance(m, _BatchNorm)}
+    order = []
+    hooks = [
+        m.register_forward_hook(lambda mod, *_: order.append(mod))
+        for m in [*names, *net.layers.values()]
+    ]
+    try:
+        for stitch in net.stitches:
+            order.clear()
+            with torch.no_grad():
+                net(x, stitch=stitch)
+            layer = next((i for i, m in enumerate(order) if m not in names), len(order))
+            after = {names[m] for m in order[layer + 1 :] if m in names}
+            every = {names[m] for m in order if m in names}
+            assert set(batchnorm_layers(net, stitch)) == after, stitch
+            assert set(batchnorm_layers(net, stitch, scope="all")) == every, stitch
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def test_export_keeps_exactly_the_parameters_of_the_parts(family):
+    _, _, net, x, _ = family
+    for stitch in net.stitches:
+        model = export_stitch(net, stitch)
+        source = {}
+        for k, entry in enumerate(model.info["anchors"]):
+            for n, p in model.anchors[k].named_parameters():
+                source[f"anchors.{entry['index']}.{n}"] = p
+        for k, entry in enumerate(model.info["layers"]):
+            for n, p in model.layers[str(k)].named_parameters():
+                source[f"layers.{entry['name']}.{n}"] = p
+        runs = {id(p) for p in net.parameters_of(stitch)}
+        ran = {n: p for n, p in net.named_parameters() if id(p) in runs}
+        assert source.keys() == ran.keys(), stitch
+        assert all(torch.equal(source[n], ran[n]) for n in ran), stitch
+        with torch.no_grad():
+            assert torch.equal(model.eval()(x), net(x, stitch=stitch)), stitch
+
+
+def test_evaluation_tree_runs_the_parts_of_each_stitch(family):
+    _, _, net, x, _ = family
+    tree = StitchTree(net)
+    found = {}
+    stack = [(tree.root, ())]
+    while stack:
+        node, parts = stack.pop()
+        parts = parts + node.op
+        for i in node.stitches:
+            found[tree.stitches[i]] = parts
+        stack += [(c, parts) for c in node.children]
+    assert found == {s: net.parts(s) for s in net.stitches}
+    with torch.no_grad():
+        for stitch, logits in tree.run(x):
+            assert torch.equal(logits, net(x, stitch=stitch)), stitch

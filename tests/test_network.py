@@ -1,5 +1,8 @@
 """The core's promises beyond the per-family contracts: loading, switching, bad input."""
 
+import threading
+from copy import deepcopy
+
 import pytest
 import timm
 import torch
@@ -7,6 +10,7 @@ from safetensors.torch import save_file
 
 import snnet
 from families import vit_family
+from snnet import distributed
 from snnet.serialize import load_weights
 
 
@@ -101,6 +105,67 @@ def test_switching_forms_and_restoring():
     assert net.stitch == snnet.Stitch.parse("0:1-1:2")
     net(x, stitch="2")  # a per-call stitch leaves the module's stitch alone
     assert net.stitch == snnet.Stitch.parse("0:1-1:2")
+
+
+def test_using_from_two_threads_keeps_each_threads_stitch():
+    # Interleaved: A enters, B enters, A leaves, B leaves. A shared "previous stitch" would let B
+    # run A's stitch... and restore A's stitch for good when B leaves.
+    net = snnet.SNNet(vit_family()).eval()
+    x = torch.randn(1, 3, 32, 32)
+    net.stitch = "1"
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+
+    def run(name: str, stitch: str, enter: threading.Event, wait: threading.Event) -> None:
+        with net.using(stitch):
+            enter.set()
+            wait.wait(10)
+            seen[name] = (net.stitch, torch.equal(net(x), net(x, stitch=stitch)))
+        if name == "a":
+            a_out.set()
+
+    def run_b() -> None:
+        a_in.wait(10)
+        with net.using("0"):
+            b_in.set()
+            a_out.wait(10)
+            seen["b"] = (net.stitch, torch.equal(net(x), net(x, stitch="0")))
+
+    threads = [
+        threading.Thread(target=run, args=("a", "2", a_in, b_in)),
+        threading.Thread(target=run_b),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == {"a": (snnet.Stitch.anchor(2), True), "b": (snnet.Stitch.anchor(0), True)}
+    assert net.stitch == snnet.Stitch.anchor(1)  # what was set before either thread
+
+
+def test_a_copy_made_inside_using_runs_that_stitch_in_every_thread():
+    net = snnet.SNNet(vit_family()).eval()
+    with net.using("0"):
+        copy = deepcopy(net)
+    assert net.stitch == snnet.Stitch.anchor(2) and copy.stitch == snnet.Stitch.anchor(0)
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(copy.stitch))
+    thread.start()
+    thread.join(10)
+    assert seen == [snnet.Stitch.anchor(0)]
+
+
+def test_parameters_of_a_stitch_follow_weights_assigned_later():
+    # A cached list would keep pointing at the replaced tensors: DDP's rescaling would then miss
+    # every parameter a rank actually ran.
+    net = snnet.SNNet(vit_family())
+    stitch = net.stitches[-1]
+    before = distributed.parameters_of(net, stitch)
+    net.load_state_dict({k: v.clone() for k, v in net.state_dict().items()}, assign=True)
+    current = {id(p) for p in net.parameters()}
+    after = distributed.parameters_of(net, stitch)
+    assert len(after) == len(before) and all(id(p) in current for p in after)
+    assert set(vars(net)) == set(vars(snnet.SNNet(vit_family())))  # nothing written behind its back
 
 
 def test_no_weight_decay_names_survive_the_wrapper():

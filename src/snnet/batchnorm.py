@@ -47,21 +47,16 @@ def batchnorm_layers(
     """
     if scope not in ("after_stitch", "all"):
         raise ValueError(f"scope must be 'after_stitch' or 'all', not {scope!r}")
-    steps = net.plan(stitch)
+    parts = net.parts(stitch)
+    if scope == "after_stitch":
+        first_layer = next((i for i, p in enumerate(parts) if p.kind == "layer"), len(parts))
+        parts = parts[first_layer + 1 :]
     out: dict[str, _BatchNorm] = {}
-    for i, step in enumerate(steps):
-        if i == 0 and scope == "after_stitch":
-            continue
-        anchor = net.anchors[step.anchor]
-        paths = list(anchor.stem_names) if i == 0 else []
-        paths += [p for b in range(step.start, step.stop) for p in anchor.block_names()[b]]
-        paths += list(anchor.head_names) if i == len(steps) - 1 else []
-        for path in paths:
-            try:
-                part = anchor.model.get_submodule(path)
-            except AttributeError:  # a parameter (e.g. a ViT's cls_token) or an absent option
+    for part in parts:
+        for path, obj in net.part_members(part).items():
+            if not isinstance(obj, torch.nn.Module):  # a bare parameter, e.g. a ViT's cls_token
                 continue
-            for name, m in part.named_modules(prefix=f"anchors.{step.anchor}.model.{path}"):
+            for name, m in obj.named_modules(prefix=path):
                 if isinstance(m, _BatchNorm) and m.track_running_stats:
                     out.setdefault(name, m)
     return out

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from snnet.network import SNNet
+from snnet.network import Part, SNNet
 from snnet.stitch import Stitch
 
 
@@ -89,20 +89,9 @@ def wrap(net: SNNet, world: World) -> nn.Module:
 
 
 def parameters_of(net: SNNet, stitch: Stitch) -> list[nn.Parameter]:
-    """The parameters ``stitch`` runs: the first anchor's stem, each step's blocks and stitching
-    layer, the last anchor's head."""
-    cache: dict[Stitch, list[nn.Parameter]] = net.__dict__.setdefault("_used_parameters", {})
-    if stitch not in cache:
-        steps = net.plan(stitch)
-        params = list(net.anchors[steps[0].anchor].part_parameters("stem"))
-        for step in steps:
-            for b in range(step.start, step.stop):
-                params += net.anchors[step.anchor].part_parameters(b)
-            if step.layer is not None:
-                params += net.layers[step.layer].parameters()
-        params += net.anchors[steps[-1].anchor].part_parameters("head")
-        cache[stitch] = list({id(p): p for p in params}.values())
-    return cache[stitch]
+    """The parameters ``stitch`` runs: :meth:`SNNet.parameters_of` (kept here for callers of
+    this module)."""
+    return net.parameters_of(stitch)
 
 
 @torch.no_grad()
@@ -112,12 +101,18 @@ def average_over_users(net: SNNet, stitches: list[Stitch]) -> None:
 
     Every rank computes the same counts from the same list, so gradients stay identical."""
     world_size = len(stitches)
-    users: dict[int, int] = {}
-    for s in stitches:
-        for p in parameters_of(net, s):
-            users[id(p)] = users.get(id(p), 0) + 1
+    # By part first: the ranks' stitches share most parts, and each part's parameters are then
+    # looked up once per step (nothing cached, so weights assigned since are seen).
+    ranks_of_part: dict[Part, set[int]] = {}
+    for rank, s in enumerate(stitches):
+        for part in net.parts(s):
+            ranks_of_part.setdefault(part, set()).add(rank)
+    users: dict[int, set[int]] = {}  # parameter id -> the ranks that ran it
+    for part, ranks in ranks_of_part.items():
+        for p in net.part_parameters(part):
+            users.setdefault(id(p), set()).update(ranks)
     for p in net.parameters():
-        n = users.get(id(p), 0)
+        n = len(users.get(id(p), ()))
         if p.grad is not None and 0 < n < world_size:
             p.grad.mul_(world_size / n)
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from snnet.files import atomic_write
-from snnet.network import SNNet
+from snnet.network import Part, SNNet, run_parts
 from snnet.results import Results, fingerprint
 from snnet.stitch import Stitch
 
@@ -37,8 +37,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # -- the prefix tree ------------------------------------------------------------------------------
 @dataclass(eq=False)
 class _Node:
-    # ("stem", anchor) | ("blocks", anchor, start, stop) | ("layer", key) | ("head", anchor)
-    op: tuple
+    op: tuple[Part, ...]  # one part, or a run of one anchor's blocks; () at the root
     children: list[_Node] = field(default_factory=list)
     stitches: list[int] = field(default_factory=list)  # head nodes: indices of stitches ending here
     size: int = 0  # stitches in this subtree
@@ -64,63 +63,42 @@ class StitchTree:
         self.stitches: tuple[Stitch, ...] = tuple(dict.fromkeys(chosen))  # unique, in order
         if not self.stitches:
             raise ValueError("no stitches to run: pass at least one")
-        self.root = _Node(("root",))
+        self.root = _Node(())
         for i, s in enumerate(self.stitches):
             node = self.root
-            for op in self._ops(s):
-                child = next((c for c in node.children if c.op == op), None)
+            for part in net.parts(s):  # one node per part: cuts at different blocks share a prefix
+                child = next((c for c in node.children if c.op == (part,)), None)
                 if child is None:
-                    child = _Node(op)
+                    child = _Node((part,))
                     node.children.append(child)
                 node = child
             node.stitches.append(i)
         self._finish(self.root)
         self.block_runs = self._count_blocks(self.root)
         self.block_runs_per_stitch = sum(
-            sum(step.stop - step.start for step in net.plan(s)) for s in self.stitches
+            sum(p.kind == "block" for p in net.parts(s)) for s in self.stitches
         )
-
-    def _ops(self, stitch: Stitch) -> list[tuple]:
-        """One op per block, so stitches that cut the same anchor at different blocks share the
-        blocks before the earlier cut; chains are merged again in :meth:`_finish`."""
-        steps = self.net.plan(stitch)
-        ops: list[tuple] = [("stem", steps[0].anchor)]
-        for step in steps:
-            ops += [("blocks", step.anchor, b, b + 1) for b in range(step.start, step.stop)]
-            if step.layer is not None:
-                ops.append(("layer", step.layer))
-        ops.append(("head", steps[-1].anchor))
-        return ops
 
     def _finish(self, node: _Node) -> None:
         # Merge a run of single-child block nodes of one anchor into one forward_blocks call.
         for child in node.children:
             while (
-                child.op[0] == "blocks"
+                child.op[0].kind == "block"
                 and len(child.children) == 1
-                and child.children[0].op[0] == "blocks"
-                and child.children[0].op[1] == child.op[1]
+                and child.children[0].op[0].kind == "block"
+                and child.children[0].op[0].anchor == child.op[0].anchor
+                and not child.stitches
             ):
                 nxt = child.children[0]
-                child.op = ("blocks", child.op[1], child.op[2], nxt.op[3])
-                child.children = nxt.children
+                child.op = child.op + nxt.op
+                child.children, child.stitches = nxt.children, nxt.stitches
             self._finish(child)
         node.size = len(node.stitches) + sum(c.size for c in node.children)
         node.children.sort(key=lambda c: c.size)  # the largest subtree runs last
 
     def _count_blocks(self, node: _Node) -> int:
-        own = node.op[3] - node.op[2] if node.op[0] == "blocks" else 0
+        own = sum(p.kind == "block" for p in node.op)
         return own + sum(self._count_blocks(c) for c in node.children)
-
-    def _apply(self, op: tuple, h: torch.Tensor) -> torch.Tensor:
-        kind = op[0]
-        if kind == "blocks":
-            return self.net.anchors[op[1]].forward_blocks(h, op[2], op[3])
-        if kind == "layer":
-            return self.net.layers[op[1]](h)
-        if kind == "stem":
-            return self.net.anchors[op[1]].forward_stem(h)
-        return self.net.anchors[op[1]].forward_head(h)
 
     def run(self, x: torch.Tensor) -> Iterator[tuple[Stitch, torch.Tensor]]:
         """Yield ``(stitch, logits)`` for every stitch of the tree on images ``x`` (B, C, H, W).
@@ -134,7 +112,7 @@ class StitchTree:
         del x
         while stack:
             node, h = stack.pop()
-            out = self._apply(node.op, h)
+            out = run_parts(node.op, self.net.anchors, self.net.layers, h)
             del h
             for i in node.stitches:
                 yield self.stitches[i], out

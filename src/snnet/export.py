@@ -25,7 +25,7 @@ from snnet.adapters import Anchor, FeatureShape, as_anchor
 from snnet.anchors import from_source
 from snnet.files import CONFIG, WEIGHTS, atomic_write, read_json_config
 from snnet.layers import StitchingLayer
-from snnet.network import SNNet, Step, run_plan
+from snnet.network import Part, SNNet, Step, run_plan
 from snnet.stitch import Stitch
 
 FORMAT = "snnet-stitch"
@@ -95,24 +95,17 @@ def _copy_parts(anchor: Anchor, *, stem: bool, blocks: Sequence[int], head: bool
     (``nn.Identity`` / ``None``, what :meth:`Anchor.prune` puts there), so copying skips them;
     anything a kept part also uses is copied as usual.
     """
-    keep = set(blocks)
-    block_names = anchor.block_names()
-    kept_paths = list(anchor.stem_names if stem else ()) + list(anchor.head_names if head else ())
-    kept_paths += [n for b in sorted(keep) for n in block_names[b]]
-    dropped_paths = [n for n in anchor.stem_names if not stem]
-    dropped_paths += [n for n in anchor.head_names if not head]
-    dropped_paths += [n for b, names in enumerate(block_names) if b not in keep for n in names]
-
+    kept_parts = (["stem"] if stem else []) + sorted(set(blocks)) + (["head"] if head else [])
     kept: set[int] = set()
-    for path in kept_paths:
-        obj = anchor._resolve(path)
-        if isinstance(obj, nn.Module):
-            kept.update(id(m) for m in obj.modules())
-            kept.update(id(t) for t in obj.parameters())
-        elif obj is not None:
-            kept.add(id(obj))
+    for part in kept_parts:
+        for _, obj in anchor.part_members(part):
+            if isinstance(obj, nn.Module):
+                kept.update(id(m) for m in obj.modules())
+                kept.update(id(t) for t in obj.parameters())
+            else:
+                kept.add(id(obj))
     memo: dict[int, Any] = {}
-    for path in dropped_paths:
+    for path in anchor.dropped_names(stem=stem, blocks=blocks, head=head):
         obj = anchor._resolve(path)
         if id(obj) in kept or obj is None:
             continue
@@ -121,16 +114,27 @@ def _copy_parts(anchor: Anchor, *, stem: bool, blocks: Sequence[int], head: bool
         elif isinstance(obj, nn.Parameter):
             memo[id(obj)] = None
     part = copy.deepcopy(anchor, memo)
-    part.prune(stem=stem, blocks=sorted(keep), head=head)
+    part.prune(stem=stem, blocks=sorted(set(blocks)), head=head)
     return part
 
 
-def _route_parts(steps: Sequence[Step]) -> list[dict[str, Any]]:
-    last = len(steps) - 1
-    return [
-        {"stem": k == 0, "blocks": list(range(s.start, s.stop)), "head": k == last}
-        for k, s in enumerate(steps)
-    ]
+def _route_parts(parts: Sequence[Part]) -> list[dict[str, Any]]:
+    """What each anchor on the route keeps, in route order: the parts between two stitching
+    layers belong to one anchor."""
+    kept: list[dict[str, Any]] = []
+    new_anchor = True
+    for p in parts:
+        if p.kind == "layer":
+            new_anchor = True
+            continue
+        if new_anchor:
+            kept.append({"stem": False, "blocks": [], "head": False})
+            new_anchor = False
+        if p.kind == "block":
+            kept[-1]["blocks"].append(p.block)
+        else:
+            kept[-1][p.kind] = True
+    return kept
 
 
 def export_stitch(net: SNNet, stitch: Stitch | str) -> StitchedModel:
@@ -147,7 +151,7 @@ def export_stitch(net: SNNet, stitch: Stitch | str) -> StitchedModel:
     """
     stitch = net.space.check(stitch)
     steps = net.plan(stitch)
-    parts = _route_parts(steps)
+    parts = _route_parts(net.parts(stitch))
     anchors = [_copy_parts(net.anchors[s.anchor], **p) for s, p in zip(steps, parts, strict=True)]
     layers, new_steps, layer_info = [], [], []
     for k, s in enumerate(steps):

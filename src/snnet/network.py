@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -25,6 +27,40 @@ class Step(NamedTuple):
     layer: str | None
 
 
+@dataclass(frozen=True)
+class Part:
+    """One piece of computation a stitch runs: an anchor's ``"stem"``, its ``"block"`` ``block``
+    or its ``"head"``, or the stitching ``"layer"`` keyed ``layer``.
+
+    :meth:`SNNet.parts` lists them in run order; cost, the parameters a stitch trains, the
+    BatchNorm layers it recalibrates, what an export keeps and the evaluation tree all read that
+    one list.
+
+    Example:
+        >>> net.parts("0:1-1:2")[3]
+        Part(kind='layer', anchor=None, block=None, layer='a0_a1_1')
+        >>> str(net.parts("0:1-1:2")[4]), net.parts("0:1-1:2")[-1] == Part("head", 1)
+        ('anchor 1 block 2', True)
+    """
+
+    kind: Literal["stem", "block", "head", "layer"]
+    anchor: int | None = None
+    block: int | None = None
+    layer: str | None = None
+
+    @property
+    def of_anchor(self) -> str | int:
+        """The part as :meth:`Anchor.part_names` takes it: ``"stem"``, ``"head"`` or a block."""
+        return self.block if self.kind == "block" else self.kind
+
+    def __str__(self) -> str:
+        if self.kind == "layer":
+            return f"layer {self.layer}"
+        return f"anchor {self.anchor} " + (
+            f"block {self.block}" if self.kind == "block" else self.kind
+        )
+
+
 def run_plan(
     steps: Sequence[Step],
     anchors: Sequence[Anchor],
@@ -41,12 +77,44 @@ def run_plan(
     return anchors[steps[-1].anchor].forward_head(h)
 
 
+def run_parts(
+    parts: Sequence[Part],
+    anchors: Sequence[Anchor],
+    layers: Mapping[str, nn.Module],
+    h: torch.Tensor,
+) -> torch.Tensor:
+    """Run a stretch of a stitch's parts on ``h`` (what enters the first of them); consecutive
+    blocks of one anchor go through one ``forward_blocks`` call. For measuring parts and for
+    sharing prefixes between stitches; a whole stitch runs through :func:`run_plan`."""
+    i = 0
+    while i < len(parts):
+        p = parts[i]
+        if p.kind == "block":
+            j = i + 1
+            while j < len(parts) and parts[j] == Part("block", p.anchor, parts[j - 1].block + 1):
+                j += 1
+            h = anchors[p.anchor].forward_blocks(h, p.block, parts[j - 1].block + 1)
+            i = j
+            continue
+        if p.kind == "layer":
+            h = layers[p.layer](h)
+        elif p.kind == "stem":
+            h = anchors[p.anchor].forward_stem(h)
+        else:
+            h = anchors[p.anchor].forward_head(h)
+        i += 1
+    return h
+
+
 class SNNet(nn.Module):
     """Anchors ordered small to large, joined by stitching layers; every stitch is a network.
 
     ``forward`` runs the current stitch (``net.stitch``), or the one passed per call, which
-    touches no shared state and is safe for concurrent callers. Training never samples inside
-    ``forward``: pick the stitch outside (see :mod:`snnet.sampling`).
+    touches no shared state and is safe for concurrent callers. ``net.stitch = s`` sets the
+    stitch for every thread; ``with net.using(s):`` sets it for the calling thread only, so
+    threads may each hold their own ``using`` block at once (other threads, nn.DataParallel's
+    workers among them, keep seeing ``net.stitch``). Training never samples inside ``forward``:
+    pick the stitch outside (see :mod:`snnet.sampling`).
 
     Example:
         >>> net = SNNet([deit_ti, deit_s, deit_b])          # timm models or snnet.Anchor
@@ -85,9 +153,11 @@ class SNNet(nn.Module):
                         f"cuts sharing layer {p.layer} see different shapes; set layer_per_position=True"
                     )
         self._plans: dict[Stitch, tuple[Step, ...]] = {}
-        self._part_costs: list[tuple[Cost, list[Cost], Cost]] | None = None
-        self._layer_costs: dict[str, Cost] = {}
+        self._parts: dict[Stitch, tuple[Part, ...]] = {}
+        self._part_macs: dict[Part, int] | None = None
         self._costs: dict[Stitch, Cost] = {}
+        # Thread id -> the stitches of that thread's open ``using`` blocks, innermost last.
+        self._using: dict[int, list[Stitch]] = {}
         self._check_order()
         self._stitch = self.space.stitches[len(self.anchors) - 1]  # the largest anchor
 
@@ -98,13 +168,20 @@ class SNNet(nn.Module):
 
     @property
     def stitch(self) -> Stitch:
-        """The stitch ``forward`` runs when none is passed. Setting it moves no weights."""
-        return self._stitch
+        """The stitch ``forward`` runs when none is passed: the calling thread's innermost
+        :meth:`using` block's, else the network's. Setting it moves no weights."""
+        stack = self._using.get(threading.get_ident())
+        return stack[-1] if stack else self._stitch
 
     @stitch.setter
     def stitch(self, stitch: Stitch | str) -> None:
-        # Straight into __dict__: nn.Module.__setattr__'s checks would double the switch cost.
-        self.__dict__["_stitch"] = self._resolve(stitch)
+        stitch = self._resolve(stitch)
+        stack = self._using.get(threading.get_ident())
+        if stack:  # inside a using block: the block's exit restores what came before it
+            stack[-1] = stitch
+        else:
+            # Straight into __dict__: nn.Module.__setattr__'s checks would double the switch cost.
+            self.__dict__["_stitch"] = stitch
 
     def _resolve(self, stitch: Stitch | str) -> Stitch:
         if stitch.__class__ is Stitch and stitch in self.space:
@@ -113,12 +190,23 @@ class SNNet(nn.Module):
 
     @contextmanager
     def using(self, stitch: Stitch | str) -> Iterator[SNNet]:
-        """Run ``stitch`` inside the block; the previous stitch comes back even on error."""
-        previous, self.stitch = self._stitch, stitch
+        """Run ``stitch`` inside the block, in this thread; the previous stitch comes back even
+        on error. Other threads are not affected, and may hold blocks of their own at once."""
+        stitch, tid = self._resolve(stitch), threading.get_ident()
+        stack = self._using.setdefault(tid, [])
+        stack.append(stitch)
         try:
             yield self
         finally:
-            self.__dict__["_stitch"] = previous
+            stack.pop()
+            if not stack:
+                self._using.pop(tid, None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy (deepcopy, pickle) runs the stitch the copying thread sees, in every thread.
+        state = super().__getstate__()
+        state["_stitch"], state["_using"] = self.stitch, {}
+        return state
 
     def plan(self, stitch: Stitch | str) -> tuple[Step, ...]:
         """The steps ``forward`` takes for ``stitch`` (stem of ``steps[0].anchor`` first, head of
@@ -134,24 +222,68 @@ class SNNet(nn.Module):
             )
         return plan
 
+    def parts(self, stitch: Stitch | str) -> tuple[Part, ...]:
+        """Everything ``stitch`` runs, in run order: the first anchor's stem, each step's blocks
+        and stitching layer, the last anchor's head. The one answer to "what does a stitch run".
+
+        Example:
+            >>> [str(p) for p in net.parts("0:1-1:2")]
+            ['anchor 0 stem', 'anchor 0 block 0', 'anchor 0 block 1', 'layer a0_a1_1', ...]
+        """
+        stitch = self._resolve(stitch)
+        parts = self._parts.get(stitch)
+        if parts is None:
+            steps = self.plan(stitch)
+            out = [Part("stem", steps[0].anchor)]
+            for step in steps:
+                out += [Part("block", step.anchor, b) for b in range(step.start, step.stop)]
+                if step.layer is not None:
+                    out.append(Part("layer", layer=step.layer))
+            out.append(Part("head", steps[-1].anchor))
+            parts = self._parts[stitch] = tuple(out)
+        return parts
+
+    def part_members(self, part: Part) -> dict[str, nn.Module | torch.Tensor]:
+        """The modules (and bare parameters, e.g. a ViT's ``cls_token``) ``part`` runs, by their
+        names in this network."""
+        if part.kind == "layer":
+            return {f"layers.{part.layer}": self.layers[part.layer]}
+        anchor = self.anchors[part.anchor]
+        prefix = f"anchors.{part.anchor}.model."
+        return {prefix + path: obj for path, obj in anchor.part_members(part.of_anchor)}
+
+    def part_parameters(self, part: Part) -> list[nn.Parameter]:
+        """The parameters ``part`` runs, each once."""
+        params: dict[int, nn.Parameter] = {}
+        for obj in self.part_members(part).values():
+            if isinstance(obj, nn.Module):
+                params.update((id(p), p) for p in obj.parameters())
+            elif isinstance(obj, nn.Parameter):
+                params[id(obj)] = obj
+        return list(params.values())
+
+    def parameters_of(self, stitch: Stitch | str) -> list[nn.Parameter]:
+        """The parameters ``stitch`` runs (those that get gradients when it trains), each once,
+        in run order. Looked up afresh each call, so weights assigned since are seen."""
+        params: dict[int, nn.Parameter] = {}
+        for part in self.parts(stitch):
+            params.update((id(p), p) for p in self.part_parameters(part))
+        return list(params.values())
+
     def forward(self, x: torch.Tensor, stitch: Stitch | str | None = None) -> torch.Tensor:
-        steps = self.plan(self._stitch if stitch is None else stitch)
+        steps = self.plan(self.stitch if stitch is None else stitch)
         return run_plan(steps, self.anchors, self.layers, x)
 
     # -- cost ---------------------------------------------------------------------------------
     def cost(self, stitch: Stitch | str) -> Cost:
-        """Multiply-adds per image and parameters of exactly the modules ``stitch`` runs."""
+        """Multiply-adds per image and parameters of exactly the parts ``stitch`` runs."""
         stitch = self._resolve(stitch)
         c = self._costs.get(stitch)
         if c is None:
-            parts = self._count_parts()
-            steps = self.plan(stitch)
-            c = parts[steps[0].anchor][0] + parts[steps[-1].anchor][2]
-            for step in steps:
-                for block_cost in parts[step.anchor][1][step.start : step.stop]:
-                    c = c + block_cost
-                if step.layer is not None:
-                    c = c + self._layer_costs[step.layer]
+            macs = self._count_macs()
+            c = Cost(
+                sum(macs[p] for p in self.parts(stitch)), count_params(self.parameters_of(stitch))
+            )
             self._costs[stitch] = c
         return c
 
@@ -159,34 +291,31 @@ class SNNet(nn.Module):
         return {s: self.cost(s) for s in self.stitches}
 
     @torch.no_grad()
-    def _count_parts(self) -> list[tuple[Cost, list[Cost], Cost]]:
-        if self._part_costs is not None:
-            return self._part_costs
+    def _count_macs(self) -> dict[Part, int]:
+        """Multiply-adds of every part, each measured once: each anchor's parts on its own, then
+        each stitching layer on the features its front anchor hands it."""
+        if self._part_macs is not None:
+            return self._part_macs
         was_training = self.training
         self.eval()
-        parts, boundary = [], []
-        for anchor in self.anchors:
+        macs: dict[Part, int] = {}
+        leaving: dict[tuple[int, int], torch.Tensor] = {}  # (anchor, block) -> its output
+        for a, anchor in enumerate(self.anchors):
             p = next(anchor.parameters())
-            x = torch.zeros(1, *anchor.input_size, device=p.device, dtype=p.dtype)
-            macs, h = count_macs(anchor.forward_stem, x)
-            stem = Cost(macs, count_params(anchor.part_parameters("stem")))
-            blocks, feats = [], [h]
-            for b in range(anchor.num_blocks):
-                macs, h = count_macs(anchor.forward_blocks, h, b, b + 1)
-                blocks.append(Cost(macs, count_params(anchor.part_parameters(b))))
-                feats.append(h)
-            macs, _ = count_macs(anchor.forward_head, h)
-            parts.append((stem, blocks, Cost(macs, count_params(anchor.part_parameters("head")))))
-            boundary.append(feats)
+            h = torch.zeros(1, *anchor.input_size, device=p.device, dtype=p.dtype)
+            for part in self.parts(Stitch.anchor(a)):
+                macs[part], h = count_macs(run_parts, (part,), self.anchors, self.layers, h)
+                if part.kind == "block":
+                    leaving[a, part.block] = h
         for (f, _e), positions in self.space.positions.items():
             for pos in positions:
-                if pos.layer not in self._layer_costs:
-                    layer = self.layers[pos.layer]
-                    macs, _ = count_macs(layer, boundary[f][pos.cut.out_block + 1])
-                    self._layer_costs[pos.layer] = Cost(macs, count_params(layer.parameters()))
+                part = Part("layer", layer=pos.layer)
+                if part not in macs:
+                    x = leaving[f, pos.cut.out_block]
+                    macs[part], _ = count_macs(run_parts, (part,), self.anchors, self.layers, x)
         self.train(was_training)
-        self._part_costs = parts
-        return parts
+        self._part_macs = macs
+        return macs
 
     def _check_order(self) -> None:
         macs = [self.cost(Stitch.anchor(i)).macs for i in range(len(self.anchors))]
