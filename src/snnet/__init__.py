@@ -27,8 +27,9 @@ from snnet.cost import Cost
 from snnet.export import StitchedModel, export_stitch, load_stitch, save_stitch
 from snnet.latency import Timing, measure_latency, time_callable, time_module
 from snnet.lstsq import init_least_squares
-from snnet.network import SNNet, Step
+from snnet.network import SNNet
 from snnet.pareto import pareto_front
+from snnet.parts import Part, Step
 from snnet.results import Record, Results
 from snnet.sampling import flops_groups, sample_grouped, sample_stitch
 from snnet.serialize import load, save
@@ -43,6 +44,7 @@ __all__ = [
     "Cut",
     "FeatureShape",
     "LevitAnchor",
+    "Part",
     "Record",
     "ResNetAnchor",
     "Results",

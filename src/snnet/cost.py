@@ -1,18 +1,24 @@
 """Cost of a stitch: multiply-adds (the paper's "FLOPs") and parameters.
 
 Each part of each anchor (stem, every block, head) and each stitching layer is counted once with
-``torch.utils.flop_counter``; a stitch's cost is the sum over the parts it runs, so listing every
-stitch costs one forward per anchor.
+``torch.utils.flop_counter`` (:func:`part_macs`); a stitch's cost is the sum over the parts it
+runs, so listing every stitch costs one forward per anchor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from snnet.parts import Part, Step, parts_of, run_parts
+
+if TYPE_CHECKING:
+    from snnet.adapters import Anchor
 
 _aten = torch.ops.aten
 
@@ -53,3 +59,27 @@ def count_macs(fn: Callable[..., Any], *args: Any) -> tuple[int, Any]:
 
 def count_params(params: Any) -> int:
     return sum(p.numel() for p in params)
+
+
+@torch.no_grad()
+def part_macs(
+    anchors: Sequence[Anchor],
+    layers: Mapping[str, nn.Module],
+    layer_inputs: Mapping[str, tuple[int, int]],
+) -> dict[Part, int]:
+    """Multiply-adds of every part, each measured once on one zero image: each anchor's parts in
+    order, then each stitching layer on the output of the block ``layer_inputs[key] = (anchor,
+    block)``. Run in eval mode (the caller's), so dropout and BatchNorm behave as at inference."""
+    macs: dict[Part, int] = {}
+    leaving: dict[tuple[int, int], torch.Tensor] = {}  # (anchor, block) -> its output
+    for a, anchor in enumerate(anchors):
+        p = next(anchor.parameters())
+        h = torch.zeros(1, *anchor.input_size, device=p.device, dtype=p.dtype)
+        for part in parts_of([Step(a, 0, anchor.num_blocks, None)]):
+            macs[part], h = count_macs(run_parts, (part,), anchors, layers, h)
+            if part.kind == "block":
+                leaving[a, part.block] = h
+    for key, (a, block) in layer_inputs.items():
+        part = Part("layer", layer=key)
+        macs[part], _ = count_macs(run_parts, (part,), anchors, layers, leaving[a, block])
+    return macs

@@ -23,7 +23,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from snnet.network import Part, SNNet
+from snnet.network import SNNet
+from snnet.parts import Part
 from snnet.stitch import Stitch
 
 

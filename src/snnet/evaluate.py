@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from snnet.files import atomic_write
-from snnet.network import Part, SNNet, run_parts
+from snnet.network import SNNet
+from snnet.parts import Part, run_parts
 from snnet.results import Results, fingerprint
 from snnet.stitch import Stitch
 

@@ -25,7 +25,8 @@ from snnet.adapters import Anchor, FeatureShape, as_anchor
 from snnet.anchors import from_source
 from snnet.files import CONFIG, WEIGHTS, atomic_write, read_json_config
 from snnet.layers import StitchingLayer
-from snnet.network import Part, SNNet, Step, run_plan
+from snnet.network import SNNet, run_plan
+from snnet.parts import Part, Step
 from snnet.stitch import Stitch
 
 FORMAT = "snnet-stitch"

@@ -5,60 +5,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 
 from snnet.adapters import Anchor, as_anchor
-from snnet.cost import Cost, count_macs, count_params
+from snnet.cost import Cost, count_params, part_macs
 from snnet.layers import StitchingLayer
+from snnet.parts import Part, Step, parts_of
 from snnet.space import SpaceConfig, StitchSpace
 from snnet.stitch import Stitch
-
-
-class Step(NamedTuple):
-    """Run blocks ``start..stop-1`` of ``anchor``, then the stitching layer ``layer`` (if any)."""
-
-    anchor: int
-    start: int
-    stop: int
-    layer: str | None
-
-
-@dataclass(frozen=True)
-class Part:
-    """One piece of computation a stitch runs: an anchor's ``"stem"``, its ``"block"`` ``block``
-    or its ``"head"``, or the stitching ``"layer"`` keyed ``layer``.
-
-    :meth:`SNNet.parts` lists them in run order; cost, the parameters a stitch trains, the
-    BatchNorm layers it recalibrates, what an export keeps and the evaluation tree all read that
-    one list.
-
-    Example:
-        >>> net.parts("0:1-1:2")[3]
-        Part(kind='layer', anchor=None, block=None, layer='a0_a1_1')
-        >>> str(net.parts("0:1-1:2")[4]), net.parts("0:1-1:2")[-1] == Part("head", 1)
-        ('anchor 1 block 2', True)
-    """
-
-    kind: Literal["stem", "block", "head", "layer"]
-    anchor: int | None = None
-    block: int | None = None
-    layer: str | None = None
-
-    @property
-    def of_anchor(self) -> str | int:
-        """The part as :meth:`Anchor.part_names` takes it: ``"stem"``, ``"head"`` or a block."""
-        return self.block if self.kind == "block" else self.kind
-
-    def __str__(self) -> str:
-        if self.kind == "layer":
-            return f"layer {self.layer}"
-        return f"anchor {self.anchor} " + (
-            f"block {self.block}" if self.kind == "block" else self.kind
-        )
 
 
 def run_plan(
@@ -75,35 +32,6 @@ def run_plan(
         if step.layer is not None:
             h = layers[step.layer](h)
     return anchors[steps[-1].anchor].forward_head(h)
-
-
-def run_parts(
-    parts: Sequence[Part],
-    anchors: Sequence[Anchor],
-    layers: Mapping[str, nn.Module],
-    h: torch.Tensor,
-) -> torch.Tensor:
-    """Run a stretch of a stitch's parts on ``h`` (what enters the first of them); consecutive
-    blocks of one anchor go through one ``forward_blocks`` call. For measuring parts and for
-    sharing prefixes between stitches; a whole stitch runs through :func:`run_plan`."""
-    i = 0
-    while i < len(parts):
-        p = parts[i]
-        if p.kind == "block":
-            j = i + 1
-            while j < len(parts) and parts[j] == Part("block", p.anchor, parts[j - 1].block + 1):
-                j += 1
-            h = anchors[p.anchor].forward_blocks(h, p.block, parts[j - 1].block + 1)
-            i = j
-            continue
-        if p.kind == "layer":
-            h = layers[p.layer](h)
-        elif p.kind == "stem":
-            h = anchors[p.anchor].forward_stem(h)
-        else:
-            h = anchors[p.anchor].forward_head(h)
-        i += 1
-    return h
 
 
 class SNNet(nn.Module):
@@ -233,14 +161,7 @@ class SNNet(nn.Module):
         stitch = self._resolve(stitch)
         parts = self._parts.get(stitch)
         if parts is None:
-            steps = self.plan(stitch)
-            out = [Part("stem", steps[0].anchor)]
-            for step in steps:
-                out += [Part("block", step.anchor, b) for b in range(step.start, step.stop)]
-                if step.layer is not None:
-                    out.append(Part("layer", layer=step.layer))
-            out.append(Part("head", steps[-1].anchor))
-            parts = self._parts[stitch] = tuple(out)
+            parts = self._parts[stitch] = parts_of(self.plan(stitch))
         return parts
 
     def part_members(self, part: Part) -> dict[str, nn.Module | torch.Tensor]:
@@ -254,13 +175,9 @@ class SNNet(nn.Module):
 
     def part_parameters(self, part: Part) -> list[nn.Parameter]:
         """The parameters ``part`` runs, each once."""
-        params: dict[int, nn.Parameter] = {}
-        for obj in self.part_members(part).values():
-            if isinstance(obj, nn.Module):
-                params.update((id(p), p) for p in obj.parameters())
-            elif isinstance(obj, nn.Parameter):
-                params[id(obj)] = obj
-        return list(params.values())
+        if part.kind == "layer":
+            return list(self.layers[part.layer].parameters())
+        return list(self.anchors[part.anchor].part_parameters(part.of_anchor))
 
     def parameters_of(self, stitch: Stitch | str) -> list[nn.Parameter]:
         """The parameters ``stitch`` runs (those that get gradients when it trains), each once,
@@ -290,32 +207,20 @@ class SNNet(nn.Module):
     def costs(self) -> dict[Stitch, Cost]:
         return {s: self.cost(s) for s in self.stitches}
 
-    @torch.no_grad()
     def _count_macs(self) -> dict[Part, int]:
-        """Multiply-adds of every part, each measured once: each anchor's parts on its own, then
-        each stitching layer on the features its front anchor hands it."""
-        if self._part_macs is not None:
-            return self._part_macs
-        was_training = self.training
-        self.eval()
-        macs: dict[Part, int] = {}
-        leaving: dict[tuple[int, int], torch.Tensor] = {}  # (anchor, block) -> its output
-        for a, anchor in enumerate(self.anchors):
-            p = next(anchor.parameters())
-            h = torch.zeros(1, *anchor.input_size, device=p.device, dtype=p.dtype)
-            for part in self.parts(Stitch.anchor(a)):
-                macs[part], h = count_macs(run_parts, (part,), self.anchors, self.layers, h)
-                if part.kind == "block":
-                    leaving[a, part.block] = h
-        for (f, _e), positions in self.space.positions.items():
-            for pos in positions:
-                part = Part("layer", layer=pos.layer)
-                if part not in macs:
-                    x = leaving[f, pos.cut.out_block]
-                    macs[part], _ = count_macs(run_parts, (part,), self.anchors, self.layers, x)
-        self.train(was_training)
-        self._part_macs = macs
-        return macs
+        if self._part_macs is None:
+            # Each stitching layer measured on what its front anchor hands it: (anchor, block).
+            inputs = {
+                pos.layer: (f, pos.cut.out_block)
+                for (f, _e), positions in self.space.positions.items()
+                for pos in positions
+            }
+            was_training = self.training
+            try:
+                self._part_macs = part_macs(self.eval().anchors, self.layers, inputs)
+            finally:
+                self.train(was_training)
+        return self._part_macs
 
     def _check_order(self) -> None:
         macs = [self.cost(Stitch.anchor(i)).macs for i in range(len(self.anchors))]
