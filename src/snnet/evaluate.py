@@ -88,11 +88,10 @@ class StitchTree:
                 and len(child.children) == 1
                 and child.children[0].op[0].kind == "block"
                 and child.children[0].op[0].anchor == child.op[0].anchor
-                and not child.stitches
             ):
                 nxt = child.children[0]
                 child.op = child.op + nxt.op
-                child.children, child.stitches = nxt.children, nxt.stitches
+                child.children = nxt.children
             self._finish(child)
         node.size = len(node.stitches) + sum(c.size for c in node.children)
         node.children.sort(key=lambda c: c.size)  # the largest subtree runs last

@@ -192,7 +192,7 @@ class Anchor(nn.Module):
     @property
     def blocks(self) -> list[tuple[nn.Module, ...]]:
         """The modules each block runs, in order."""
-        return [self._run_modules(b) for b in range(len(self.block_names()))]
+        return [self._run_modules(b) for b in range(self.num_blocks)]
 
     @property
     def num_blocks(self) -> int:
