@@ -222,6 +222,30 @@ def test_own_family_adapter_is_found_by_registration():
     assert [len(s.blocks) for s in anchor.stages()] == [2, 2]
 
 
+def test_default_forwards_run_the_named_parts_and_refuse_bare_parameters():
+    class Named(snnet.Anchor):  # no forward_stem / forward_head of its own
+        stem_names = ("stem", "missing")  # an absent option is skipped
+        head_names = ("fc",)
+
+        def block_names(self):
+            return [("stages.0",), ("stages.1",)]
+
+        def stages(self):
+            return (snnet.Stage(range(2), "nchw"),)
+
+    model = TinyConvNet((8, 16), (2, 2))
+    model.fc = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), model.fc)
+    anchor = Named(model, input_size=(3, 32, 32))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        h = model.stages[1](model.stages[0](model.stem(x)))
+        assert torch.equal(anchor(x), model.fc(h))
+    model.scale = torch.nn.Parameter(torch.ones(()))
+    Named.stem_names = ("stem", "scale")
+    with pytest.raises(TypeError, match="override forward_stem"):
+        Named(model, input_size=(3, 32, 32)).forward_stem(x)
+
+
 def test_a_model_without_an_adapter_is_a_clear_error():
     with pytest.raises(ValueError, match="register_adapter"):
         snnet.as_anchor(torch.nn.Sequential(torch.nn.Linear(2, 2)))
