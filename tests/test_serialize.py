@@ -197,10 +197,18 @@ def test_an_export_never_replaces_a_saved_network(tmp_path):
     with pytest.raises(ValueError, match=r"format='snnet'.*choose another directory"):
         save_stitch(export_stitch(net, "0"), tmp_path / "net")
     assert _same(snnet.load(tmp_path / "net"), net)
-    assert (
-        main(["export", str(tmp_path / "net"), "--stitch", "0", "--out", str(tmp_path / "net")])
-        == 2
-    )
+    net_dir, stitch_dir, file = (str(tmp_path / n) for n in ("net", "stitch", "file"))
+    assert main(["export", net_dir, "--stitch", "0", "--out", net_dir]) == 2
+    assert _same(snnet.load(tmp_path / "net"), net)
+    # The other way round, and a file where a directory belongs: refused, nothing replaced.
+    save_stitch(export_stitch(net, "0"), stitch_dir)
+    with pytest.raises(ValueError, match=r"exported stitch: load it with snnet\.load_stitch"):
+        snnet.load(stitch_dir)
+    with pytest.raises(ValueError, match=r"format='snnet-stitch'.*choose another directory"):
+        snnet.save(net, stitch_dir)
+    (tmp_path / "file").write_text("keep")
+    assert main(["export", net_dir, "--stitch", "0", "--out", file]) == 2
+    assert (tmp_path / "file").read_text() == "keep"
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,8 @@ def save_unit(
     Returns the path of each file written.
     """
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} is a file: give a directory to write into")
     directory.mkdir(parents=True, exist_ok=True)
     found = _format_of(directory / CONFIG)
     if found is not None and found != config.get("format"):

@@ -72,7 +72,13 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{path} not found: is {directory} a directory written by snnet.save?"
         )
-    return read_json_config(path, FORMAT, VERSION, what="an snnet config")
+    return read_json_config(
+        path,
+        FORMAT,
+        VERSION,
+        what="an snnet config",
+        hints={"snnet-stitch": " (an exported stitch: load it with snnet.load_stitch)"},
+    )
 
 
 def load(
