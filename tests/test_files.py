@@ -127,3 +127,18 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
         save_unit(tmp_path, {"format": "t"}, {"a.json": lambda p: fail(open(p, "w"))})  # noqa: SIM115
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
     assert (tmp_path / "a.json").read_text() == "old"
+
+
+def test_a_committed_save_in_a_read_only_directory_is_read_where_it_waits(tmp_path, monkeypatch):
+    save_unit(tmp_path, {"format": "t"}, {"w": _writer("old")})
+    (tmp_path / "new").write_text("new")
+    sha = sha256_file(tmp_path / "new")
+    waiting = tmp_path / f".w.{sha}.snnet{_dead_pid()}.pending"
+    (tmp_path / "new").rename(waiting)
+    config = {"format": "t", "sha256": {"w": sha}}
+
+    def read_only(*args):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(os, "replace", read_only)
+    assert unit_file(tmp_path, config, "w") == waiting

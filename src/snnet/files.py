@@ -262,6 +262,8 @@ def _format_of(path: Path) -> str | None:
 
 
 def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there: never remove
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
