@@ -385,7 +385,12 @@ def export_onnx(
 
 
 def _write_onnx(
-    model: StitchedModel, path: str, *, dynamic_batch: bool = True, check: bool = True, atol=1e-4
+    model: StitchedModel,
+    path: str,
+    *,
+    dynamic_batch: bool = True,
+    check: bool = True,
+    atol: float = 1e-4,
 ) -> None:
     model = model.eval()
     x = _example(model, 2)
