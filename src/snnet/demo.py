@@ -18,6 +18,7 @@ from snnet.files import atomic_write
 from snnet.network import SNNet
 from snnet.plot import plot_results
 from snnet.results import Results
+from snnet.rundir import RunDir
 from snnet.train import TrainConfig, fit
 from snnet.zoo import demo_anchor_record, demo_family_names
 
@@ -65,14 +66,16 @@ def run_demo(
 ) -> DemoReport:
     """Run the whole pipeline into ``out`` and return what it found.
 
+    ``out`` is a run directory (:class:`~snnet.rundir.RunDir`); a run an earlier snnet demo
+    started there continues in its own layout.
+
     Example:
         >>> report = run_demo("runs/demo")
         >>> report.plot_path
         PosixPath('runs/demo/pareto.png')
     """
     settings = settings or DemoSettings()
-    out = Path(out)
-    train_dir, results_path, plot_path = out / "train", out / "results.json", out / "pareto.png"
+    run = RunDir.at(out)
     seconds: dict[str, float] = {}
 
     anchors, options = resolve_anchors("fmnist")
@@ -85,13 +88,13 @@ def run_demo(
         anchor_lr_scale=settings.anchor_lr_scale,
         seed=settings.seed,
     )
-    resume = (train_dir / "checkpoint.pt").exists()
+    resume = run.checkpoint.exists()
     t = time.perf_counter()
     fit(
         net,
         fashion_mnist("train"),
         config,
-        run_dir=train_dir,
+        run_dir=run.training,
         resume=resume,
         ls_init=settings.ls_images,
         device=device,
@@ -104,21 +107,21 @@ def run_demo(
         net,
         fashion_mnist("test"),
         max_images=settings.eval_images,
-        path=results_path,
+        path=run.results,
         device=device,
         progress=progress,
         data_name="fashion-mnist test",
     )
     seconds["evaluate every stitch"] = time.perf_counter() - t
-    plot_results(results, plot_path, title=f"SN-Net on Fashion-MNIST: {len(results)} stitches")
+    plot_results(results, run.plot, title=f"SN-Net on Fashion-MNIST: {len(results)} stitches")
 
     before = [float(demo_anchor_record(n)["test_acc"]) for n in demo_family_names()]
     after = [results[str(i)].top1 for i in range(len(net.anchors))]
     report = DemoReport(
-        run_dir=out,
-        results_path=results_path,
-        plot_path=plot_path,
-        model_dir=train_dir / "model",
+        run_dir=run.path,
+        results_path=run.results,
+        plot_path=run.plot,
+        model_dir=run.model,
         seconds=seconds,
         anchors_before=before,
         anchors_after=after,
@@ -127,7 +130,7 @@ def run_demo(
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(report).items()}
     summary["settings"] = asdict(settings)
     summary["resumed"] = resume  # timings then cover only what this run still had to do
-    atomic_write(out / "summary.json", lambda f: json.dump(summary, f, indent=2))
+    atomic_write(run.summary, lambda f: json.dump(summary, f, indent=2))
     return report
 
 
@@ -163,6 +166,6 @@ def format_report(report: DemoReport, results: Results, net_names: list[str]) ->
         f"  {report.results_path}  (and .csv): accuracy, GMACs, params of every stitch\n"
         f"  {report.plot_path}  accuracy vs cost, Pareto front drawn, anchors marked\n"
         f"  {report.model_dir}/  the trained SN-Net (snnet.load / snnet evaluate / snnet export)\n"
-        f"  {report.run_dir / 'summary.json'}  this summary"
+        f"  {RunDir(report.run_dir).summary}  this summary"
     )
     return "\n".join(lines)

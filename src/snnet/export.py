@@ -6,33 +6,47 @@ its stitching layers. Parts it skips are never copied, so memory follows the sti
 family. The result, a :class:`StitchedModel`, computes exactly what ``net(x, stitch=...)``
 computes, and saves as ``config.json`` + ``model.safetensors`` that load back without the SN-Net
 and without unpickling. :func:`export_onnx` and :func:`export_pt2` write deployable graphs.
+
+An export directory holds one export: its config lists (with their sha256) the files written with
+it, and writing an export removes the artefacts of an earlier one, so a ``model.onnx`` never
+computes another stitch than its ``config.json`` names.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib.util
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from snnet.adapters import Anchor, FeatureShape, as_anchor
 from snnet.anchors import from_source
-from snnet.files import CONFIG, WEIGHTS, atomic_write, read_json_config
+from snnet.files import (
+    CONFIG,
+    HASHES,
+    WEIGHTS,
+    atomic_write,
+    read_json_config,
+    save_unit,
+    unit_file,
+)
 from snnet.layers import StitchingLayer
 from snnet.network import SNNet, run_plan
 from snnet.parts import Part, Step
+from snnet.serialize import read_state
 from snnet.stitch import Stitch
 
 FORMAT = "snnet-stitch"
 VERSION = 1
 ONNX, PT2 = "model.onnx", "model.pt2"
 FORMATS = ("safetensors", "onnx", "pt2")
+#: The file each format writes into an export directory; writing an export removes the others.
+FILES = {"safetensors": WEIGHTS, "onnx": ONNX, "pt2": PT2}
 _CONFIG_KEYS = {
     "format",
     "version",
@@ -43,6 +57,7 @@ _CONFIG_KEYS = {
     "anchors",
     "layers",
     "steps",
+    HASHES,
 }
 
 
@@ -215,23 +230,20 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 # -- files ------------------------------------------------------------------------------------
 def save_stitch(model: StitchedModel, directory: str | Path) -> Path:
-    """Write ``directory/config.json`` and ``directory/model.safetensors`` (atomically).
+    """Write ``directory/config.json`` and ``directory/model.safetensors`` as one unit (a kill
+    leaves the earlier export or this one; see :func:`export` for the other formats).
 
     Example:
         >>> save_stitch(export_stitch(net, "0:5-1:6"), "deploy/ti-s")
         >>> model = load_stitch("deploy/ti-s")
     """
-    directory = Path(directory)
+    export(model, directory, ["safetensors"])
+    return Path(directory)
+
+
+def _write_safetensors(model: StitchedModel, path: str) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in _tensors(model).items()}
-    atomic_write(
-        directory / WEIGHTS,
-        lambda p: save_file(
-            tensors, p, metadata={"format": FORMAT, "stitch": model.info["stitch"]}
-        ),
-        mode="path",
-    )
-    atomic_write(directory / CONFIG, lambda f: json.dump(model.info, f, indent=2, sort_keys=True))
-    return directory
+    save_file(tensors, path, metadata={"format": FORMAT, "stitch": model.info["stitch"]})
 
 
 def read_stitch_config(directory: str | Path) -> dict[str, Any]:
@@ -269,6 +281,7 @@ def load_stitch(
     to ``SNNet`` (their weights are not used; the file's are).
     """
     config = read_stitch_config(directory)
+    weights = unit_file(directory, config, WEIGHTS)  # checked before anything is built
     parts = []
     for entry in config["anchors"]:
         keep = {"stem": entry["stem"], "blocks": entry["blocks"], "head": entry["head"]}
@@ -295,8 +308,9 @@ def load_stitch(
             for d in config["layers"]
         ]
     steps = [Step(*s) for s in config["steps"]]
-    model = StitchedModel(parts, layers, steps, info=config)
-    _fill(model, Path(directory) / WEIGHTS, map_location)
+    info = {k: v for k, v in config.items() if k != HASHES}  # the hashes describe the files
+    model = StitchedModel(parts, layers, steps, info=info)
+    _fill(model, weights, map_location)
     return model.eval()
 
 
@@ -304,19 +318,14 @@ def load_stitch(
 def _fill(model: nn.Module, path: Path, map_location: str | torch.device) -> None:
     """Put the file's tensors into ``model`` in place of its own (assigned, not copied, so
     memory holds one copy of the weights); tied tensors stay tied."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the exported stitch is incomplete")
-    state = load_file(str(path), device=str(map_location))
     own = _tensors(model)
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        first = (wrong or missing or unexpected)[0]
-        raise ValueError(
-            f"{path} does not fit its config ({len(missing)} missing, {len(unexpected)} "
-            f"unexpected, {len(wrong)} of other shape, e.g. {first}): the anchors rebuilt from "
-            "their source differ from the exported ones"
-        )
+    state = read_state(
+        path,
+        own,
+        map_location=map_location,
+        misfit="does not fit its config",
+        why="the anchors rebuilt from their source differ from the exported ones",
+    )
     name_of = {id(t): k for k, t in own.items()}
     new: dict[int, torch.Tensor] = {}
     for module in model.modules():
@@ -362,7 +371,8 @@ def export_onnx(
     atol: float = 1e-4,
 ) -> Path:
     """Write ``model`` as ONNX (``torch.onnx.export``, the dynamo exporter) with a dynamic batch
-    dimension, and with ``check`` run it in onnxruntime against PyTorch (max abs error ≤ ``atol``).
+    dimension, and with ``check`` run it in onnxruntime against PyTorch (max abs error ≤ ``atol``)
+    before it replaces ``path``.
 
     Example:
         >>> export_onnx(export_stitch(net, "0:5-1:6"), "deploy/ti-s/model.onnx")
@@ -371,6 +381,22 @@ def export_onnx(
     if check:
         require("onnxruntime", purpose="checking the ONNX export")
     path = Path(path)
+    atomic_write(
+        path,
+        lambda p: _write_onnx(model, p, dynamic_batch=dynamic_batch, check=check, atol=atol),
+        mode="path",
+    )
+    return path
+
+
+def _write_onnx(
+    model: StitchedModel,
+    path: str,
+    *,
+    dynamic_batch: bool = True,
+    check: bool = True,
+    atol: float = 1e-4,
+) -> None:
     model = model.eval()
     x = _example(model, 2)
     dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
@@ -384,10 +410,9 @@ def export_onnx(
             output_names=["logits"],
             verbose=False,
         )
-    atomic_write(path, lambda p: program.save(p), mode="path")
+    program.save(path)
     if check:
         check_onnx(model, path, atol=atol)
-    return path
 
 
 def check_onnx(
@@ -415,32 +440,42 @@ def export_pt2(model: StitchedModel, path: str | Path, *, dynamic_batch: bool = 
     PyTorch; ``torch.export`` is its successor.)
     """
     path = Path(path)
+    atomic_write(path, lambda p: _write_pt2(model, p, dynamic_batch=dynamic_batch), mode="path")
+    return path
+
+
+def _write_pt2(model: StitchedModel, path: str, *, dynamic_batch: bool = True) -> None:
     model = model.eval()
     x = _example(model, 2)  # batch 2: an example batch of 1 would be specialised to 1
     dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
     with torch.no_grad():
         program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
-    atomic_write(path, lambda f: torch.export.save(program, f), mode="wb")
-    return path
+    torch.export.save(program, path)
+
+
+_WRITERS: dict[str, Callable[[StitchedModel, str], None]] = {
+    "safetensors": _write_safetensors,
+    "onnx": _write_onnx,
+    "pt2": _write_pt2,
+}
 
 
 def export(
     model: StitchedModel, directory: str | Path, formats: Sequence[str] = ("safetensors",)
 ) -> dict[str, Path]:
     """Write ``model`` into ``directory`` in each of ``formats`` (``safetensors``, ``onnx``,
-    ``pt2``); returns the path written per format."""
+    ``pt2``) with its ``config.json``, as one unit: a kill leaves the earlier export or this one,
+    and files of an earlier export that this one does not write are removed. Returns the path
+    written per format.
+
+    Example:
+        >>> export(export_stitch(net, "0:5-1:6"), "deploy/ti-s", ["safetensors", "onnx"])
+    """
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"unknown export format {bad[0]!r}; choose from {', '.join(FORMATS)}")
     if "onnx" in formats:  # fail before writing anything
         require("onnx", "onnxscript", "onnxruntime", purpose="ONNX export")
-    directory = Path(directory)
-    out: dict[str, Path] = {}
-    for f in formats:
-        if f == "safetensors":
-            out[f] = save_stitch(model, directory) / WEIGHTS
-        elif f == "onnx":
-            out[f] = export_onnx(model, directory / ONNX)
-        else:
-            out[f] = export_pt2(model, directory / PT2)
-    return out
+    writers = {FILES[f]: (lambda p, f=f: _WRITERS[f](model, p)) for f in formats}
+    written = save_unit(directory, model.info, writers, members=FILES.values())
+    return {f: written[FILES[f]] for f in formats}

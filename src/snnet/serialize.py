@@ -1,19 +1,27 @@
-"""Saving a stitched network as ``config.json`` + ``model.safetensors``; loading never unpickles."""
+"""Saving a stitched network as ``config.json`` + ``model.safetensors``; loading never unpickles.
+
+The pair is written as one unit (:func:`snnet.files.save_unit`): the config records the weights'
+sha256 and is committed last, so a kill during a save leaves the old network or the new one, and
+weights that do not belong to their config are refused on load. :func:`read_state` is the one
+reader of a safetensors file into a module, shared with exported stitches.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from snnet.adapters import Anchor
 from snnet.anchors import from_source
-from snnet.files import CONFIG, WEIGHTS, atomic_write, read_json_config
+from snnet.files import CONFIG, WEIGHTS, read_json_config, save_unit, unit_file
 from snnet.network import SNNet
+from snnet.rundir import RunDir
 from snnet.space import SpaceConfig
 
 FORMAT = "snnet"
@@ -41,21 +49,20 @@ def network_config(net: SNNet) -> dict[str, Any]:
 
 
 def save(net: SNNet, directory: str | Path) -> Path:
-    """Write ``directory/config.json`` and ``directory/model.safetensors``.
+    """Write ``directory/config.json`` and ``directory/model.safetensors`` as one unit: a kill
+    at any moment leaves the network saved before or this one, never a mix.
 
     Example:
         >>> snnet.save(net, "runs/deit-snnet")
         >>> net2 = snnet.load("runs/deit-snnet")
     """
     directory = Path(directory)
-    config = network_config(net)
     tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    atomic_write(
-        directory / WEIGHTS,
-        lambda p: save_file(tensors, p, metadata={"format": FORMAT}),
-        mode="path",
+    save_unit(
+        directory,
+        network_config(net),
+        {WEIGHTS: lambda p: save_file(tensors, p, metadata={"format": FORMAT})},
     )
-    atomic_write(directory / CONFIG, lambda f: json.dump(config, f, indent=2, sort_keys=True))
     return directory
 
 
@@ -65,21 +72,34 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{path} not found: is {directory} a directory written by snnet.save?"
         )
-    return read_json_config(path, FORMAT, VERSION, what="an snnet config")
+    return read_json_config(
+        path,
+        FORMAT,
+        VERSION,
+        what="an snnet config",
+        hints={"snnet-stitch": " (an exported stitch: load it with snnet.load_stitch)"},
+    )
 
 
 def load(
-    directory: str | Path,
+    path: str | Path,
     *,
     anchors: Sequence[nn.Module | Anchor] | None = None,
     map_location: str = "cpu",
 ) -> SNNet:
-    """Rebuild the network saved in ``directory`` and load its weights.
+    """Rebuild the network saved at ``path`` and load its weights.
 
-    Anchors recorded from timm (or snnet's demo family) are rebuilt without downloading; anchors
-    that were your own modules must be passed again as ``anchors``.
+    ``path`` is a directory written by :func:`save` or a run directory of ``snnet train`` /
+    ``snnet demo`` (its ``model/``). Anchors recorded from timm (or snnet's demo family) are
+    rebuilt without downloading; anchors that were your own modules must be passed again as
+    ``anchors``.
+
+    Example:
+        >>> net = snnet.load("runs/demo")            # the same as snnet.load("runs/demo/model")
     """
+    directory = RunDir.find(path).model
     config = read_config(directory)
+    weights = unit_file(directory, config, WEIGHTS)  # checked before anything is built
     if anchors is None:
         missing = [a["name"] for a in config["anchors"] if a.get("source") is None]
         if missing:
@@ -89,7 +109,7 @@ def load(
             )
         anchors = [from_source(a["source"], pretrained=False) for a in config["anchors"]]
     net = SNNet(anchors, config=SpaceConfig.from_json(config["space"]))
-    load_weights(net, Path(directory) / WEIGHTS, map_location=map_location, expected=config)
+    load_weights(net, weights, map_location=map_location, expected=config)
     return net
 
 
@@ -107,8 +127,36 @@ def load_weights(
             f"this one has {sorted(net.layers.keys())[:4]}...: build the network with the same "
             "anchors and stitching options"
         )
-    state = load_file(str(path), device=map_location)
-    own = net.state_dict()
+    state = read_state(
+        path,
+        net.state_dict(),
+        map_location=map_location,
+        misfit="does not fit this network",
+        why="it was saved from other anchors or stitching options",
+    )
+    net.load_state_dict(state)
+
+
+def read_state(
+    path: str | Path,
+    own: dict[str, torch.Tensor],
+    *,
+    map_location: str | torch.device = "cpu",
+    misfit: str,
+    why: str,
+) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file at ``path``, checked to have exactly the names and
+    shapes of ``own``; otherwise one clear error: ``"{path} {misfit} (...): {why}"``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the save is incomplete; save it again")
+    try:
+        state = load_file(str(path), device=str(map_location))
+    except SafetensorError as e:
+        raise ValueError(
+            f"{path} is not a complete safetensors file ({e}): it was truncated or damaged; "
+            "save it again (or copy it again)"
+        ) from e
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
@@ -116,14 +164,12 @@ def load_weights(
         parts = []
         if wrong:
             parts.append(
-                f"shape of {wrong[0]}: {tuple(state[wrong[0]].shape)} in the file, {tuple(own[wrong[0]].shape)} here"
+                f"shape of {wrong[0]}: {tuple(state[wrong[0]].shape)} in the file, "
+                f"{tuple(own[wrong[0]].shape)} here"
             )
         if missing:
             parts.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected weights (e.g. {unexpected[0]})")
-        raise ValueError(
-            f"{path} does not fit this network ({'; '.join(parts)}): it was saved from other anchors "
-            "or stitching options"
-        )
-    net.load_state_dict(state)
+        raise ValueError(f"{path} {misfit} ({'; '.join(parts)}): {why}")
+    return state

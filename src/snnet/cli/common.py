@@ -9,6 +9,30 @@ from typing import Any
 from snnet.anchors import PRESETS, resolve_anchors
 from snnet.network import SNNet
 from snnet.results import Results
+from snnet.rundir import RunDir
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (sizes, counts, strides), refused at parse time."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def index(text: str) -> int:
+    """An argparse type: a whole number >= 0 (a stage or block index)."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
 
 
 def add_family_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,11 +43,13 @@ def add_family_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--kernel",
-        type=int,
+        type=positive_int,
         default=None,
         help="sliding-window size of paired stitching (default 2)",
     )
-    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default 1)")
+    p.add_argument(
+        "--stride", type=positive_int, default=None, help="sliding-window stride (default 1)"
+    )
     p.add_argument(
         "--all-pairs",
         action="store_true",
@@ -36,10 +62,14 @@ def add_family_arguments(p: argparse.ArgumentParser) -> None:
         help="stitching rule (default auto)",
     )
     p.add_argument(
-        "--stages", type=int, nargs="+", default=None, help="stages to stitch in unpaired mode"
+        "--stages", type=index, nargs="+", default=None, help="stages to stitch in unpaired mode"
     )
-    p.add_argument("--img-size", type=int, default=None, help="input resolution for every anchor")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier size for every anchor")
+    p.add_argument(
+        "--img-size", type=positive_int, default=None, help="input resolution for every anchor"
+    )
+    p.add_argument(
+        "--num-classes", type=positive_int, default=None, help="classifier size for every anchor"
+    )
     p.add_argument(
         "--pretrained",
         action="store_true",
@@ -87,24 +117,7 @@ def load_results_for(net: SNNet, path: str | Path, *, create: bool) -> Results:
 
 
 def model_dir(path: str | Path) -> Path:
-    """The saved network a command was pointed at: ``path`` itself (written by ``snnet.save``),
-    or the model inside a training run (``path/model``) or a demo run (``path/train/model``).
-    Commands keep their results file in ``path`` itself, so ``snnet evaluate RUN``, ``snnet latency
-    RUN``, ``snnet select --results RUN/results.json`` and ``snnet export RUN`` meet in one file."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} does not exist: give a directory written by snnet.save")
-    for candidate in (path, path / "model", path / "train" / "model"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    inside = sorted(p.parent for p in path.glob("*/config.json"))
-    if len(inside) == 1:
-        return inside[0]
-    if inside:
-        raise ValueError(
-            f"{path} holds several models ({', '.join(p.name for p in inside)}): pass one of them"
-        )
-    raise FileNotFoundError(
-        f"{path} holds no config.json: give a directory written by snnet.save, snnet train or "
-        "snnet demo"
-    )
+    """The saved network a command was pointed at (``RunDir.find(path).model``); commands keep
+    their results in ``RunDir.find(path).results``, so commands pointed at one directory meet in
+    one results file."""
+    return RunDir.find(path).model

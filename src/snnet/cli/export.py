@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from snnet.cli.common import load_results_for, model_dir
+from snnet.cli.common import load_results_for
 from snnet.cli.select import add_budget_arguments, budgets
 from snnet.export import FORMATS, export, export_stitch
+from snnet.rundir import RunDir
 from snnet.select import select
 from snnet.serialize import load
 
@@ -25,7 +26,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=FORMATS,
         default=["safetensors"],
-        help="safetensors (config.json + model.safetensors), onnx, pt2 (torch.export)",
+        help="safetensors (config.json + model.safetensors), onnx, pt2 (torch.export); files of "
+        "an earlier export in --out that this one does not write are removed",
     )
     p.add_argument(
         "--results",
@@ -41,10 +43,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             "give --stitch, or a budget (--max-gmacs, ...) to export the stitch select picks"
         )
-    net = load(model_dir(args.model_dir)).eval()
+    run = RunDir.find(args.model_dir)
+    net = load(run.model).eval()
     stitch = args.stitch
     if wanted:
-        path = Path(args.results) if args.results else Path(args.model_dir) / "results.json"
+        path = Path(args.results) if args.results else run.results
         results = load_results_for(net, path, create=False)
         stitch = select(results, **wanted).stitch
         print(f"selected stitch {stitch} for {', '.join(f'{k}={v}' for k, v in wanted.items())}")

@@ -1,0 +1,142 @@
+"""The run directory: where a training run, the demo and the commands after them keep their files.
+
+One layout serves ``snnet train --out RUN``, ``snnet demo --out RUN`` and every command pointed at
+RUN afterwards (evaluate, latency, select, plot, export)::
+
+    RUN/
+      model/              the trained SN-Net: config.json + model.safetensors (snnet.save)
+      checkpoint.pt       everything a resumed run needs (snnet.checkpoint)
+      train.json          the run's progress, readable without torch
+      train_log.csv       per-step losses and stitches of the training run
+      results.json        accuracy, cost and latency of every stitch (results.csv beside it)
+      pareto.png          accuracy against cost, Pareto front drawn (snnet demo)
+      summary.json        what snnet demo found
+
+A directory written by ``snnet.save`` alone works too: it is its own model, and results go beside
+it. Runs of ``snnet demo`` before this layout kept the training files in ``RUN/train/``; they are
+still found, and the demo continues them there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from snnet.files import CONFIG
+
+MODEL = "model"
+CHECKPOINT = "checkpoint.pt"
+TRAIN_RECORD = "train.json"
+TRAIN_LOG = "train_log.csv"
+RESULTS = "results.json"
+PLOT = "pareto.png"
+SUMMARY = "summary.json"
+#: Where snnet demo kept model/, checkpoint.pt and train.json before the one layout.
+OLD_DEMO_TRAINING = "train"
+
+
+@dataclass(frozen=True, init=False)
+class RunDir:
+    """A run directory's files. ``RunDir(path)`` is the layout above; :meth:`find` opens what a
+    user pointed a command at, :meth:`at` the run to write (or continue) at ``path``.
+
+    Example:
+        >>> run = RunDir.find("runs/demo")
+        >>> net = snnet.load(run.model)
+        >>> results = Results.load(run.results)
+    """
+
+    path: Path  # results, plots and summaries go here
+    model: Path  # the saved network (config.json + model.safetensors)
+    training: Path  # checkpoint.pt, train.json, train_log.csv
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        model: str | Path | None = None,
+        training: str | Path | None = None,
+    ) -> None:
+        path = Path(path)
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "model", Path(model) if model is not None else path / MODEL)
+        object.__setattr__(self, "training", Path(training) if training is not None else path)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.training / CHECKPOINT
+
+    @property
+    def train_record(self) -> Path:
+        return self.training / TRAIN_RECORD
+
+    @property
+    def train_log(self) -> Path:
+        return self.training / TRAIN_LOG
+
+    @property
+    def results(self) -> Path:
+        return self.path / RESULTS
+
+    @property
+    def results_csv(self) -> Path:
+        return self.results.with_suffix(".csv")
+
+    @property
+    def plot(self) -> Path:
+        return self.path / PLOT
+
+    @property
+    def summary(self) -> Path:
+        return self.path / SUMMARY
+
+    @classmethod
+    def at(cls, path: str | Path) -> RunDir:
+        """The run to write into at ``path``: the layout above, or, for a run that an earlier
+        snnet demo started there, that run's own layout (so it continues where it was)."""
+        path = Path(path)
+        old = path / OLD_DEMO_TRAINING
+        new = cls(path)
+        if new.checkpoint.exists() or new.model.exists():
+            return new
+        if (old / CHECKPOINT).is_file() or (old / MODEL / CONFIG).is_file():
+            return cls(path, model=old / MODEL, training=old)
+        return new
+
+    @classmethod
+    def find(cls, path: str | Path) -> RunDir:
+        """The run a command was pointed at: a run directory (of snnet train or snnet demo, in
+        any layout snnet wrote) or a directory written by ``snnet.save``. Results, plots and
+        summaries go in ``path`` itself, so commands pointed at one directory meet in one
+        results file."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} does not exist: give a run directory (snnet train/demo --out) or a "
+                "directory written by snnet.save"
+            )
+        if not path.is_dir():
+            raise ValueError(
+                f"{path} is a file: give the run directory or the directory written by snnet.save"
+            )
+        if (path / CONFIG).is_file():
+            return cls(path, model=path, training=path)
+        run = cls.at(path)
+        if (run.model / CONFIG).is_file():
+            return run
+        if run.checkpoint.is_file():
+            raise FileNotFoundError(
+                f"the run in {path} has no saved network yet ({run.model} is missing): continue "
+                "it with snnet train --resume"
+            )
+        inside = sorted(p.parent for p in path.glob(f"*/{CONFIG}"))
+        if len(inside) == 1:
+            return cls(path, model=inside[0])
+        if inside:
+            raise ValueError(
+                f"{path} holds several models ({', '.join(p.name for p in inside)}): pass one of them"
+            )
+        raise FileNotFoundError(
+            f"{path} holds no {CONFIG}: give a directory written by snnet.save, snnet train or "
+            "snnet demo"
+        )
