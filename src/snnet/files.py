@@ -8,6 +8,7 @@ file snnet reads back starts with ``{"format": ..., "version": ...}`` and is rea
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -41,19 +42,52 @@ def atomic_write(path: str | Path, write: Any, *, mode: str = "w") -> None:
         raise
 
 
+def check_writable(path: str | Path) -> Path:
+    """Raise now the ``OSError`` that writing ``path`` with :func:`atomic_write` would raise later
+    (a file where a folder should be, a folder where the file should be, a folder that refuses
+    new files), so that a long run fails before it starts, not after. Creates nothing.
+
+    Example:
+        >>> check_writable("runs/deit/results.json")   # before an hour of evaluation
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+    folder = path.parent
+    while not folder.exists():  # atomic_write creates the missing folders inside this one
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(folder))
+    try:  # what atomic_write does there first
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except PermissionError as e:
+        raise PermissionError(errno.EACCES, "Permission denied", str(folder)) from e
+    os.close(fd)
+    os.unlink(tmp)
+    return path
+
+
 def read_json_config(
-    path: Path, fmt: str, version: int, *, what: str, hints: dict[str, str] | None = None
+    path: Path,
+    fmt: str,
+    version: int,
+    *,
+    what: str,
+    hints: dict[str, str] | None = None,
+    fix: str = "",
 ) -> dict[str, Any]:
     """Read a JSON config of format ``fmt`` written by this or an older snnet, or explain why not
-    (``hints`` maps other formats to advice)."""
+    (``hints`` maps other formats to advice; ``fix``, if given, ends the message of a file that is
+    not JSON or not of format ``fmt``)."""
+    fix = f"; {fix}" if fix else ""
     try:
         config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}){fix}") from e
     found = config.get("format") if isinstance(config, dict) else None
     if found != fmt:
         hint = (hints or {}).get(found, "")
-        raise ValueError(f"{path} is not {what} (format={found!r}){hint}")
+        raise ValueError(f"{path} is not {what} (format={found!r}){hint}{fix}")
     if config.get("version", 0) > version:
         raise ValueError(
             f"{path} was written by a newer snnet (version {config['version']}); upgrade snnet"
