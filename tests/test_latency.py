@@ -65,3 +65,19 @@ def test_measure_latency_records_and_resumes(tmp_path, monkeypatch):
     )
     assert len(calls) == len(net.stitches) and done.meta["latency"]["batch_size"] == 4
 
+
+def test_cli_latency_saves_each_stitch_once(tmp_path, monkeypatch, capsys):
+    """measure_latency saves after every stitch; the CLI used to save the same results again."""
+    from snnet.cli import main
+
+    net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
+    snnet.save(net, tmp_path / "net")
+    saves = []
+    real = Results.save
+    monkeypatch.setattr(Results, "save", lambda self, path: saves.append(path) or real(self, path))
+    args = ["--repeats", "1", "--warmup", "0", "--threads", "1", "--settle", "0", "--no-progress"]
+    assert main(["latency", str(tmp_path / "net"), *args]) == 0
+    assert len(saves) == len(net.stitches)
+    saves.clear()
+    assert main(["latency", str(tmp_path / "net"), *args]) == 0  # nothing left to measure
+    assert saves == [] and "measuring 0 of" in capsys.readouterr().out
