@@ -144,7 +144,10 @@ def test_a_bad_input_ends_in_one_line_naming_the_fix(
 ):
     argv = [arg.format(**workspace) for arg in shlex.split(command)]
     before = snapshot(workspace["tmp"])
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse refused the command line
+        code = e.code
     err = capsys.readouterr().err
     assert code == 2, (argv, err)
     assert err.count("\n") == 1 and err.endswith("\n"), err  # one line

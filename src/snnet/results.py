@@ -298,11 +298,11 @@ def format_table(
 ) -> str:
     """The stitches of ``results`` (or only ``stitches``) as a text table, one line each.
 
-    Rows are sorted by ``cost`` (unmeasured last) unless ``sort=False``. Columns: MACs and params, latency and
-    accuracy when any shown row has them, and a ``Pareto`` column marking with ``*`` the front of
-    ``cost`` against ``metric`` (over all of ``results``). ``names`` labels anchor rows
-    (``0 (deit_tiny)``), ``paths`` adds a column describing each stitch. Returns the text; the
-    CLI prints it.
+    Rows are sorted by ``cost`` (unmeasured last) unless ``sort=False``. Columns: MACs and
+    params, latency and accuracy when any shown row has them, and a ``Pareto`` column marking with
+    ``*`` the front of ``cost`` against ``metric`` (over all of ``results``). ``names`` labels
+    anchor rows (``0 (deit_tiny)``), ``paths`` adds a column describing each stitch. Returns the
+    text; the CLI prints it.
 
     Example:
         >>> print(format_table(results, names=results.network["anchors"]))

@@ -58,10 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``snnet`` with ``argv`` (default: the process's arguments); returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)  # the first positional
-    try:
-        args = build_parser(command if command in COMMANDS else None).parse_args(argv)
-    except SystemExit as e:  # --help, or a bad option (argparse printed why)
-        return e.code if isinstance(e.code, int) else 2
+    # --help and bad options raise SystemExit (argparse's own way), after printing why.
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except BrokenPipeError:  # e.g. `snnet stitches deit | head`
