@@ -361,9 +361,9 @@ def _tidy(path: Path, results: Results) -> None:
     p = progress_path(path)
     if p.exists():
         try:
-            stitches = json.loads(p.read_text()).get("stitches", [])
-            done = all(results[s].top1 is not None for s in stitches)
-        except (ValueError, KeyError, AttributeError):  # not ours to judge: leave it
+            saved = read_json_config(p, PROGRESS_FORMAT, PROGRESS_VERSION, what="progress")
+            done = all(results[s].top1 is not None for s in saved.get("stitches", []))
+        except (ValueError, KeyError):  # not a progress file we can judge: leave it
             done = False
         if done:
             p.unlink()
