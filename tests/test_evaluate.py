@@ -266,3 +266,74 @@ def test_cli_evaluate_and_plot(vit, tmp_path, capsys):
         assert main(bad) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize("killed_at", ["first", "second"])
+def test_a_kill_during_the_final_save_is_repaired_by_the_rerun(
+    vit, tmp_path, images, monkeypatch, killed_at
+):
+    """Defect: killed between results.json and results.csv, the rerun returned early, wrote no
+    CSV, left the progress file and still printed "Wrote ... results.csv"."""
+    import snnet.results as results_mod
+
+    path = tmp_path / "results.json"
+    real, writes = results_mod.atomic_write, []
+
+    def killed(target, write, **kw):  # SIGKILL at the first or second file of the final save
+        writes.append(target)
+        if len(writes) == (1 if killed_at == "first" else 2):
+            raise KeyboardInterrupt
+        return real(target, write, **kw)
+
+    monkeypatch.setattr(results_mod, "atomic_write", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_all(vit, images, path=path, batch_size=50, checkpoint_every=1, progress=False)
+    monkeypatch.setattr(results_mod, "atomic_write", real)
+    assert progress_path(path).exists()  # the counts were checkpointed before the save
+
+    again = evaluate_all(vit, images, path=path, batch_size=50, progress=False)
+    assert not again.missing("top1") and not progress_path(path).exists()
+    assert Results.load(path).records == again.records
+    assert (tmp_path / "results.csv").read_text() == again.to_csv()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.json"]
+
+
+def test_a_stale_csv_is_rewritten_and_a_live_progress_file_kept(vit, tmp_path, images):
+    path = tmp_path / "results.json"
+    evaluate_all(vit, images, stitches=["0"], path=path, progress=False, data_name="fm")
+    (tmp_path / "results.csv").write_text("stitch\n")  # e.g. from an older, killed snnet
+    with pytest.raises(KeyboardInterrupt):  # another evaluation, unfinished
+        evaluate_all(vit, interrupted(images.batches(50), 1), stitches=["1"], path=path,
+                     progress=False, data_name="fm")  # fmt: skip
+    live = progress_path(path).read_text()
+    results = evaluate_all(vit, images, stitches=["0"], path=path, progress=False, data_name="fm")
+    assert (tmp_path / "results.csv").read_text() == results.to_csv()
+    assert progress_path(path).read_text() == live  # its stitch 1 is not measured yet
+
+
+def test_an_unwritable_output_fails_before_the_first_batch(vit, tmp_path, images):
+    (tmp_path / "file").write_text("keep me")
+    read = []
+
+    def watched():
+        for batch in images.batches(50):
+            read.append(1)
+            yield batch
+
+    with pytest.raises(NotADirectoryError):
+        evaluate_all(vit, watched(), path=tmp_path / "file" / "r.json", progress=False)
+    (tmp_path / "dir.json").mkdir()
+    with pytest.raises(IsADirectoryError):
+        evaluate_all(vit, watched(), path=tmp_path / "dir.json", progress=False)
+    assert read == [] and (tmp_path / "file").read_text() == "keep me"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device (CUDA)")
+def test_the_network_goes_back_to_its_device_and_mode(vit, images):
+    vit.train()
+    results = evaluate_all(vit, images, stitches=["0"], device="cuda", progress=False)
+    assert results["0"].top1 is not None
+    assert vit.training and {p.device.type for p in vit.parameters()} == {"cpu"}
+    vit.to("cuda").eval()
+    evaluate_all(vit, images, stitches=["0"], device="cpu", progress=False)
+    assert not vit.training and {p.device.type for p in vit.parameters()} == {"cuda"}

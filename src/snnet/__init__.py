@@ -8,75 +8,61 @@ Example:
     >>> net.stitch = "0:5-1:6"
 """
 
-from snnet.adapters import (
-    Anchor,
-    FeatureShape,
-    LevitAnchor,
-    ResNetAnchor,
-    SequentialAnchor,
-    Stage,
-    SwinAnchor,
-    ViTAnchor,
-    as_anchor,
-    register_adapter,
-)
-from snnet.anchors import PRESETS, resolve_anchors, timm_anchor
-from snnet.batchnorm import batchnorm_stats, recalibrate_batchnorm
-from snnet.controller import BudgetController
-from snnet.cost import Cost
-from snnet.export import StitchedModel, export_stitch, load_stitch, save_stitch
-from snnet.latency import Timing, measure_latency, time_callable, time_module
-from snnet.lstsq import init_least_squares
-from snnet.network import SNNet
-from snnet.pareto import pareto_front
-from snnet.parts import Part, Step
-from snnet.results import Record, Results
-from snnet.sampling import flops_groups, sample_grouped, sample_stitch
-from snnet.serialize import load, save
-from snnet.space import SpaceConfig, StitchSpace
-from snnet.stitch import Cut, Stitch
+from __future__ import annotations
 
-__all__ = [
-    "PRESETS",
-    "Anchor",
-    "BudgetController",
-    "Cost",
-    "Cut",
-    "FeatureShape",
-    "LevitAnchor",
-    "Part",
-    "Record",
-    "ResNetAnchor",
-    "Results",
-    "SNNet",
-    "SequentialAnchor",
-    "SpaceConfig",
-    "Stage",
-    "Step",
-    "Stitch",
-    "StitchSpace",
-    "StitchedModel",
-    "SwinAnchor",
-    "Timing",
-    "ViTAnchor",
-    "as_anchor",
-    "batchnorm_stats",
-    "export_stitch",
-    "flops_groups",
-    "init_least_squares",
-    "load",
-    "load_stitch",
-    "measure_latency",
-    "pareto_front",
-    "recalibrate_batchnorm",
-    "register_adapter",
-    "resolve_anchors",
-    "sample_grouped",
-    "sample_stitch",
-    "save",
-    "save_stitch",
-    "time_callable",
-    "time_module",
-    "timm_anchor",
-]
+import importlib
+from typing import Any
+
+#: Module -> the public names it defines. They are imported on first use (PEP 562), so that
+#: ``import snnet`` and ``snnet --help`` do not load torch.
+_PUBLIC = {
+    "snnet.adapters": (
+        "Anchor",
+        "FeatureShape",
+        "LevitAnchor",
+        "ResNetAnchor",
+        "SequentialAnchor",
+        "Stage",
+        "SwinAnchor",
+        "ViTAnchor",
+        "as_anchor",
+        "register_adapter",
+    ),
+    "snnet.anchors": ("PRESETS", "resolve_anchors", "timm_anchor"),
+    "snnet.batchnorm": ("batchnorm_stats", "recalibrate_batchnorm"),
+    "snnet.controller": ("BudgetController",),
+    "snnet.cost": ("Cost",),
+    "snnet.export": ("StitchedModel", "export_stitch", "load_stitch", "save_stitch"),
+    "snnet.latency": ("Timing", "measure_latency", "time_callable", "time_module"),
+    "snnet.lstsq": ("init_least_squares",),
+    "snnet.network": ("SNNet",),
+    "snnet.parts": ("Part", "Step"),
+    "snnet.pareto": ("pareto_front",),
+    "snnet.results": ("Record", "Results"),
+    "snnet.sampling": ("flops_groups", "sample_grouped", "sample_stitch"),
+    "snnet.serialize": ("load", "save"),
+    "snnet.space": ("SpaceConfig", "StitchSpace"),
+    "snnet.stitch": ("Cut", "Stitch"),
+}
+_MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    else:
+        try:  # a submodule, as `import snnet` once imported them all: snnet.data, ...
+            value = importlib.import_module(f"snnet.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"snnet.{name}":
+                raise
+            raise AttributeError(f"module 'snnet' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -5,8 +5,7 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from snnet.network import SNNet
-from snnet.results import Record, Results
-from snnet.select import fmt, pareto
+from snnet.results import FIELDS, Record, Results
 from snnet.stitch import Stitch
 
 
@@ -42,7 +41,7 @@ class BudgetController:
     ) -> None:
         results.check_network(net)
         self.net, self.cost, self.metric = net, cost, metric
-        self.front: list[Record] = pareto(results, cost, metric)
+        self.front: list[Record] = results.pareto(cost, metric, complete=True)
         self._costs = [getattr(r, cost) for r in self.front]
         self.adapt, self.smoothing = adapt, smoothing
         self.slowdown = 1.0  # observed / measured cost of the running stitch (smoothed)
@@ -80,7 +79,7 @@ class BudgetController:
         raise ValueError(f"stitch {stitch} is not on the Pareto front the controller uses")
 
     def __repr__(self) -> str:
-        budget = "none" if self.budget is None else fmt(self.cost, self.budget)
+        budget = "none" if self.budget is None else FIELDS[self.cost].format(self.budget)
         return (
             f"BudgetController(cost={self.cost!r}, budget={budget}, stitch='{self.net.stitch}', "
             f"front={len(self.front)} stitches, slowdown={self.slowdown:.2f})"

@@ -17,7 +17,7 @@ from snnet.evaluate import evaluate_all
 from snnet.files import atomic_write
 from snnet.network import SNNet
 from snnet.plot import plot_results
-from snnet.results import Results
+from snnet.results import Results, format_table
 from snnet.rundir import RunDir
 from snnet.train import TrainConfig, fit
 from snnet.zoo import demo_anchor_record, demo_family_names
@@ -137,23 +137,8 @@ def run_demo(
 def format_report(report: DemoReport, results: Results, net_names: list[str]) -> str:
     """The demo's closing text: Pareto table, anchors before/after, timings, files."""
     front = {r.stitch for r in results.pareto("gmacs", "top1")}
-    rows = sorted(
-        (r for r in results if r.stitch in front or r.stitch.is_anchor),
-        key=lambda r: (r.gmacs, str(r.stitch)),
-    )
-    labels = [
-        f"{r.stitch} ({net_names[r.stitch.route[0]]})" if r.stitch.is_anchor else str(r.stitch)
-        for r in rows
-    ]
-    width = max(len(label) for label in [*labels, "stitch"])
-    lines = [
-        f"{'stitch':<{width}} {'MMACs':>8} {'params':>8} {'top-1 %':>8} {'top-5 %':>8}  Pareto"
-    ]
-    for label, r in zip(labels, rows, strict=True):
-        mark = "*" if r.stitch in front else ""
-        lines.append(
-            f"{label:<{width}} {r.gmacs * 1e3:8.3f} {r.params:8d} {r.top1:8.2f} {r.top5:8.2f}  {mark}"
-        )
+    shown = [r.stitch for r in results if r.stitch in front or r.stitch.is_anchor]
+    lines = [format_table(results, shown, names=net_names)]
     lines.append(
         f"\n{len(results)} stitches evaluated; {len(front)} on the Pareto front (shown, with the anchors)."
     )

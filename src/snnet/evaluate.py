@@ -24,13 +24,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from snnet.files import atomic_write
+from snnet.files import atomic_write, check_writable, read_json_config
 from snnet.network import SNNet
 from snnet.parts import Part, run_parts
 from snnet.results import Results, fingerprint
 from snnet.stitch import Stitch
 
 PROGRESS_FORMAT = "snnet-eval-progress"
+PROGRESS_VERSION = 1
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -143,13 +144,17 @@ def evaluate_all(
     indexed a batch at a time) or any iterable of ``(images, labels)`` batches in a fixed order.
     Only the first ``max_images`` images are used when given. The network is moved to ``device``
     (default: CUDA when available), put in eval mode and run under ``torch.inference_mode()``;
-    ``amp`` adds autocast (bfloat16 on CPU, float16 on CUDA).
+    ``amp`` adds autocast (bfloat16 on CPU, float16 on CUDA). Afterwards the network is back on
+    the device and in the mode it had (if its weights were on one device).
 
     With ``path`` (a results JSON file) the run is resumable: counts are saved to
     ``NAME.progress.json`` beside it every ``checkpoint_every`` batches and on Ctrl-C or error,
     and a rerun skips the images already counted (a dataset is indexed from there, an iterable is
     read past them). Stitches already measured in ``path`` are not run again; the finished results
-    are merged into ``path`` (JSON + CSV) and the progress file is removed. Results of another
+    are merged into ``path`` (JSON + CSV) and the progress file is removed. A run that finds
+    nothing left to measure still rewrites a missing or stale CSV and removes a progress file
+    whose stitches are all measured (what a kill during the final save leaves). An output path
+    that cannot be written is an ``OSError`` before anything runs. Results of another
     network, other weights or other data are a ``ValueError``. How accuracy was measured (data,
     images, batch size, device, threads, a hash of the weights) goes to ``meta["accuracy"]``.
 
@@ -167,6 +172,8 @@ def evaluate_all(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     data_name = data_name or _describe(data)
     path = Path(path) if path is not None else None
+    if path is not None:
+        check_writable(path)  # fail now, not after the whole pass
 
     # What is already known: finished stitches in the results file, counts in the progress file.
     signature = {
@@ -184,12 +191,15 @@ def evaluate_all(
     wanted = list(net.stitches) if stitches is None else [net.space.check(s) for s in stitches]
     todo = [s for s in dict.fromkeys(wanted) if results[s].top1 is None]
     if not todo:
+        if path is not None and path.exists():
+            _tidy(path, results)
         return results
     tree = StitchTree(net, todo)
     index = {s: i for i, s in enumerate(tree.stitches)}
     state = _load_progress(path, signature, tree.stitches)  # (images, batches, counts (S, 2))
 
     was_training = net.training
+    home = {t.device for t in [*net.parameters(), *net.buffers()]}
     net.to(device).eval()
     autocast = torch.autocast(
         device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=amp
@@ -222,6 +232,8 @@ def evaluate_all(
     finally:
         bar.close()
         net.train(was_training)
+        if len(home) == 1:
+            net.to(home.pop())
 
     images = state[0]
     if images == 0:
@@ -321,6 +333,20 @@ def weights_digest(net: SNNet) -> str:
     return h.hexdigest()
 
 
+def _tidy(path: Path, results: Results) -> None:
+    """After a kill during the final save: the CSV again from the JSON, the stale progress gone."""
+    results.write_csv(path)
+    p = progress_path(path)
+    if p.exists():
+        try:
+            saved = read_json_config(p, PROGRESS_FORMAT, PROGRESS_VERSION, what="progress")
+            done = all(results[s].top1 is not None for s in saved.get("stitches", []))
+        except (ValueError, KeyError):  # not a progress file we can judge: leave it
+            done = False
+        if done:
+            p.unlink()
+
+
 def _check_same_measurement(results: Results, path: Path, signature: dict[str, Any]) -> None:
     before = results.meta.get("accuracy") or {}
     if not any(r.top1 is not None for r in results):
@@ -340,12 +366,13 @@ def _load_progress(
     if path is None or not progress_path(path).exists():
         return empty
     p = progress_path(path)
-    try:
-        saved = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p} is damaged ({e}); delete it to start the evaluation over") from e
-    if saved.get("format") != PROGRESS_FORMAT:
-        raise ValueError(f"{p} is not an snnet evaluation progress file; move it away")
+    saved = read_json_config(
+        p,
+        PROGRESS_FORMAT,
+        PROGRESS_VERSION,
+        what="an snnet evaluation progress file",
+        fix="move it away or delete it to start the evaluation over",
+    )
     for key in ("network", "weights", "data", "max_images"):
         if saved.get(key) != signature[key]:
             raise ValueError(
@@ -371,6 +398,7 @@ def _save_progress(
     images, batches, counts = state
     doc = {
         "format": PROGRESS_FORMAT,
+        "version": PROGRESS_VERSION,
         **signature,
         "stitches": [str(s) for s in stitches],
         "images": images,

@@ -22,6 +22,7 @@ Every JSON file snnet reads back starts with ``{"format": ..., "version": ...}``
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -194,21 +195,55 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def check_writable(path: str | Path) -> Path:
+    """Raise now the ``OSError`` that writing ``path`` with :func:`atomic_write` would raise later
+    (a file where a folder should be, a folder where the file should be, a folder that refuses
+    new files), so that a long run fails before it starts, not after. Creates nothing.
+
+    Example:
+        >>> check_writable("runs/deit/results.json")   # before an hour of evaluation
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+    folder = path.parent
+    while not folder.exists():  # atomic_write creates the missing folders inside this one
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(folder))
+    probe = folder / f".{path.name}.snnet{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:  # what atomic_write does there first
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except PermissionError as e:
+        raise PermissionError(errno.EACCES, "Permission denied", str(folder)) from e
+    os.close(fd)
+    probe.unlink()
+    return path
+
+
 def read_json_config(
-    path: Path, fmt: str, version: int, *, what: str, hints: dict[str, str] | None = None
+    path: Path,
+    fmt: str,
+    version: int,
+    *,
+    what: str,
+    hints: dict[str, str] | None = None,
+    fix: str = "",
 ) -> dict[str, Any]:
     """Read a JSON config of format ``fmt`` written by this or an older snnet, or explain why not
-    (``hints`` maps other formats to advice)."""
+    (``hints`` maps other formats to advice; ``fix``, if given, ends the message of a file that is
+    not JSON or not of format ``fmt``)."""
+    fix = f"; {fix}" if fix else ""
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(
-            f"{path} is not valid JSON ({e}): the file is damaged; write it again (or restore it)"
+            f"{path} is not valid JSON ({e}){fix or ': the file is damaged; write it again (or restore it)'}"
         ) from e
     found = config.get("format") if isinstance(config, dict) else None
     if found != fmt:
         hint = (hints or {}).get(found, "")
-        raise ValueError(f"{path} is not {what} (format={found!r}){hint}")
+        raise ValueError(f"{path} is not {what} (format={found!r}){hint}{fix}")
     if config.get("version", 0) > version:
         raise ValueError(
             f"{path} was written by a newer snnet (version {config['version']}); upgrade snnet"

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from snnet.files import check_writable
 from snnet.network import SNNet
 from snnet.results import Results
 from snnet.stitch import Stitch
@@ -174,6 +175,10 @@ def measure_latency(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be at least 1 and warmup at least 0")
+    if save_to is not None:
+        check_writable(save_to)  # fail now, not after the first stitch
     if threads is not None:
         if threads < 1:
             raise ValueError("threads must be at least 1")

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from snnet.files import atomic_write
-from snnet.results import Record, Results
-
-#: cost field -> (axis label, scale applied to the values)
-COSTS = {
-    "gmacs": ("GMACs per image (multiply-adds)", 1.0),
-    "params": ("parameters (M)", 1e-6),
-    "latency_ms": ("latency (ms per batch, median)", 1.0),
-}
-METRICS = {"top1": "top-1 accuracy (%)", "top5": "top-5 accuracy (%)"}
+from snnet.files import atomic_write, check_writable
+from snnet.results import FIELDS, Record, Results
 
 
 def plot_results(
@@ -32,20 +24,19 @@ def plot_results(
         >>> plot_results(Results.load("runs/demo/results.json"), "runs/demo/pareto.png")
         >>> plot_results(results, "latency.png", cost="latency_ms")
     """
-    if cost not in COSTS:
-        raise ValueError(f"unknown cost {cost!r}: use one of {', '.join(COSTS)}")
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
+    front = results.pareto(cost, metric)  # also refuses an unknown cost or metric
+    check_writable(path)
     rows = [r for r in results if getattr(r, cost) is not None and getattr(r, metric) is not None]
     if not rows:
         need = metric if all(getattr(r, cost) is not None for r in results) else cost
-        fix = "snnet evaluate" if need in METRICS else "snnet latency"
-        raise ValueError(f"no stitch has {need} measured in these results: run {fix} first")
+        raise ValueError(
+            f"no stitch has {need} measured in these results: run `{FIELDS[need].measured_by}` first"
+        )
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no display needed
     from matplotlib.figure import Figure
 
-    label, scale = COSTS[cost]
+    label, scale = FIELDS[cost].axis, FIELDS[cost].axis_scale
     names = list(results.network.get("anchors") or [])
     if len(set(names)) < len(names):  # repeated names: tell the anchors apart by index
         names = [f"{n} #{i}" for i, n in enumerate(names)]
@@ -65,7 +56,6 @@ def plot_results(
         text = " → ".join(_name(names, a) for a in route)
         ax.scatter(xs, ys, s=22, alpha=0.75, label=f"{text} ({len(members)})", zorder=2)
 
-    front = results.pareto(cost, metric)
     fx, fy = zip(*map(xy, front), strict=True)
     ax.plot(fx, fy, drawstyle="steps-post", color="black", lw=1.2, zorder=3,
             label=f"Pareto front ({len(front)} stitches)")  # fmt: skip
@@ -90,16 +80,14 @@ def plot_results(
             )
 
     ax.set_xlabel(label)
-    ax.set_ylabel(METRICS[metric])
+    ax.set_ylabel(FIELDS[metric].axis)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, frameon=False)
     if title is None:
         title = f"SN-Net: {len(rows)} stitches of {', '.join(names) or 'the anchors'}"
         meta = results.meta.get("accuracy") or {}
         if meta.get("data") and meta.get("images"):
-            title += (
-                f"\n{METRICS[metric].split(' (')[0]} on {meta['images']} images of {meta['data']}"
-            )
+            title += f"\n{FIELDS[metric].axis.split(' (')[0]} on {meta['images']} images of {meta['data']}"
     ax.set_title(title, fontsize=10)
     path = Path(path)
     atomic_write(path, lambda p: fig.savefig(p, format="png"), mode="path")

@@ -1,21 +1,90 @@
-"""Measurements of every stitch of one network: one row per stitch, saved as JSON and CSV."""
+"""Measurements of every stitch of one network: one row per stitch, saved as JSON and CSV.
+
+This module is the one home of what a measurement means (:data:`FIELDS`: unit, formatting, which
+way is better, which command measures it), of the Pareto front of a results table
+(:meth:`Results.pareto`) and of how a table of stitches is printed (:func:`format_table`).
+It imports no torch, so ``snnet --help`` and the CLI's option lists stay fast.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from snnet.files import atomic_write
-from snnet.network import SNNet
+from snnet.files import atomic_write, read_json_config
 from snnet.pareto import pareto_front
 from snnet.stitch import Stitch
 
+if TYPE_CHECKING:
+    from snnet.network import SNNet
+
 FORMAT = "snnet-results"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Field:
+    """What one measured column of :class:`Record` means.
+
+    ``prose`` formats a value inside a sentence (``3 GMACs``), ``heading``/``cell`` a table column
+    (a format spec without width: widths follow the values), ``axis`` labels a plot axis whose
+    values are multiplied by ``axis_scale``. ``small`` is the heading and factor a table uses when
+    every value is below 1 (the demo family's MACs read as MMACs). ``measured_by`` is the command
+    that fills the field, named in errors when it is missing.
+    """
+
+    name: str
+    better: Literal["lower", "higher"]
+    prose: str
+    heading: str
+    cell: str
+    axis: str
+    measured_by: str
+    axis_scale: float = 1.0
+    small: tuple[str, float] | None = None
+
+    def format(self, value: float) -> str:
+        """``value`` in a sentence, e.g. ``FIELDS["gmacs"].format(3.0) == "3 GMACs"``."""
+        return self.prose.format(value)
+
+
+_COSTS_BY = "snnet latency MODEL_DIR (or Results.for_network) fills costs"
+_LATENCY_BY = "snnet latency MODEL_DIR --results RESULTS"
+_ACCURACY_BY = "snnet evaluate MODEL_DIR --out RESULTS"
+
+#: Every measured field of :class:`Record`, in the order tables show them.
+FIELDS: dict[str, Field] = {
+    f.name: f
+    for f in (
+        Field("gmacs", "lower", "{:.3g} GMACs", "GMACs", ".3f",
+              "GMACs per image (multiply-adds)", _COSTS_BY, small=("MMACs", 1e3)),
+        Field("params", "lower", "{:,} params", "params", "d",
+              "parameters (M)", _COSTS_BY, axis_scale=1e-6),
+        Field("latency_ms", "lower", "{:.3g} ms", "ms", ".2f",
+              "latency (ms per batch, median)", _LATENCY_BY),
+        Field("latency_p90_ms", "lower", "{:.3g} ms p90", "p90 ms", ".2f",
+              "latency (ms per batch, 90th percentile)", _LATENCY_BY),
+        Field("top1", "higher", "{:.2f} % top-1", "top-1 %", ".2f",
+              "top-1 accuracy (%)", _ACCURACY_BY),
+        Field("top5", "higher", "{:.2f} % top-5", "top-5 %", ".2f",
+              "top-5 accuracy (%)", _ACCURACY_BY),
+    )
+}  # fmt: skip
+#: Fields where lower is better (x axes, budgets) and where higher is better (y axes).
+COSTS = tuple(n for n, f in FIELDS.items() if f.better == "lower")
+METRICS = tuple(n for n, f in FIELDS.items() if f.better == "higher")
+
+
+def field(name: str) -> Field:
+    """The :class:`Field` called ``name``, or a ``ValueError`` listing the known ones."""
+    if name not in FIELDS:
+        raise ValueError(f"unknown field {name!r}; choose from {', '.join(FIELDS)}")
+    return FIELDS[name]
 
 
 @dataclass(frozen=True)
@@ -42,6 +111,11 @@ class Record:
         if unknown:
             raise ValueError(f"unknown result fields {sorted(unknown)}")
         return cls(**{**d, "stitch": Stitch.parse(d["stitch"])})
+
+    def describe(self) -> str:
+        """Every measured field in words, e.g. ``3 GMACs, 12,000 params, 76.00 % top-1``."""
+        values = ((f, getattr(self, n)) for n, f in FIELDS.items())
+        return ", ".join(f.format(v) for f, v in values if v is not None)
 
 
 def fingerprint(net: SNNet) -> dict[str, Any]:
@@ -114,9 +188,40 @@ class Results:
                 "or load the matching results file"
             )
 
-    def pareto(self, cost: str = "gmacs", metric: str = "top1") -> list[Record]:
-        """The Pareto front of ``cost`` (lower is better) against ``metric`` (higher is better)
-        over the stitches where both are measured."""
+    def require(self, name: str) -> None:
+        """Raise unless field ``name`` is measured for every stitch, naming the command that
+        measures it (a selection over some stitches only would silently miss the others)."""
+        f = field(name)
+        if len(self) == 0:
+            raise ValueError("the results hold no stitches: evaluate the network first")
+        missing = self.missing(name)
+        if len(missing) == len(self):
+            raise ValueError(f"no stitch has {name} measured; run `{f.measured_by}` first")
+        if missing:
+            raise ValueError(
+                f"{name} is measured for only {len(self) - len(missing)} of {len(self)} "
+                f"stitches (e.g. not '{missing[0]}'); finish with `{f.measured_by}` "
+                "(it resumes where it stopped)"
+            )
+
+    def pareto(
+        self, cost: str = "gmacs", metric: str = "top1", *, complete: bool = False
+    ) -> list[Record]:
+        """The exact Pareto front of ``cost`` (a field where lower is better: ``gmacs``,
+        ``params``, ``latency_ms``, ...) against ``metric`` (``top1`` or ``top5``), sorted by
+        cost, over the stitches where both are measured; with ``complete``, both must be
+        measured for every stitch (see :meth:`require`). Ties: see :func:`pareto_front`.
+
+        Example:
+            >>> [str(r.stitch) for r in results.pareto("latency_ms", complete=True)]
+        """
+        if field(cost).better != "lower":
+            raise ValueError(f"{cost!r} is not a cost; choose from {', '.join(COSTS)}")
+        if field(metric).better != "higher":
+            raise ValueError(f"{metric!r} is not a metric; choose from {', '.join(METRICS)}")
+        if complete:
+            self.require(cost)
+            self.require(metric)
         rows = [r for r in self if getattr(r, cost) is not None and getattr(r, metric) is not None]
         return pareto_front(rows, lambda r: getattr(r, cost), lambda r: getattr(r, metric))
 
@@ -124,17 +229,31 @@ class Results:
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
+            "version": VERSION,
             "network": self.network,
             "meta": self.meta,
             "records": [r.to_json() for r in self],
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (JSON) and the same rows as CSV beside it, each atomically."""
+        """Write ``path`` (JSON) and the same rows as CSV beside it, each atomically.
+
+        The CSV goes first and the JSON, the file snnet reads back, last: a kill between the two
+        leaves the old JSON, so a rerun measures again and rewrites both (see also
+        :meth:`write_csv`)."""
         path = Path(path)
-        atomic_write(path, lambda f: json.dump(self.to_json(), f, indent=2, sort_keys=True))
         atomic_write(path.with_suffix(".csv"), lambda f: f.write(self.to_csv()))
+        atomic_write(path, lambda f: json.dump(self.to_json(), f, indent=2, sort_keys=True))
         return path
+
+    def write_csv(self, path: str | Path) -> Path:
+        """Write the CSV beside ``path`` (a results JSON) unless it already holds these rows:
+        derived from the JSON, it is rewritten if missing or stale. Returns the CSV's path."""
+        csv_path = Path(path).with_suffix(".csv")
+        text = self.to_csv()
+        if not csv_path.is_file() or csv_path.read_text() != text:
+            atomic_write(csv_path, lambda f: f.write(text))
+        return csv_path
 
     def to_csv(self) -> str:
         out = io.StringIO()
@@ -149,14 +268,15 @@ class Results:
     @classmethod
     def load(cls, path: str | Path) -> Results:
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"results file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); is it an snnet results file?") from e
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{path} is not an snnet results file (written by `snnet evaluate`)")
+        data = read_json_config(
+            path,
+            FORMAT,
+            VERSION,
+            what="an snnet results file",
+            fix="give a results.json written by `snnet evaluate` or `snnet latency`",
+        )
         if not data.get("records"):
             raise ValueError(f"{path} holds no results: evaluate the network first")
         return cls(
@@ -164,3 +284,72 @@ class Results:
             network=data.get("network"),
             meta=data.get("meta"),
         )
+
+
+def format_table(
+    results: Results,
+    stitches: Iterable[Stitch | str] | None = None,
+    *,
+    cost: str = "gmacs",
+    metric: str = "top1",
+    names: Sequence[str] = (),
+    paths: Mapping[Stitch, str] | None = None,
+    sort: bool = True,
+) -> str:
+    """The stitches of ``results`` (or only ``stitches``) as a text table, one line each.
+
+    Rows are sorted by ``cost`` (unmeasured last) unless ``sort=False``. Columns: MACs and
+    params, latency and accuracy when any shown row has them, and a ``Pareto`` column marking with
+    ``*`` the front of ``cost`` against ``metric`` (over all of ``results``). ``names`` labels
+    anchor rows (``0 (deit_tiny)``), ``paths`` adds a column describing each stitch. Returns the
+    text; the CLI prints it.
+
+    Example:
+        >>> print(format_table(results, names=results.network["anchors"]))
+        stitch       MMACs   params  top-1 %  top-5 %  Pareto
+        0 (vit_s)    0.750    40650    85.47    99.43  *
+    """
+    rows = [results[s] for s in stitches] if stitches is not None else list(results)
+    if sort:
+        rows.sort(key=lambda r: (getattr(r, cost) is None, getattr(r, cost) or 0, str(r.stitch)))
+    shown = [
+        n
+        for n in FIELDS
+        if n in ("gmacs", "params", cost) or any(getattr(r, n) is not None for r in rows)
+    ]
+    columns: list[tuple[str, list[str], str]] = []  # (heading, cells, alignment)
+
+    def label(s: Stitch) -> str:
+        return f"{s} ({names[s.route[0]]})" if s.is_anchor and s.route[0] < len(names) else str(s)
+
+    columns.append(("stitch", [label(r.stitch) for r in rows], "<"))
+    if paths is not None:
+        columns.append(("path", [paths[r.stitch] for r in rows], "<"))
+    for n in shown:
+        f, values = FIELDS[n], [getattr(r, n) for r in rows]
+        heading, scale = f.heading, 1.0
+        if f.small and all(v is None or abs(v) < 1 for v in values):
+            heading, scale = f.small
+        cells = [
+            "" if v is None else format(v * scale if scale != 1 else v, f.cell) for v in values
+        ]
+        columns.append((heading, cells, ">"))
+
+    widths = [max([len(h), *map(len, cells)]) for h, cells, _ in columns]
+    # Numbers get at least 8 characters, so tables of similar networks line up.
+    widths = [
+        w if align == "<" else max(w, 8) for w, (_, _, align) in zip(widths, columns, strict=True)
+    ]
+
+    def line(cells: list[str]) -> str:
+        return " ".join(
+            f"{c:{a}{w}}" for c, w, (_, _, a) in zip(cells, widths, columns, strict=True)
+        )
+
+    lines = [line([h for h, _, _ in columns])]
+    body = [line([cells[i] for _, cells, _ in columns]) for i in range(len(rows))]
+    if any(getattr(r, metric) is not None and getattr(r, cost) is not None for r in results):
+        front = {r.stitch for r in results.pareto(cost, metric)}
+        lines[0] += "  Pareto"
+        body = [f"{b}  {'*' if r.stitch in front else ''}" for b, r in zip(body, rows, strict=True)]
+    return "\n".join(lines + body)

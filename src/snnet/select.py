@@ -1,49 +1,10 @@
-"""Choosing a stitch: the Pareto front over any cost, and the best stitch for a budget."""
+"""Choosing a stitch: the best stitch for a budget (the Pareto front is :meth:`Results.pareto`)."""
 
 from __future__ import annotations
 
-from snnet.results import Record, Results
+import math
 
-#: Fields a budget can bound, how to print them, and the command that measures them.
-FIELDS: dict[str, tuple[str, str]] = {
-    "gmacs": ("{:.3g} GMACs", "snnet latency MODEL_DIR (or Results.for_network) fills costs"),
-    "params": ("{:,} params", "snnet latency MODEL_DIR (or Results.for_network) fills costs"),
-    "latency_ms": ("{:.3g} ms", "snnet latency MODEL_DIR --results RESULTS"),
-    "top1": ("{:.2f} % top-1", "snnet evaluate MODEL_DIR --results RESULTS"),
-    "top5": ("{:.2f} % top-5", "snnet evaluate MODEL_DIR --results RESULTS"),
-}
-
-
-def fmt(field: str, value: float) -> str:
-    return FIELDS[field][0].format(value) if field in FIELDS else f"{value} {field}"
-
-
-def _require(results: Results, field: str) -> None:
-    """A field used for selection must be measured for every stitch."""
-    if field not in FIELDS:
-        raise ValueError(f"unknown field {field!r}; choose from {', '.join(FIELDS)}")
-    missing = results.missing(field)
-    if len(missing) == len(results):
-        raise ValueError(f"no stitch has {field} measured; run `{FIELDS[field][1]}` first")
-    if missing:
-        raise ValueError(
-            f"{field} is measured for only {len(results) - len(missing)} of {len(results)} "
-            f"stitches (e.g. not '{missing[0]}'); finish with `{FIELDS[field][1]}` "
-            "(it resumes where it stopped)"
-        )
-
-
-def pareto(results: Results, cost: str = "gmacs", metric: str = "top1") -> list[Record]:
-    """The exact Pareto front of ``cost`` (``gmacs``, ``params`` or ``latency_ms``: lower is
-    better) against ``metric`` (higher is better), sorted by cost.
-
-    Example:
-        >>> [str(r.stitch) for r in pareto(results, "latency_ms")]
-    """
-    _check_results(results)
-    _require(results, cost)
-    _require(results, metric)
-    return results.pareto(cost, metric)
+from snnet.results import COSTS, FIELDS, Record, Results
 
 
 def select(
@@ -69,15 +30,21 @@ def select(
         Stitch('0:5-1:6')
         >>> select(results, min_top1=80, cost="latency_ms").stitch
     """
-    _check_results(results)
     limits = {"gmacs": max_gmacs, "params": max_params, "latency_ms": max_latency_ms}
     budgets = {field: limit for field, limit in limits.items() if limit is not None}
     if not budgets and min_top1 is None:
         raise ValueError(
             "give a budget (max_gmacs, max_params, max_latency_ms) or an accuracy floor (min_top1)"
         )
+    for field, limit in budgets.items():
+        if math.isnan(limit) or limit <= 0:
+            raise ValueError(f"max_{field} must be a number above 0, got {limit}")
+    if min_top1 is not None and not 0 <= min_top1 <= 100:
+        raise ValueError(f"min_top1 is a percentage: give 0 to 100, got {min_top1}")
+    if cost is not None and cost not in COSTS:
+        raise ValueError(f"cost {cost!r} is not a cost; choose from {', '.join(COSTS)}")
     for field in [*budgets, "top1", *([cost] if cost else [])]:
-        _require(results, field)
+        results.require(field)
     rows = list(results)
     order = {r.stitch: i for i, r in enumerate(rows)}
 
@@ -99,16 +66,11 @@ def select(
     return min(feasible, key=cheapness)
 
 
-def _check_results(results: Results) -> None:
-    if len(results) == 0:
-        raise ValueError("the results hold no stitches: evaluate the network first")
-
-
 def _infeasible(rows: list[Record], budgets: dict[str, float], min_top1: float | None) -> str:
     """'no stitch fits 0.5 GMACs; the cheapest is '0' at 1.25 GMACs', or the nearest miss."""
-    wants = [fmt(f, lim) for f, lim in budgets.items()]
+    wants = [FIELDS[f].format(lim) for f, lim in budgets.items()]
     if min_top1 is not None:
-        wants.append(f"at least {fmt('top1', min_top1)}")
+        wants.append(f"at least {FIELDS['top1'].format(min_top1)}")
 
     # The nearest stitch overshoots its worst constraint the least (ratios: 1.1 = 10 % over).
     def overshoot(r: Record) -> float:
@@ -120,7 +82,7 @@ def _infeasible(rows: list[Record], budgets: dict[str, float], min_top1: float |
 
     nearest = min(rows, key=overshoot)
     shown = [*budgets] + (["top1"] if min_top1 is not None else [])
-    at = ", ".join(fmt(f, getattr(nearest, f)) for f in shown)
+    at = ", ".join(FIELDS[f].format(getattr(nearest, f)) for f in shown)
     if len(shown) == 1 and min_top1 is None:
         what = "the cheapest"
     elif len(shown) == 1:

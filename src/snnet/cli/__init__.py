@@ -1,12 +1,23 @@
-"""``snnet`` command line. Each command lives in its own module with ``add_parser`` and ``run``."""
+"""``snnet`` command line. Each command lives in its own module with ``add_parser`` and ``run``.
+
+Only the module of the command being run is imported, so ``snnet --help`` lists the commands
+without importing torch; a command module imports the library inside ``run`` (and its own
+``add_parser`` needs nothing heavy), so ``snnet COMMAND --help`` is fast too.
+
+Errors a user can fix (a bad value, a missing or unwritable path) end the command with exit code
+2 and one line on stderr that names the fix, never a traceback: library code raises
+``ValueError`` / ``OSError`` with such a message and :func:`main` prints it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
+from typing import NoReturn
 
-#: Command name -> module under snnet.cli; imported only when that command runs.
+#: Command name -> one-line help; the command lives in module ``snnet.cli.<name>``.
 COMMANDS = {
     "demo": "Run the whole pipeline offline on Fashion-MNIST: LS init, train, evaluate, plot.",
     "zoo": "Show or rebuild the shipped Fashion-MNIST demo anchors (list | train --all).",
@@ -20,33 +31,78 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other snnet error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``snnet`` parser: every command by name and help, and the options of ``command``
+    alone (importing its module, and no other)."""
+    parser = _Parser(
         prog="snnet", description="Stitchable Neural Networks: one network for every budget."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f"snnet.cli.{name.replace('-', '_')}")
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_parser(p)
-        p.set_defaults(_run=module.run)
+        if name == command:
+            module = importlib.import_module(f"snnet.cli.{name}")
+            module.add_parser(p)
+            p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run ``snnet`` with ``argv`` (default: the process's arguments); returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)  # the first positional
+    # --help and bad options raise SystemExit (argparse's own way), after printing why.
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        # User errors: one clear line, no traceback.
-        print(f"snnet {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # e.g. `snnet stitches deit | head`
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
         print(f"snnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (ValueError, OSError) as e:
+        message = user_error(e)
+        if message is None:
+            raise
+        print(f"snnet {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+#: OSErrors about the machine rather than a path, still the user's to fix.
+_MACHINE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def user_error(e: BaseException) -> str | None:
+    """The one line to print for an error the user can fix, or ``None`` for a bug (which keeps
+    its traceback). An ``OSError`` is the user's when it names one of their paths."""
+    if isinstance(e, ValueError):
+        return " ".join(str(e).splitlines())
+    if not isinstance(e, OSError):
+        return None
+    if e.errno is None:  # raised by snnet with its own message: "--data x does not exist"
+        return " ".join(str(e).splitlines())
+    path = e.filename
+    if path is None:
+        if e.errno in _MACHINE_ERRORS:
+            return f"{e.strerror}; free some space or write elsewhere"
+        return None
+    if isinstance(e, PermissionError):
+        return f"permission denied: {path}; choose a path you may use, or change its permissions"
+    if isinstance(e, IsADirectoryError):
+        return f"{path} is a directory; give a file path"
+    if isinstance(e, NotADirectoryError):
+        return f"{path} is not a directory (a file is in the way); choose another path"
+    if isinstance(e, FileNotFoundError):
+        return f"{path} does not exist; check the path"
+    return f"{path}: {e.strerror or e}; check the path"
 
 
 if __name__ == "__main__":

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch.utils.data import Dataset
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
 
-from snnet.cli.common import model_dir
-from snnet.network import SNNet
-from snnet.results import Results
+    from snnet.network import SNNet
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -41,6 +41,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from snnet.evaluate import evaluate_all, progress_path
+    from snnet.results import format_table
 
     net = load_network(args.model)
     data, name = open_data(net, args.data, mean=args.mean, std=args.std)
@@ -69,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             print("snnet evaluate: interrupted before the first batch finished", file=sys.stderr)
         return 130
-    print(format_table(results))
+    done = [r.stitch for r in results if r.top1 is not None]
+    print(format_table(results, done))
     front = results.pareto("gmacs", "top1")
-    done = [r for r in results if r.top1 is not None]
     how = results.meta.get("accuracy") or {}
     print(
         f"\n{len(done)} of {len(results)} stitches measured on {how.get('images')} images "
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 def load_network(path: str | Path) -> SNNet:
     import snnet
+    from snnet.cli.common import model_dir
 
     return snnet.load(model_dir(path))
 
@@ -132,21 +134,3 @@ def open_data(
         raise ValueError(f"image folders need square inputs; the anchors take {height}x{width}")
     dataset = data.image_folder(path, train=False, img_size=height, in_chans=chans, **options)
     return dataset, f"ImageFolder {path}"
-
-
-def format_table(results: Results, *, cost: str = "gmacs", metric: str = "top1") -> str:
-    """The measured stitches sorted by cost, one line each; ``*`` marks the Pareto front."""
-    rows = sorted(
-        (r for r in results if r.top1 is not None), key=lambda r: (getattr(r, cost), str(r.stitch))
-    )
-    front = {r.stitch for r in results.pareto(cost, metric)}
-    width = max([len("stitch"), *(len(str(r.stitch)) for r in rows)])
-    lines = [f"{'stitch':<{width}}  {'GMACs':>8}  {'params (M)':>10}  {'top-1':>6}  {'top-5':>6}"]
-    for r in rows:
-        top5 = f"{r.top5:6.2f}" if r.top5 is not None else f"{'':6}"
-        mark = " *" if r.stitch in front else ""
-        lines.append(
-            f"{r.stitch!s:<{width}}  {r.gmacs:8.4f}  {r.params / 1e6:10.3f}  {r.top1:6.2f}  "
-            f"{top5}{mark}"
-        )
-    return "\n".join(lines)

@@ -5,12 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from snnet.cli.common import load_results_for, model_dir
-from snnet.latency import measure_latency
-from snnet.serialize import load
-
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -47,6 +41,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from snnet.cli.common import load_results_for, model_dir
+    from snnet.latency import measure_latency
+    from snnet.serialize import load
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     net = load(model_dir(args.model_dir), map_location="cpu").to(device).eval()
     path = Path(args.results) if args.results else Path(args.model_dir) / "results.json"
@@ -64,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         settle_s=args.settle,
         progress=not args.no_progress,
-    )
-    results.save(path)
+    )  # saved after every stitch
     m = results.meta["latency"]
     fastest = min(results, key=lambda r: r.latency_ms)
     slowest = max(results, key=lambda r: r.latency_ms)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from snnet.plot import COSTS, METRICS
+from snnet.results import COSTS, METRICS
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", help="a results JSON written by snnet evaluate")
-    p.add_argument("--cost", choices=list(COSTS), default="gmacs", help="x axis (default gmacs)")
-    p.add_argument("--metric", choices=list(METRICS), default="top1", help="y axis (default top1)")
+    p.add_argument("--cost", choices=COSTS, default="gmacs", help="x axis (default gmacs)")
+    p.add_argument("--metric", choices=METRICS, default="top1", help="y axis (default top1)")
     p.add_argument(
         "--out", default=None, help="PNG to write (default: pareto_COST.png beside the results)"
     )

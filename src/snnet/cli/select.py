@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from snnet.results import Results
-from snnet.select import pareto, select
+from snnet.results import COSTS
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -14,7 +13,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     add_budget_arguments(p)
     p.add_argument(
         "--cost",
-        choices=["gmacs", "params", "latency_ms"],
+        choices=COSTS,
         default=None,
         help="what 'cheapest' means with --min-top1 alone, and the cost axis of --pareto",
     )
@@ -34,32 +33,24 @@ def budgets(args: argparse.Namespace) -> dict[str, float]:
     return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
 
 
-def _line(r) -> str:
-    parts = [f"{r.gmacs:.3f} GMACs", f"{r.params / 1e6:.2f} M params"]
-    if r.latency_ms is not None:
-        parts.append(f"{r.latency_ms:.2f} ms (p90 {r.latency_p90_ms:.2f})")
-    if r.top1 is not None:
-        parts.append(f"{r.top1:.2f} % top-1")
-    return ", ".join(parts)
-
-
 def run(args: argparse.Namespace) -> int:
+    from snnet.results import Results, format_table
+    from snnet.select import select
+
     results = Results.load(args.results)
     if args.pareto:
-        front = pareto(results, args.cost or "gmacs", "top1")
+        cost = args.cost or "gmacs"
+        front = results.pareto(cost, "top1", complete=True)
         if args.json:
             print(json.dumps([r.to_json() for r in front], indent=2))
         else:
-            for r in front:
-                print(f"{r.stitch!s:<12} {_line(r)}")
-            print(
-                f"\n{len(front)} of {len(results)} stitches on the front of {args.cost or 'gmacs'}"
-            )
+            print(format_table(results, [r.stitch for r in front], cost=cost))
+            print(f"\n{len(front)} of {len(results)} stitches on the front of {cost}")
         return 0
     chosen = select(results, cost=args.cost, **budgets(args))
     if args.json:
         print(json.dumps(chosen.to_json(), indent=2))
     else:
         print(chosen.stitch)
-        print(f"  {_line(chosen)}")
+        print(f"  {chosen.describe()}")
     return 0

@@ -15,32 +15,30 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from snnet.results import Results, format_table
+
     net = build_network(args, device="meta")  # costs need shapes, not weights
-    stitches = list(net.stitches)
-    if args.sort:
-        stitches.sort(key=lambda s: net.cost(s).macs)
-    rows = [
-        {
-            "stitch": str(s),
-            "path": net.describe(s),
-            "gmacs": round(net.cost(s).gmacs, 4),
-            "params": net.cost(s).params,
-            **s.to_json(),
-        }
-        for s in stitches
-    ]
+    results = Results.for_network(net)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        rows = sorted(results, key=lambda r: r.gmacs) if args.sort else list(results)
+        print(json.dumps([_json_row(net, r) for r in rows], indent=2))
         return 0
-    width = max(len(r["stitch"]) for r in rows)
-    route_width = max(len(r["path"]) for r in rows)
-    print(f"{'stitch':<{width}}  {'path':<{route_width}}  {'GMACs':>8}  {'params (M)':>10}")
-    for r in rows:
-        print(
-            f"{r['stitch']:<{width}}  {r['path']:<{route_width}}  {r['gmacs']:8.3f}  {r['params'] / 1e6:10.2f}"
-        )
+    paths = {s: net.describe(s) for s in net.stitches}
+    print(format_table(results, paths=paths, sort=args.sort))
     names = ", ".join(a.name for a in net.anchors)
     print(
-        f"\n{len(rows)} networks from {len(net.anchors)} anchors ({names}), {len(net.layers)} stitching layers"
+        f"\n{len(results)} networks from {len(net.anchors)} anchors ({names}), "
+        f"{len(net.layers)} stitching layers"
     )
     return 0
+
+
+def _json_row(net, r) -> dict:
+    cost = net.cost(r.stitch)
+    return {
+        "stitch": str(r.stitch),
+        "path": net.describe(r.stitch),
+        "gmacs": round(cost.gmacs, 4),
+        "params": cost.params,
+        **r.stitch.to_json(),
+    }

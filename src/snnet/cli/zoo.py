@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from snnet import zoo
-
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -16,4 +14,6 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from snnet import zoo
+
     return zoo.main(args.args or ["list"])
