@@ -40,7 +40,7 @@ def test_default_window_layer_sharing():
 
 
 def test_any_number_of_anchors(deit_meta):
-    # The reference only worked for exactly three anchors (SPEC §6.3).
+    # The reference code's `nearest` only worked for exactly three anchors (two crashed).
     two = snnet.SNNet(deit_meta[:2])
     assert len(two.stitches) == 2 + 34
     four = snnet.SNNet([*deit_meta, timm.create_model("deit_base_patch16_224", device="meta")])

@@ -1,4 +1,4 @@
-"""Least-squares initialisation of the stitching layers (SPEC §3).
+"""Least-squares initialisation of the stitching layers (as in the SN-Net paper, Sec. 3.3).
 
 For a cut ``(j, k)`` from anchor ``f`` into anchor ``e``, X is what leaves block ``j`` of ``f`` and
 Y what enters block ``k`` of ``e`` on the same images, both as rows × channels. A layer solves

@@ -74,7 +74,8 @@ def stage_positions(front_depth: int, end_depth: int) -> list[tuple[int, int]]:
     """Unpaired positions inside one stage, as local ``(front block, end block)`` indices.
 
     Equal depths: ``(j, j+1)``. A shallower front: end block ``i`` takes front block
-    ``floor(i * d_f / d_e)`` for ``i = 1 .. d_e - 1`` (SPEC §2).
+    ``floor(i * d_f / d_e)`` for ``i = 1 .. d_e - 1`` (the SN-Net paper's rule for
+    stages of unequal depth).
     """
     if front_depth == end_depth:
         return [(j, j + 1) for j in range(front_depth - 1)]
@@ -243,7 +244,8 @@ def _unpaired(front: Anchor, end: Anchor, config: SpaceConfig) -> list[tuple[int
                 "match with stages=[...], or give them matching input and patch sizes"
             )
         for j, k in stage_positions(len(fs[s].blocks), len(es[s].blocks)):
-            # One layer per front block: positions of different front blocks never share (SPEC §6.2).
+            # One layer per front block: positions of different front blocks never share (the
+            # reference code shared one layer across front blocks and averaged their LS solutions).
             out.append((f0 + j, e0 + k, f0 + j))
     return out
 

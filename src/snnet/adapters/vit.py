@@ -45,7 +45,8 @@ class ViTAnchor(Anchor):
         return m.norm_pre(x)
 
     def forward_head(self, h: torch.Tensor) -> torch.Tensor:
-        # The final norm belongs to the head, so stitched paths get it too (SPEC §6 defect 1).
+        # The final norm belongs to the head, so stitched paths get it too (the reference code's
+        # stitched DeiT paths skipped the end anchor's final norm while its anchors applied it).
         return self.model.forward_head(self.model.norm(h))
 
     def block_names(self) -> list[tuple[str, ...]]:
