@@ -205,17 +205,3 @@ def test_config_files_that_are_not_snnet_networks(tmp_path):
     (tmp_path / "config.json").write_text('{"format": "snnet", "version": 99}')
     with pytest.raises(ValueError, match="newer snnet"):
         snnet.load(tmp_path)
-
-
-def test_commands_find_the_model_of_a_training_or_demo_run(tmp_path):
-    from snnet.cli.common import model_dir
-
-    net = snnet.SNNet(vit_family()[:2])
-    for layout in ("saved", "run/model", "demo/train/model"):
-        snnet.save(net, tmp_path / layout)
-        assert model_dir(tmp_path / layout.split("/")[0]) == tmp_path / layout
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="snnet demo"):
-        model_dir(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        model_dir(tmp_path / "nowhere")

@@ -113,3 +113,15 @@ def test_bad_family_arguments_are_refused_when_parsed(capsys, option, value, mes
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
+
+
+def test_commands_find_the_model_of_a_training_or_demo_run(tmp_path):
+    net = snnet.SNNet(vit_family()[:2])
+    for layout in ("saved", "run/model", "demo/train/model"):
+        snnet.save(net, tmp_path / layout)
+        assert RunDir.find(tmp_path / layout.split("/")[0]).model == tmp_path / layout
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="snnet demo"):
+        RunDir.find(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        RunDir.find(tmp_path / "nowhere")

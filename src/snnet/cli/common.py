@@ -9,7 +9,6 @@ from typing import Any
 from snnet.anchors import PRESETS, resolve_anchors
 from snnet.network import SNNet
 from snnet.results import Results
-from snnet.rundir import RunDir
 
 
 def positive_int(text: str) -> int:
@@ -114,10 +113,3 @@ def load_results_for(net: SNNet, path: str | Path, *, create: bool) -> Results:
     results = Results.load(path)
     results.check_network(net)
     return results
-
-
-def model_dir(path: str | Path) -> Path:
-    """The saved network a command was pointed at (``RunDir.find(path).model``); commands keep
-    their results in ``RunDir.find(path).results``, so commands pointed at one directory meet in
-    one results file."""
-    return RunDir.find(path).model

@@ -40,12 +40,15 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import snnet
     from snnet.evaluate import evaluate_all, progress_path
     from snnet.results import format_table
+    from snnet.rundir import RunDir
 
-    net = load_network(args.model)
+    run = RunDir.find(args.model)
+    net = snnet.load(run.model)
     data, name = open_data(net, args.data, mean=args.mean, std=args.std)
-    out = Path(args.out) if args.out else Path(args.model) / "results.json"
+    out = Path(args.out) if args.out else run.results
     try:
         results = evaluate_all(
             net,
@@ -80,13 +83,6 @@ def run(args: argparse.Namespace) -> int:
         f"Wrote {out} and {out.with_suffix('.csv')}; plot it with `snnet plot {out}`."
     )
     return 0
-
-
-def load_network(path: str | Path) -> SNNet:
-    import snnet
-    from snnet.cli.common import model_dir
-
-    return snnet.load(model_dir(path))
 
 
 def open_data(

@@ -43,13 +43,15 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from snnet.cli.common import load_results_for, model_dir
+    from snnet.cli.common import load_results_for
     from snnet.latency import measure_latency
+    from snnet.rundir import RunDir
     from snnet.serialize import load
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    net = load(model_dir(args.model_dir), map_location="cpu").to(device).eval()
-    path = Path(args.results) if args.results else Path(args.model_dir) / "results.json"
+    run = RunDir.find(args.model_dir)
+    net = load(run.model, map_location="cpu").to(device).eval()
+    path = Path(args.results) if args.results else run.results
     results = load_results_for(net, path, create=True)
     todo = len(results) if args.overwrite else len(results.missing("latency_ms"))
     print(f"measuring {todo} of {len(results)} stitches on {device} -> {path}")

@@ -21,10 +21,11 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from snnet.plot import plot_results
     from snnet.results import Results
+    from snnet.rundir import RunDir
 
     path = Path(args.results)
     if path.is_dir():
-        path = path / "results.json"
+        path = RunDir.find(path).results
     results = Results.load(path)
     out = Path(args.out) if args.out else path.with_name(f"pareto_{args.cost}.png")
     plot_results(results, out, cost=args.cost, metric=args.metric, title=args.title)
