@@ -20,7 +20,7 @@ from snnet.cli import main
 from snnet.data import FashionMNIST, fashion_mnist
 from snnet.distributed import parameters_of
 from snnet.sampling import StitchSampler, flops_groups
-from snnet.train import TrainConfig, fit, get_lr, parameter_groups, train_loop
+from snnet.train import TrainConfig, fit, get_lr, network_groups, train_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,7 +199,7 @@ def test_parameters_a_step_does_not_run_stay_bit_identical():
 
 def test_weight_decay_groups_keep_the_anchors_no_weight_decay_sets():
     net = snnet.SNNet(vit_family())
-    groups = {g["name"]: g for g in parameter_groups(net, TrainConfig(anchor_lr_scale=0.1))}
+    groups = {g["name"]: g for g in network_groups(net, TrainConfig(anchor_lr_scale=0.1))}
     names = {id(p): n for n, p in net.named_parameters()}
     no_decay = {
         names[id(p)] for k in ("anchors/no_decay", "layers/no_decay") for p in groups[k]["params"]
@@ -412,3 +412,48 @@ def test_two_process_ddp_keeps_ranks_identical_and_averages_over_users(tmp_path)
         if mode == "independent":
             assert s0 != s1
         assert load_checkpoint(tmp_path / mode)["world_size"] == 2
+
+
+# -- reliability: kills, bad checkpoints, bad numbers ------------------------------------------------
+
+KILL_DURING_FINAL_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import torch
+import snnet.train
+from snnet.data import FashionMNIST, fashion_mnist
+from test_train import tiny_fmnist_net
+
+real_save, calls = snnet.train.save, []
+
+def save_then_die(net, path):
+    calls.append(path)
+    if len(calls) == {kill_at}:  # the final model save: killed halfway through writing it
+        real_save(net, path.with_name("model.partial"))
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_save(net, path)
+
+snnet.train.save = save_then_die
+test = fashion_mnist("test")
+data = FashionMNIST(test.images[:128], test.targets[:128])
+config = snnet.train.TrainConfig(epochs=1, batch_size=32, lr=3e-3, warmup=1)
+snnet.train.fit(tiny_fmnist_net(), data, config, run_dir={run!r}, ls_init=32, progress=False)
+"""
+
+
+def test_a_kill_during_the_final_model_save_never_leaves_an_older_model(fmnist_slice, tmp_path):
+    data = snnet.data.FashionMNIST(fmnist_slice.images[:128], fmnist_slice.targets[:128])
+    config = TrainConfig(epochs=1, batch_size=32, lr=3e-3, warmup=1)
+    whole = fit(
+        tiny_fmnist_net(), data, config, run_dir=tmp_path / "whole", ls_init=32, progress=False
+    )
+    run = tmp_path / "run"
+    code = KILL_DURING_FINAL_SAVE.format(tests=str(ROOT / "tests"), kill_at=2, run=str(run))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    # Whatever the checkpoint says, resuming must end with the trained network in model/.
+    rest = fit(tiny_fmnist_net(), data, config, run_dir=run, resume=True, progress=False)
+    assert rest.steps == whole.steps == 4
+    assert state_equal(snnet.load(run / "model"), whole.net)
+    assert load_checkpoint(run)["step"] == 4

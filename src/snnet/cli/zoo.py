@@ -1,19 +1,80 @@
-"""``snnet zoo``: show or rebuild the shipped demo anchors (same as ``python -m snnet.zoo``)."""
+"""``snnet zoo``: show (``list``) or rebuild (``train``) the shipped Fashion-MNIST demo anchors."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from snnet import zoo
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "args",
-        nargs=argparse.REMAINDER,
-        help="'list', or 'train --all' / 'train --name X' [--epochs --seed --out]",
+    sub = p.add_subparsers(dest="zoo_command", metavar="{list,train}")
+    p_list = sub.add_parser("list", help="show the demo anchors and their recorded results")
+    p_list.add_argument(
+        "--weights", type=Path, default=zoo.WEIGHTS_DIR, help="folder of the weights"
+    )
+    p_train = sub.add_parser("train", help="train demo anchors on Fashion-MNIST")
+    which = p_train.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="train every demo anchor")
+    which.add_argument(
+        "--name", action="append", choices=zoo.demo_family_names(), help="repeatable"
+    )
+    p_train.add_argument("--epochs", type=int, default=zoo.TrainRecipe.epochs)
+    p_train.add_argument("--seed", type=int, default=zoo.TrainRecipe.seed)
+    p_train.add_argument("--out", type=Path, default=zoo.WEIGHTS_DIR, help="output folder")
+    p_train.add_argument("--data", type=Path, default=None, help="Fashion-MNIST folder (idx .gz)")
+    p_train.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch CPU threads (the shipped files were trained with 2; other counts may change "
+        "the last bits)",
     )
 
 
+def markdown_table(weights_dir: Path) -> str:
+    """The demo anchors' JSON records as the table of ``snnet/weights/README.md``."""
+    rows = [
+        "| anchor | width | heads | params | GMACs | test acc (fp16 file) | fp32 acc | train s | "
+        "train img/s | infer img/s | file KB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in zoo.demo_family_names():
+        try:
+            r = zoo.demo_anchor_record(name, weights_dir)
+        except FileNotFoundError:
+            rows.append(f"| {name} | not trained | | | | | | | | | |")
+            continue
+        a = r["architecture"]
+        rows.append(
+            f"| {name} | {a['embed_dim']} | {a['num_heads']} | {r['params']:,} | {r['gmacs']:.5f} | "
+            f"{r['test_acc']:.2f} % | {r['test_acc_fp32']:.2f} % | {r['train_seconds']:.0f} | "
+            f"{r['train_img_per_s']:.0f} | {r['infer_img_per_s']:.0f} | {r['file_bytes'] / 1024:.0f} |"
+        )
+    return "\n".join(rows)
+
+
 def run(args: argparse.Namespace) -> int:
-    return zoo.main(args.args or ["list"])
+    import torch
+
+    if args.zoo_command in (None, "list"):
+        print(markdown_table(getattr(args, "weights", zoo.WEIGHTS_DIR)))
+        return 0
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file: give a folder for the weights")
+    torch.set_num_threads(args.threads)
+    for name in zoo.demo_family_names() if args.all else args.name:
+        r = zoo.train_demo_anchor(
+            name, epochs=args.epochs, out_dir=args.out, seed=args.seed, data_root=args.data
+        )
+        print(
+            f"{name}: test acc {r['test_acc']:.2f} % (fp32 {r['test_acc_fp32']:.2f} %), "
+            f"{r['params']:,} params, {r['gmacs']:.5f} GMACs, {r['train_seconds']:.0f} s"
+        )
+    print(markdown_table(args.out))
+    return 0
