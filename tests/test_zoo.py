@@ -154,3 +154,20 @@ def test_cli(tiny_fmnist, tmp_path, capsys):
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["zoo", "train", "--name", "nope"])
+
+
+def test_zoo_weight_decay_groups_come_from_the_training_code():
+    from snnet.train import parameter_groups
+
+    model = create_demo_anchor(NAMES[0], pretrained=False)
+    groups = parameter_groups(
+        model.named_parameters(), weight_decay=0.05, no_weight_decay=model.no_weight_decay()
+    )
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_name = {g["name"]: {names[id(p)] for p in g["params"]} for g in groups}
+    assert {"pos_embed", "cls_token", "blocks.0.norm1.weight", "head.bias"} <= by_name[
+        "params/no_decay"
+    ]
+    assert "blocks.0.attn.qkv.weight" in by_name["params/decay"]
+    assert sum(len(v) for v in by_name.values()) == len(names)
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
