@@ -592,3 +592,24 @@ def test_every_config_field_is_a_train_option_with_its_default_and_help():
         assert action.default == f.default and f.metadata["help"] in action.help.replace("%%", "%")
     assert options["optimizer"].choices == ("adamw", "sgd") and options["lr"].type is float
     assert options["steps"].type is int  # int | None: the option takes an int, default None
+
+
+def test_a_version_1_checkpoint_resumes_with_its_history(fmnist_slice, tmp_path):
+    # Version 1 kept every rank's losses and stitches inside the checkpoint and had no
+    # model_step; such a run still resumes exactly and its history moves to steps.csv.
+    config = TrainConfig(epochs=1, batch_size=64, lr=3e-3, warmup=2, steps=6)
+    batches = EpochBatches(fmnist_slice, 64, seed=config.seed)
+    whole = train_loop(tiny_fmnist_net(), batches, config, progress=False)
+    run = tmp_path / "run"
+    first = train_loop(
+        tiny_fmnist_net(), SignalAfter(batches, 4), config, run_dir=run, progress=False
+    )
+    state = load_checkpoint(run)
+    del state["model_step"], state["format"], state["version"]
+    state["log"] = [{"losses": first.losses, "stitches": first.stitches}]
+    snnet.checkpoint.save_checkpoint(run, state)
+    torch.save({**torch.load(run / "checkpoint.pt"), "version": 1}, run / "checkpoint.pt")
+    (run / "steps.csv").unlink()
+    rest = train_loop(tiny_fmnist_net(), batches, config, run_dir=run, resume=True, progress=False)
+    assert rest.losses == whole.losses and rest.stitches == whole.stitches
+    assert state_equal(snnet.load(run / "model"), whole.net)

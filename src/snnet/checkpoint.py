@@ -125,12 +125,23 @@ class StepLog:
 
     COLUMNS = ("step", "rank", "stitch", "loss", "lr")
 
-    def __init__(self, run_dir: str | Path, *, upto: int | None, write: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        upto: int | None,
+        write: bool = True,
+        old_log: list[dict[str, list]] | None = None,
+    ) -> None:
         self.path = Path(run_dir) / STEP_LOG
         self._file = None
         if not write:
             return
         rows = [] if upto is None else [r for r in self._rows(self.path) if int(r[0]) <= upto]
+        if old_log and not rows:  # a version-1 checkpoint kept every rank's steps itself
+            per_rank = [zip(r["stitches"], r["losses"], strict=True) for r in old_log]
+            for step, ranks in enumerate(zip(*per_rank, strict=True), start=1):
+                rows += [[step, rank, s, repr(loss), ""] for rank, (s, loss) in enumerate(ranks)]
         atomic_write(self.path, lambda f: csv.writer(f).writerows([self.COLUMNS, *rows]))
         self._file = open(self.path, "a", newline="")  # noqa: SIM115 (closed by close())
         self._writer = csv.writer(self._file)

@@ -412,8 +412,9 @@ def start_run(
     return Run(config, world, net, make_optimizer(net, config), scaler, sampler, run_dir, total)
 
 
-def restore(run: Run) -> None:
-    """Continue exactly where the checkpoint in ``run.run_dir`` left off."""
+def restore(run: Run) -> list[dict[str, list]] | None:
+    """Continue exactly where the checkpoint in ``run.run_dir`` left off. Returns the per-step
+    history a version-1 checkpoint kept inside itself (None from version 2 on)."""
     state = load_checkpoint(run.run_dir)
     _check_resume(state, run.config, run.world.world_size)
     try:
@@ -430,6 +431,7 @@ def restore(run: Run) -> None:
     run.saved_at = run.step
     run.model_at = state.get("model_step", -1)  # version 1 did not say: write model/ again
     set_rng_state(state["rng"][run.world.rank])
+    return state.get("log")
 
 
 def save_state(run: Run, *, with_model: bool) -> None:
@@ -486,13 +488,15 @@ def save_state(run: Run, *, with_model: bool) -> None:
     distributed.barrier(run.world)
 
 
-def open_log(run: Run, *, resume: bool) -> tuple[list[float], list[str]]:
+def open_log(
+    run: Run, *, resume: bool, old_log: list[dict[str, list]] | None = None
+) -> tuple[list[float], list[str]]:
     """Start ``steps.csv`` (rank 0), cut back to the checkpoint's step on resume; returns this
     rank's losses and stitches of the steps already done."""
     if run.run_dir is None:
         return [], []
     if run.world.is_main:
-        run.log = StepLog(run.run_dir, upto=run.step if resume else None)
+        run.log = StepLog(run.run_dir, upto=run.step if resume else None, old_log=old_log)
     distributed.barrier(run.world)
     return StepLog.read(run.run_dir, run.world.rank) if resume else ([], [])
 
@@ -575,9 +579,8 @@ def _train(
         teacher.to(world.device).eval().requires_grad_(False)
     run = start_run(net, config, world, run_dir, total)
     torch.manual_seed(config.seed + world.rank)  # dropout / drop-path differ per rank
-    if resume:
-        restore(run)
-    losses, history = open_log(run, resume=resume)  # this rank's, of the steps already done
+    old_log = restore(run) if resume else None
+    losses, history = open_log(run, resume=resume, old_log=old_log)  # this rank's steps so far
     if run_dir is not None and not resume:
         save_state(
             run, with_model=True
