@@ -175,5 +175,12 @@ class StepLog:
 
     def close(self) -> None:
         if self._file is not None:
+            self.sync()
             self._file.close()
             self._file = None
+
+    def __enter__(self) -> StepLog:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -581,10 +581,8 @@ def _train(
     torch.manual_seed(config.seed + world.rank)  # dropout / drop-path differ per rank
     old_log = restore(run) if resume else None
     losses, history = open_log(run, resume=resume, old_log=old_log)  # this rank's steps so far
-    if run_dir is not None and not resume:
-        save_state(
-            run, with_model=True
-        )  # the starting point (e.g. least-squares init) is a run too
+    if run_dir is not None and not resume:  # the starting point (least-squares init) is saved too
+        save_state(run, with_model=True)
 
     model = distributed.wrap(net, world)
     dtype = amp_dtype(config.amp, world.device)
@@ -592,88 +590,84 @@ def _train(
     net.train()
     bar = tqdm(total=total, initial=run.step, unit="step", disable=not (progress and world.is_main))
     interrupted, started = 0, time.perf_counter()
-    try:
-        with StopOnSignal() as stop:
-            while run.step < total and run.epoch < config.epochs:
-                for images, labels in _epoch(data, run.epoch, run.position):
-                    # 1. this step's learning rate, from the step alone
-                    lr = get_lr(
-                        run.step, lr=config.lr, min_lr=config.min_lr, warmup=warmup, total=total
+    with StopOnSignal() as stop, bar, run.log or contextlib.nullcontext():
+        while run.step < total and run.epoch < config.epochs:
+            for images, labels in _epoch(data, run.epoch, run.position):
+                # 1. this step's learning rate, from the step alone
+                lr = get_lr(
+                    run.step, lr=config.lr, min_lr=config.min_lr, warmup=warmup, total=total
+                )
+                set_lr(run.optimizer, lr)
+
+                # 2. every rank's stitch, drawn identically on all ranks; this rank runs its own
+                stitches = run.sampler.draw()
+                stitch = stitches[world.rank]
+
+                # 3. forward, loss
+                images = images.to(world.device, non_blocking=True)  # (B, C, H, W)
+                labels = labels.to(world.device, non_blocking=True)  # (B,)
+                with autocast:
+                    logits = model(images, stitch=stitch)  # (B, classes)
+                    teacher_logits = None
+                    if teacher is not None:
+                        with torch.no_grad():
+                            teacher_logits = teacher(images)
+                    loss = loss_fn(logits, labels, teacher_logits, config)
+
+                # 4. backward; DDP averaged over all ranks, rescaled to the ranks that ran
+                #    each parameter
+                run.scaler.scale(loss).backward()
+                if world.distributed and config.rank_sampling != "same":
+                    distributed.average_over_users(net, stitches)
+
+                # 5. clip, step; set_to_none: parameters no rank ran keep grad None, so
+                #    AdamW's decoupled weight decay and momentum leave them bit-identical
+                run.scaler.unscale_(run.optimizer)
+                if config.clip > 0:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip)
+                run.scaler.step(run.optimizer)
+                run.scaler.update()
+                run.optimizer.zero_grad(set_to_none=True)
+
+                # 6. record the step: in memory (this rank) and in steps.csv (every rank); a
+                #    non-finite loss on any rank stops every rank before anything saves it
+                step_losses = distributed.gather(loss.item(), world)
+                if not all(math.isfinite(x) for x in step_losses):
+                    raise Diverged(
+                        f"the loss became {step_losses} at step {run.step + 1} (lr {lr:.3g}): "
+                        "training diverged; start a new run (another --out) with a lower --lr "
+                        "or gradient clipping (--clip)"
                     )
-                    set_lr(run.optimizer, lr)
+                run.step, run.position = run.step + 1, run.position + 1
+                run.last_loss = step_losses[world.rank]
+                losses.append(run.last_loss)
+                history.append(str(stitch))
+                if run.log is not None:
+                    run.log.append(run.step, [str(s) for s in stitches], step_losses, lr)
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{run.last_loss:.4f}",
+                    lr=f"{lr:.2e}",
+                    stitch=str(stitch),
+                    refresh=False,
+                )
 
-                    # 2. every rank's stitch, drawn identically on all ranks; this rank runs its own
-                    stitches = run.sampler.draw()
-                    stitch = stitches[world.rank]
-
-                    # 3. forward and loss; a non-finite loss on any rank stops every rank here
-                    images = images.to(world.device, non_blocking=True)  # (B, C, H, W)
-                    labels = labels.to(world.device, non_blocking=True)  # (B,)
-                    with autocast:
-                        logits = model(images, stitch=stitch)  # (B, classes)
-                        teacher_logits = None
-                        if teacher is not None:
-                            with torch.no_grad():
-                                teacher_logits = teacher(images)
-                        loss = loss_fn(logits, labels, teacher_logits, config)
-                    step_losses = distributed.gather(loss.item(), world)  # every rank's
-                    if not all(math.isfinite(x) for x in step_losses):
-                        raise Diverged(
-                            f"the loss became {step_losses} at step {run.step + 1} (lr {lr:.3g}): "
-                            "training diverged; start a new run (another --out) with a lower --lr "
-                            "or gradient clipping (--clip)"
-                        )
-
-                    # 4. backward; DDP averaged over all ranks, rescaled to the ranks that ran
-                    #    each parameter
-                    run.scaler.scale(loss).backward()
-                    if world.distributed and config.rank_sampling != "same":
-                        distributed.average_over_users(net, stitches)
-
-                    # 5. clip, step; set_to_none: parameters no rank ran keep grad None, so
-                    #    AdamW's decoupled weight decay and momentum leave them bit-identical
-                    run.scaler.unscale_(run.optimizer)
-                    if config.clip > 0:
-                        torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip)
-                    run.scaler.step(run.optimizer)
-                    run.scaler.update()
-                    run.optimizer.zero_grad(set_to_none=True)
-
-                    # 6. record the step: in memory (this rank) and in steps.csv (every rank)
-                    run.step, run.position = run.step + 1, run.position + 1
-                    run.last_loss = step_losses[world.rank]
-                    losses.append(run.last_loss)
-                    history.append(str(stitch))
-                    if run.log is not None:
-                        run.log.append(run.step, [str(s) for s in stitches], step_losses, lr)
-                    bar.update(1)
-                    bar.set_postfix(
-                        loss=f"{run.last_loss:.4f}",
-                        lr=f"{lr:.2e}",
-                        stitch=str(stitch),
-                        refresh=False,
-                    )
-
-                    # 7. stop on a signal (any rank's), at the step limit, or checkpoint every few steps
-                    if distributed.any_rank(stop.requested, world):
-                        interrupted = int(stop.signum or signal.SIGTERM)  # another rank's signal
-                        break
-                    if run.step >= total:
-                        break
-                    if save_every and run.step % save_every == 0:
-                        save_state(run, with_model=False)
-                if not interrupted and (run.step < total or run.position == steps_per_epoch):
-                    run.epoch, run.position = run.epoch + 1, 0  # the epoch's batches ran out
-                    save_state(run, with_model=True)
-                if interrupted or run.step >= total:
+                # 7. stop on a signal (any rank's), at the step limit, or checkpoint every few steps
+                if distributed.any_rank(stop.requested, world):
+                    interrupted = int(stop.signum or signal.SIGTERM)  # another rank's signal
                     break
-        seconds = time.perf_counter() - started
-        if run.saved_at != run.step or run.model_at != run.step:
-            save_state(run, with_model=True)  # also mends a model/ older than the checkpoint
-    finally:
-        bar.close()
-        if run.log is not None:
-            run.log.close()
+                if run.step >= total:
+                    break
+                if save_every and run.step % save_every == 0:
+                    save_state(run, with_model=False)
+            if not interrupted and (run.step < total or run.position == steps_per_epoch):
+                run.epoch, run.position = run.epoch + 1, 0  # the epoch's batches ran out
+                save_state(run, with_model=True)
+            if interrupted or run.step >= total:
+                break
+    seconds = time.perf_counter() - started
+    if run.saved_at != run.step or run.model_at != run.step:
+        save_state(run, with_model=True)  # also mends a model/ older than the checkpoint
     return TrainResult(net, run.step, run.epoch, losses, history, interrupted, seconds, run_dir)
 
 
