@@ -15,12 +15,12 @@ import torch
 import snnet
 from families import FAMILIES, vit_family
 from snnet.batches import EpochBatches
-from snnet.checkpoint import StepLog, load_checkpoint
+from snnet.checkpoint import Diverged, StepLog, load_checkpoint
 from snnet.cli import main
 from snnet.data import FashionMNIST, fashion_mnist
 from snnet.distributed import parameters_of
 from snnet.sampling import StitchSampler, flops_groups
-from snnet.train import Diverged, TrainConfig, fit, get_lr, network_groups, train_loop
+from snnet.train import TrainConfig, fit, get_lr, network_groups, train_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -420,11 +420,12 @@ KILL_DURING_FINAL_SAVE = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 import torch
+import snnet.checkpoint
 import snnet.train
 from snnet.data import FashionMNIST, fashion_mnist
 from test_train import tiny_fmnist_net
 
-real_save, calls = snnet.train.save, []
+real_save, calls = snnet.checkpoint.save, []
 
 def save_then_die(net, path):
     calls.append(path)
@@ -433,7 +434,7 @@ def save_then_die(net, path):
         os.kill(os.getpid(), signal.SIGKILL)
     real_save(net, path)
 
-snnet.train.save = save_then_die
+snnet.checkpoint.save = save_then_die
 test = fashion_mnist("test")
 data = FashionMNIST(test.images[:128], test.targets[:128])
 config = snnet.train.TrainConfig(epochs=1, batch_size=32, lr=3e-3, warmup=1)

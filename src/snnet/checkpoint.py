@@ -1,26 +1,40 @@
-"""Training checkpoints and the per-step log of a run directory.
+"""Where a training run stands, checked, saved and restored: the run directory's checkpoint, its
+per-step log, and the checks made before a run writes anything.
 
-``run_dir/checkpoint.pt`` is one plain dict, written atomically, holding everything a resumed run
-needs to continue exactly: weights, optimizer and grad-scaler state, the step, epoch and position
-in the epoch, the stitch sampler's generators and every rank's random-number states. Its size does
-not grow with the run: what each step did (its stitch, loss and learning rate) goes to
-``run_dir/steps.csv`` instead (:class:`StepLog`), one row per step and rank, appended as steps
-finish. The network itself also goes to ``run_dir/model`` through :func:`snnet.save`, so
-``snnet.load`` (and the other commands) can open a run without torch.load.
+``run_dir/checkpoint.pt`` is one plain dict, built by :func:`save_state` where it is saved and
+written atomically, holding everything a resumed run needs to continue exactly: weights,
+optimizer and grad-scaler state, the step, epoch and position in the epoch, the stitch sampler's
+generators and every rank's random-number states. Its size does not grow with the run: what each
+step did (its stitch, loss and learning rate) goes to ``run_dir/steps.csv`` instead
+(:class:`StepLog`), one row per step and rank, appended as steps finish. The network itself goes
+to ``run_dir/model`` through :func:`snnet.save` (so ``snnet.load`` and the other commands open a
+run without torch.load), always before the checkpoint that records it: a kill never leaves a
+checkpoint that claims newer weights than ``model/`` holds. ``run_dir/train.json`` is a readable
+summary of the last checkpoint.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from snnet import distributed
+from snnet.distributed import World
 from snnet.files import atomic_write
+from snnet.serialize import save
+
+if TYPE_CHECKING:
+    from snnet.network import SNNet
+    from snnet.sampling import StitchSampler
+    from snnet.train import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
 STEP_LOG = "steps.csv"
@@ -184,3 +198,180 @@ class StepLog:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+# -- a run: its checks, its state, save and restore ------------------------------------------------
+
+
+class Diverged(ValueError):
+    """The loss or the weights stopped being finite numbers; nothing non-finite was saved."""
+
+
+def check_run(
+    run_dir: str | Path | None,
+    *,
+    resume: bool = False,
+    save_every: int = 0,
+    ls_init: int = 0,
+    num_workers: int = 0,
+) -> Path | None:
+    """Every check of a run's options that needs neither the network nor the data, made before
+    anything is built or written: a refused command leaves no trace, so the corrected one works.
+    Returns ``run_dir`` as a Path.
+
+    Example:
+        >>> check_run("runs/a", resume=True)   # FileNotFoundError if runs/a has no checkpoint
+    """
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ValueError(message)
+
+    need(save_every >= 0, f"--save-every must be >= 0 steps (0: epoch ends only), got {save_every}")
+    need(ls_init >= 0, f"--ls-init must be >= 0 images, got {ls_init}")
+    need(num_workers >= 0, f"--workers must be >= 0 data-loader processes, got {num_workers}")
+    if run_dir is None:
+        need(not resume, "resume needs the run directory (--out) holding checkpoint.pt")
+        return None
+    run_dir = Path(run_dir)
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    need(
+        existing.is_dir(),
+        f"--out {run_dir}: {existing} is a file, not a directory; choose another --out",
+    )
+    has_checkpoint = checkpoint_path(run_dir).is_file()
+    if resume and not has_checkpoint:
+        load_checkpoint(run_dir)  # the FileNotFoundError that says what to do
+    need(
+        resume or not has_checkpoint,
+        f"{run_dir} already holds a checkpoint: pass --resume to continue it, or choose another --out",
+    )
+    return run_dir
+
+
+@dataclass
+class Run:
+    """A training run as the loop sees it: what it trains, and where it stands. A checkpoint is
+    this, turned into a plain dict by :func:`save_state` and back by :func:`restore`."""
+
+    config: TrainConfig
+    world: World
+    net: SNNet
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    sampler: StitchSampler
+    run_dir: Path | None
+    total: int  # steps of the whole run
+    step: int = 0  # steps done
+    epoch: int = 0
+    position: int = 0  # batches of this epoch done
+    saved_at: int = -1  # the step of the last checkpoint
+    model_at: int = -1  # the step whose weights run_dir/model holds (-1: unknown)
+    last_loss: float | None = None
+    log: StepLog | None = None
+
+
+def restore(run: Run) -> list[dict[str, list]] | None:
+    """Continue exactly where the checkpoint in ``run.run_dir`` left off. Returns the per-step
+    history a version-1 checkpoint kept inside itself (None from version 2 on)."""
+    state = load_checkpoint(run.run_dir)
+    _check_resume(state, run.config, run.world.world_size)
+    try:
+        run.net.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ValueError(
+            f"the checkpoint in {run.run_dir} belongs to another network (other anchors or "
+            f"stitching options): {str(e).splitlines()[0]}"
+        ) from e
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.sampler.load_state_dict(state["sampler"])
+    run.step, run.epoch, run.position = state["step"], state["epoch"], state["position"]
+    run.saved_at = run.step
+    run.model_at = state.get("model_step", -1)  # version 1 did not say: write model/ again
+    set_rng_state(state["rng"][run.world.rank])
+    return state.get("log")
+
+
+def save_state(run: Run, *, with_model: bool) -> None:
+    """Checkpoint ``run`` (every rank calls: RNG states are gathered; rank 0 writes). The model
+    goes first and the checkpoint records its step, so ``model/`` is never older than what the
+    checkpoint says; non-finite weights are never written."""
+    bad = [n for n, p in run.net.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise Diverged(
+            f"{len(bad)} parameters (e.g. {bad[0]}) are not finite at step {run.step}: training "
+            "diverged; start a new run (another --out) with a lower --lr or gradient clipping"
+        )
+    if run.run_dir is None:
+        run.saved_at = run.step
+        return
+    rngs = distributed.gather(rng_state(), run.world)
+    if with_model:
+        run.model_at = run.step
+    if run.world.is_main:
+        if with_model:
+            save(run.net, run.run_dir / "model")
+        if run.log is not None:
+            run.log.sync()  # the log holds every step the checkpoint claims
+        save_checkpoint(
+            run.run_dir,
+            {
+                "config": run.config.to_json(),
+                "model": run.net.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scaler": run.scaler.state_dict(),
+                "sampler": run.sampler.state_dict(),
+                "step": run.step,
+                "epoch": run.epoch,
+                "position": run.position,
+                "world_size": run.world.world_size,
+                "rng": rngs,
+                "model_step": run.model_at,
+            },
+        )
+        record = {
+            "config": run.config.to_json(),
+            "step": run.step,
+            "total_steps": run.total,
+            "epoch": run.epoch,
+            "position": run.position,
+            "world_size": run.world.world_size,
+            "last_loss": run.last_loss,
+            "model_step": run.model_at,
+        }
+        atomic_write(
+            run.run_dir / "train.json", lambda f: json.dump(record, f, indent=2, sort_keys=True)
+        )
+    run.saved_at = run.step
+    distributed.barrier(run.world)
+
+
+def open_log(
+    run: Run, *, resume: bool, old_log: list[dict[str, list]] | None = None
+) -> tuple[list[float], list[str]]:
+    """Start ``steps.csv`` (rank 0), cut back to the checkpoint's step on resume; returns this
+    rank's losses and stitches of the steps already done."""
+    if run.run_dir is None:
+        return [], []
+    if run.world.is_main:
+        run.log = StepLog(run.run_dir, upto=run.step if resume else None, old_log=old_log)
+    distributed.barrier(run.world)
+    return StepLog.read(run.run_dir, run.world.rank) if resume else ([], [])
+
+
+def _check_resume(state: dict[str, Any], config: TrainConfig, world_size: int) -> None:
+    saved = state["config"]
+    diff = [k for k, v in config.to_json().items() if saved.get(k) != v]
+    if diff:
+        shown = ", ".join(f"{k}={saved.get(k)!r} (now {getattr(config, k)!r})" for k in diff)
+        raise ValueError(
+            f"the checkpoint was written with {shown}: resume with the run's original options, "
+            "or start a new run in another directory"
+        )
+    if state["world_size"] != world_size:
+        raise ValueError(
+            f"the checkpoint was written by {state['world_size']} processes, this run has "
+            f"{world_size}: resume with the same number of processes (exact data order and "
+            "stitch sampling depend on it)"
+        )

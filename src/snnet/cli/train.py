@@ -12,8 +12,9 @@ import os
 import typing
 from pathlib import Path
 
+from snnet.checkpoint import check_run
 from snnet.cli.common import add_family_arguments, build_network
-from snnet.train import TrainConfig, check_run, fit
+from snnet.train import TrainConfig, fit
 
 
 def add_config_options(group: argparse._ArgumentGroup) -> None:
