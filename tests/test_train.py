@@ -15,12 +15,12 @@ import torch
 import snnet
 from families import FAMILIES, vit_family
 from snnet.batches import EpochBatches
-from snnet.checkpoint import load_checkpoint
+from snnet.checkpoint import Diverged, StepLog, load_checkpoint
 from snnet.cli import main
 from snnet.data import FashionMNIST, fashion_mnist
 from snnet.distributed import parameters_of
 from snnet.sampling import StitchSampler, flops_groups
-from snnet.train import TrainConfig, fit, get_lr, parameter_groups, train_loop
+from snnet.train import TrainConfig, fit, get_lr, network_groups, train_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,7 +199,7 @@ def test_parameters_a_step_does_not_run_stay_bit_identical():
 
 def test_weight_decay_groups_keep_the_anchors_no_weight_decay_sets():
     net = snnet.SNNet(vit_family())
-    groups = {g["name"]: g for g in parameter_groups(net, TrainConfig(anchor_lr_scale=0.1))}
+    groups = {g["name"]: g for g in network_groups(net, TrainConfig(anchor_lr_scale=0.1))}
     names = {id(p): n for n, p in net.named_parameters()}
     no_decay = {
         names[id(p)] for k in ("anchors/no_decay", "layers/no_decay") for p in groups[k]["params"]
@@ -412,3 +412,208 @@ def test_two_process_ddp_keeps_ranks_identical_and_averages_over_users(tmp_path)
         if mode == "independent":
             assert s0 != s1
         assert load_checkpoint(tmp_path / mode)["world_size"] == 2
+
+
+# -- reliability: kills, bad checkpoints, bad numbers ------------------------------------------------
+
+KILL_DURING_FINAL_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import torch
+import snnet.checkpoint
+import snnet.train
+from snnet.data import FashionMNIST, fashion_mnist
+from test_train import tiny_fmnist_net
+
+real_save, calls = snnet.checkpoint.save, []
+
+def save_then_die(net, path):
+    calls.append(path)
+    if len(calls) == {kill_at}:  # the final model save: killed halfway through writing it
+        real_save(net, path.with_name("model.partial"))
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_save(net, path)
+
+snnet.checkpoint.save = save_then_die
+test = fashion_mnist("test")
+data = FashionMNIST(test.images[:128], test.targets[:128])
+config = snnet.train.TrainConfig(epochs=1, batch_size=32, lr=3e-3, warmup=1)
+snnet.train.fit(tiny_fmnist_net(), data, config, run_dir={run!r}, ls_init=32, progress=False)
+"""
+
+
+def test_a_kill_during_the_final_model_save_never_leaves_an_older_model(fmnist_slice, tmp_path):
+    data = snnet.data.FashionMNIST(fmnist_slice.images[:128], fmnist_slice.targets[:128])
+    config = TrainConfig(epochs=1, batch_size=32, lr=3e-3, warmup=1)
+    whole = fit(
+        tiny_fmnist_net(), data, config, run_dir=tmp_path / "whole", ls_init=32, progress=False
+    )
+    run = tmp_path / "run"
+    code = KILL_DURING_FINAL_SAVE.format(tests=str(ROOT / "tests"), kill_at=2, run=str(run))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    # Whatever the checkpoint says, resuming must end with the trained network in model/.
+    rest = fit(tiny_fmnist_net(), data, config, run_dir=run, resume=True, progress=False)
+    assert rest.steps == whole.steps == 4
+    assert state_equal(snnet.load(run / "model"), whole.net)
+    assert load_checkpoint(run)["step"] == 4
+
+
+class RunsCode:
+    """Pickled as a call to os.system: loading it without weights_only would run the command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random", "missing_keys", "malicious"])
+def test_a_bad_checkpoint_on_resume_is_one_line_naming_the_fix(kind, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "checkpoint.pt"
+    marker = tmp_path / "code-ran"
+    if kind in ("truncated", "missing_keys"):
+        torch.save({"format": "snnet-train", "version": 1, "step": 3}, path)
+        if kind == "truncated":
+            path.write_bytes(path.read_bytes()[:100])
+    elif kind == "random":
+        path.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    else:
+        torch.save({"format": "snnet-train", "config": RunsCode(marker)}, path)
+    before = path.read_bytes()
+    code = main(["train", "fmnist", "--out", str(run), "--resume", "--quiet", "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert str(path) in err and "start a new run in another --out" in err, err
+    assert "weights_only=False" not in err and "weights_only` set to `False" not in err
+    assert not marker.exists()  # nothing in the file ran
+    assert path.read_bytes() == before and sorted(p.name for p in run.iterdir()) == [path.name]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "inf"], "lr must be a finite number, got inf"),
+        (["--min-lr", "nan"], "min_lr must be a finite number, got nan"),
+        (["--save-every", "-1"], "--save-every must be >= 0 steps"),
+        (["--workers", "-1"], "--workers must be >= 0 data-loader processes"),
+        (["fmnist", "--num-classes", "5"], "predicts 10 classes and its classifier cannot be"),
+        (["fmnist", "--img-size", "32"], "takes 1×28×28 images and cannot be resized"),
+        (["fmnist", "--img-size", "0"], "--img-size: must be a whole number >= 1, got 0"),
+    ],
+)
+def test_cli_bad_training_inputs_fail_before_anything_is_written(args, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    family = [] if args[0] == "fmnist" else ["deit_tiny_patch16_224", "deit_small_patch16_224"]
+    try:
+        code = main(["train", *family, *args, "--out", str(out), "--quiet"])
+    except SystemExit as e:  # refused by the parser (one line, exit code 2)
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_refused_workers_leave_no_trace_so_the_corrected_command_trains(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "fmnist", "--out", str(out), "--steps", "1", "--batch-size", "8"]
+    args += ["--ls-init", "8", "--quiet"]
+    assert main([*args, "--workers", "-1"]) == 2
+    assert "--workers must be >= 0" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--workers", "0"]) == 0
+    assert "trained 1 steps" in capsys.readouterr().out
+    assert load_checkpoint(out)["step"] == 1
+
+
+def test_cli_out_that_is_a_file_is_refused_and_kept(tmp_path, capsys):
+    out = tmp_path / "notes.txt"
+    out.write_text("keep me")
+    for target in (out, out / "run"):
+        code = main(["train", "fmnist", "--out", str(target), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"{out} is a file, not a directory" in err, err
+    assert out.read_text() == "keep me"
+
+
+def test_infinite_numbers_are_refused_by_the_config():
+    for name in ("lr", "min_lr", "weight_decay", "clip", "anchor_lr_scale", "gap"):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+            TrainConfig(**{name: float("inf")})
+
+
+def test_a_non_finite_loss_stops_the_run_and_nothing_non_finite_is_saved(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    good = (torch.randn(4, 1, 28, 28, generator=g), torch.randint(0, 10, (4,), generator=g))
+    bad = (torch.full((4, 1, 28, 28), float("nan")), good[1])
+    run = tmp_path / "run"
+    with pytest.raises(Diverged, match=r"the loss became \[nan\] at step 3 .*lower --lr"):
+        train_loop(
+            tiny_fmnist_net(), [good, good, bad, good], TrainConfig(), run_dir=run, progress=False
+        )
+    saved = snnet.load(run / "model")
+    assert all(torch.isfinite(p).all() for p in saved.parameters())
+    assert load_checkpoint(run)["step"] == 0
+    # Weights that are already non-finite are never written either.
+    net = tiny_fmnist_net()
+    with torch.no_grad():
+        next(iter(net.layers.values())).weight.view(-1)[0] = float("inf")
+    with pytest.raises(Diverged, match=r"parameters .* are not finite at step 0"):
+        train_loop(net, [good], TrainConfig(), run_dir=tmp_path / "other", progress=False)
+    assert not (tmp_path / "other" / "model").exists()
+
+
+def test_steps_csv_of_a_resumed_run_equals_an_uninterrupted_runs(fmnist_slice, tmp_path):
+    config = TrainConfig(epochs=1, batch_size=64, lr=3e-3, warmup=2, steps=6)
+    batches = EpochBatches(fmnist_slice, 64, seed=config.seed)
+    train_loop(tiny_fmnist_net(), batches, config, run_dir=tmp_path / "whole", progress=False)
+    run = tmp_path / "run"
+    train_loop(tiny_fmnist_net(), SignalAfter(batches, 4), config, run_dir=run, progress=False)
+    with open(run / "steps.csv", "a") as f:  # a step after the checkpoint, as a kill leaves it
+        f.write("5,0,0,9.0,0.001\n")
+    assert "log" not in load_checkpoint(run)  # bounded: no per-step history in the checkpoint
+    rest = train_loop(tiny_fmnist_net(), batches, config, run_dir=run, resume=True, progress=False)
+    whole = (tmp_path / "whole" / "steps.csv").read_text()
+    assert (run / "steps.csv").read_text() == whole
+    assert len(whole.splitlines()) == 1 + 6 and whole.startswith("step,rank,stitch,loss,lr\n")
+    assert rest.losses == StepLog.read(run)[0] and len(rest.losses) == 6
+
+
+def test_every_config_field_is_a_train_option_with_its_default_and_help():
+    from dataclasses import fields
+
+    from snnet.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    options = {a.dest: a for a in train._actions}
+    for f in fields(TrainConfig):
+        action = options[f.name]
+        assert action.option_strings == [f"--{f.name.replace('_', '-')}"]
+        assert action.default == f.default and f.metadata["help"] in action.help.replace("%%", "%")
+    assert options["optimizer"].choices == ("adamw", "sgd") and options["lr"].type is float
+    assert options["steps"].type is int  # int | None: the option takes an int, default None
+
+
+def test_a_version_1_checkpoint_resumes_with_its_history(fmnist_slice, tmp_path):
+    # Version 1 kept every rank's losses and stitches inside the checkpoint and had no
+    # model_step; such a run still resumes exactly and its history moves to steps.csv.
+    config = TrainConfig(epochs=1, batch_size=64, lr=3e-3, warmup=2, steps=6)
+    batches = EpochBatches(fmnist_slice, 64, seed=config.seed)
+    whole = train_loop(tiny_fmnist_net(), batches, config, progress=False)
+    run = tmp_path / "run"
+    first = train_loop(
+        tiny_fmnist_net(), SignalAfter(batches, 4), config, run_dir=run, progress=False
+    )
+    state = load_checkpoint(run)
+    del state["model_step"], state["format"], state["version"]
+    state["log"] = [{"losses": first.losses, "stitches": first.stitches}]
+    snnet.checkpoint.save_checkpoint(run, state)
+    torch.save({**torch.load(run / "checkpoint.pt"), "version": 1}, run / "checkpoint.pt")
+    (run / "steps.csv").unlink()
+    rest = train_loop(tiny_fmnist_net(), batches, config, run_dir=run, resume=True, progress=False)
+    assert rest.losses == whole.losses and rest.stitches == whole.stitches
+    assert state_equal(snnet.load(run / "model"), whole.net)

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 
 from snnet import zoo
+from snnet.cli import main
 from snnet.data import fashion_mnist
 from snnet.zoo import (
     count_gmacs,
@@ -83,7 +84,7 @@ def test_unknown_name_lists_valid_names(tmp_path):
         create_demo_anchor("fmnist_vit_xxl")
     with pytest.raises(ValueError, match="unknown demo anchor"):
         train_demo_anchor("resnet50", epochs=1, out_dir=tmp_path)
-    with pytest.raises(FileNotFoundError, match=f"python -m snnet.zoo train --name {NAMES[0]}"):
+    with pytest.raises(FileNotFoundError, match=f"snnet zoo train --name {NAMES[0]}"):
         create_demo_anchor(NAMES[0], weights_dir=tmp_path)
     assert create_demo_anchor(NAMES[0], pretrained=False, weights_dir=tmp_path) is not None
 
@@ -131,11 +132,12 @@ def test_train_writes_weights_and_record(tiny_fmnist, tmp_path):
 
 
 def test_cli(tiny_fmnist, tmp_path, capsys):
-    assert zoo.main(["list"]) == 0
+    assert main(["zoo", "list"]) == 0
     listing = capsys.readouterr().out
     assert all(n in listing for n in NAMES)
     out = tmp_path / "cli"
     args = [
+        "zoo",
         "train",
         "--name",
         NAMES[0],
@@ -146,9 +148,27 @@ def test_cli(tiny_fmnist, tmp_path, capsys):
         "--data",
         str(tiny_fmnist),
     ]
-    assert zoo.main(args) == 0
+    assert main(args) == 0
     assert (out / f"{NAMES[0]}.safetensors").is_file()
-    assert zoo.main([*args[:-1], str(tmp_path / "nowhere")]) == 2
+    assert main([*args[:-1], str(tmp_path / "nowhere")]) == 2
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        zoo.main(["train", "--name", "nope"])
+    capsys.readouterr()
+    assert main(["zoo", "train", "--name", "nope"]) == 2  # refused before any work
+    assert "unknown demo anchor 'nope'; choose from fmnist_vit_s" in capsys.readouterr().err
+
+
+def test_zoo_weight_decay_groups_come_from_the_training_code():
+    from snnet.train import parameter_groups
+
+    model = create_demo_anchor(NAMES[0], pretrained=False)
+    groups = parameter_groups(
+        model.named_parameters(), weight_decay=0.05, no_weight_decay=model.no_weight_decay()
+    )
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_name = {g["name"]: {names[id(p)] for p in g["params"]} for g in groups}
+    assert {"pos_embed", "cls_token", "blocks.0.norm1.weight", "head.bias"} <= by_name[
+        "params/no_decay"
+    ]
+    assert "blocks.0.attn.qkv.weight" in by_name["params/decay"]
+    assert sum(len(v) for v in by_name.values()) == len(names)
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]

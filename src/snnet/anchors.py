@@ -175,6 +175,9 @@ def resolve_anchors(
         raise ValueError("a preset name stands alone; list timm names to build your own family")
     if len(specs) == 1 and isinstance(specs[0], str) and "=" not in specs[0]:
         _check_preset_or_model(specs[0])
+    size = kwargs.get("img_size")
+    if isinstance(size, int) and size < 1:
+        raise ValueError(f"img_size (--img-size) must be a positive number of pixels, got {size}")
     anchors = []
     for spec in specs:
         if isinstance(spec, nn.Module):
@@ -182,7 +185,9 @@ def resolve_anchors(
             continue
         name, _, path = str(spec).partition("=")
         if name in SOURCES:
-            anchors.append(from_source({"kind": name, "name": path or name}, pretrained=True))
+            anchor = from_source({"kind": name, "name": path or name}, pretrained=True)
+            _check_fixed(anchor, str(spec), kwargs)
+            anchors.append(anchor)
             continue
         anchors.append(timm_anchor(name, pretrained=pretrained, checkpoint=path or None, **kwargs))
     return anchors, dict(options)
@@ -200,3 +205,22 @@ def _check_preset_or_model(name: str) -> None:
         f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor a timm model.{hint} A family "
         "is a preset or two or more timm names, small to large"
     )
+
+
+def _check_fixed(anchor: Anchor, spec: str, kwargs: dict[str, Any]) -> None:
+    """An anchor rebuilt from its source (e.g. a zoo anchor) keeps the input size and classifier
+    its weights were trained with: asking for others is an error, never silently ignored."""
+    size, classes = kwargs.get("img_size"), kwargs.get("num_classes")
+    c, h, w = anchor.input_size
+    wanted = (size, size) if isinstance(size, int) else tuple(size or (h, w))
+    if wanted != (h, w):
+        raise ValueError(
+            f"{spec} takes {c}×{h}×{w} images and cannot be resized: drop --img-size {size} "
+            "(img_size), or use timm anchors"
+        )
+    have = getattr(anchor.model, "num_classes", None)
+    if classes is not None and have is not None and classes != have:
+        raise ValueError(
+            f"{spec} predicts {have} classes and its classifier cannot be replaced: drop "
+            f"--num-classes {classes} (num_classes), or use timm anchors"
+        )

@@ -5,18 +5,21 @@ batches; :func:`fit` is the whole pipeline (least-squares init, epoch-seeded bat
 that ``snnet train`` runs. Launched by torchrun, both run data-parallel (see
 :mod:`snnet.distributed`). Checkpoints (:mod:`snnet.checkpoint`) go to ``run_dir`` every epoch,
 every ``save_every`` steps and on SIGTERM/SIGINT; ``resume=True`` continues exactly.
+
+What a run writes into ``run_dir`` (``checkpoint.pt``, ``steps.csv``, ``train.json``, ``model/``)
+and how it resumes lives in :mod:`snnet.checkpoint`; this module holds the knobs, the pieces of a
+step, the loop and the pipeline.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -29,42 +32,27 @@ from tqdm.auto import tqdm
 
 from snnet import distributed
 from snnet.batches import EpochBatches, first_images
-from snnet.checkpoint import (
-    checkpoint_path,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from snnet.files import atomic_write
+from snnet.checkpoint import Diverged, Run, check_run, open_log, restore, save_state
+from snnet.distributed import World
 from snnet.lstsq import init_least_squares
 from snnet.network import SNNet
 from snnet.sampling import POLICIES, RANK_SAMPLING, StitchSampler
-from snnet.serialize import save
 from snnet.stitch import Stitch
 
 OPTIMIZERS = ("adamw", "sgd")
 AMP = ("auto", "off", "bf16", "fp16")
 
 
+def _knob(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A TrainConfig field whose help text (and choices) the ``snnet train`` option reuses."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Every knob of a training run. Field names match the ``snnet train`` options
-    (``anchor_lr_scale`` is ``--anchor-lr-scale``).
-
-    Attributes:
-        epochs: passes over the data. steps: stop after this many steps in all (None: no limit);
-            the learning-rate schedule then spans ``min(steps, epochs × batches per epoch)``.
-        lr, min_lr: peak and final learning rate of the stitching layers; the anchors get both
-            times ``anchor_lr_scale`` (the paper: ×0.1 for Swin and ResNets, ×1 for DeiT).
-        warmup: linear warmup steps (None: 5 % of the run).
-        optimizer: ``"adamw"`` or ``"sgd"`` (Nesterov, ``momentum``).
-        clip: max gradient norm (0: no clipping).
-        sampling: ``"uniform"`` or ``"grouped"`` (cost bands of width ``gap`` GMACs; None: 8 bands).
-        rank_sampling: ``"independent"``, ``"same"`` or ``"balanced"`` (see StitchSampler).
-        distill_weight: with a teacher, loss = (1-w)·CE(labels) + w·CE(teacher's argmax).
-        amp: ``"auto"`` (bf16, or fp16 with a grad scaler, on CUDA; off on CPU), ``"off"``,
-            ``"bf16"``, ``"fp16"``.
+    """Every knob of a training run. Each field is also an ``snnet train`` option of the same
+    name (``anchor_lr_scale`` is ``--anchor-lr-scale``), with the field's help text; the
+    learning-rate schedule spans ``min(steps, epochs × batches per epoch)``.
 
     Example:
         >>> config = TrainConfig(epochs=5, lr=1e-3, anchor_lr_scale=0.1, sampling="grouped")
@@ -72,30 +60,46 @@ class TrainConfig:
         True
     """
 
-    epochs: int = 1
-    steps: int | None = None
-    batch_size: int = 128
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    anchor_lr_scale: float = 0.1
-    weight_decay: float = 0.05
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    warmup: int | None = None
-    clip: float = 1.0
-    label_smoothing: float = 0.1
-    sampling: str = "uniform"
-    gap: float | None = None
-    rank_sampling: str = "independent"
-    distill_weight: float = 0.5
-    amp: str = "auto"
-    seed: int = 0
+    epochs: int = _knob(1, "passes over the data")
+    steps: int | None = _knob(None, "stop after this many steps in all (default: no limit)")
+    batch_size: int = _knob(128, "images per step and process")
+    lr: float = _knob(1e-3, "stitching layers' peak learning rate")
+    min_lr: float = _knob(1e-5, "stitching layers' final learning rate (cosine schedule)")
+    anchor_lr_scale: float = _knob(
+        0.1, "anchors' learning rates = the layers' × this (paper: 0.1 Swin/ResNets, 1 DeiT)"
+    )
+    weight_decay: float = _knob(0.05, "AdamW/SGD weight decay (not on biases, norms, embeddings)")
+    optimizer: str = _knob("adamw", "adamw, or sgd (Nesterov, --momentum)", OPTIMIZERS)
+    momentum: float = _knob(0.9, "SGD (Nesterov) momentum")
+    warmup: int | None = _knob(None, "linear warmup steps (default: 5% of the run)")
+    clip: float = _knob(1.0, "max gradient norm (0: no clipping)")
+    label_smoothing: float = _knob(0.1, "label smoothing of the cross-entropy")
+    sampling: str = _knob(
+        "uniform", "stitch sampling: uniform, or grouped (cost bands of --gap GMACs)", POLICIES
+    )
+    gap: float | None = _knob(None, "cost-band width in GMACs (grouped, balanced; default 8 bands)")
+    rank_sampling: str = _knob(
+        "independent",
+        "under torchrun: each rank its own stitch, the same stitch, or stitches of one cost band",
+        RANK_SAMPLING,
+    )
+    distill_weight: float = _knob(
+        0.5, "with a teacher: loss = (1-w)·CE(labels) + w·CE(teacher's argmax)"
+    )
+    amp: str = _knob(
+        "auto", "mixed precision: auto (bf16, or fp16 with a grad scaler, on GPUs only)", AMP
+    )
+    seed: int = _knob(0, "seed of the batches' order, stitch sampling and dropout")
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ValueError(message)
 
+        for f in fields(self):  # inf and nan pass most range checks below, and train to nan
+            value = getattr(self, f.name)
+            if isinstance(value, float):
+                need(math.isfinite(value), f"{f.name} must be a finite number, got {value}")
         need(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         need(self.steps is None or self.steps >= 1, f"steps must be at least 1, got {self.steps}")
         need(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
@@ -147,10 +151,9 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a run did: ``losses`` and this rank's ``stitches`` per step (including the steps of
-    the runs it resumed),
-    ``interrupted``: the signal number it stopped on (0: it ran to the end), ``seconds`` spent
-    in the loop itself."""
+    """What a run did: this rank's ``losses`` and ``stitches`` per step (including the steps of
+    the runs it resumed, read back from ``steps.csv``), ``interrupted``: the signal number it
+    stopped on (0: it ran to the end), ``seconds`` spent in the loop itself."""
 
     net: SNNet
     steps: int
@@ -175,40 +178,72 @@ def get_lr(step: int, *, lr: float, min_lr: float, warmup: int, total: int) -> f
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-def parameter_groups(net: SNNet, config: TrainConfig) -> list[dict[str, Any]]:
-    """Anchors and stitching layers, each with and without weight decay. No decay for the
-    anchors' own ``no_weight_decay`` names (position embeddings, class tokens), biases and every
-    1-D parameter (norms), like timm's ``param_groups_weight_decay``."""
-    skip = net.no_weight_decay()
+def parameter_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    *,
+    weight_decay: float,
+    no_weight_decay: Collection[str] = (),
+    lr_scale: float = 1.0,
+    name: str = "params",
+) -> list[dict[str, Any]]:
+    """Optimizer groups ``name/decay`` and ``name/no_decay`` of any module's named parameters.
+    No decay for the ``no_weight_decay`` names (position embeddings, class tokens), biases and
+    every 1-D parameter (norms), like timm's ``param_groups_weight_decay``. Each group carries
+    ``lr_scale``: the loop sets a group's learning rate to the schedule's times this.
+
+    Example:
+        >>> groups = parameter_groups(vit.named_parameters(), weight_decay=0.05,
+        ...                           no_weight_decay=vit.no_weight_decay())
+        >>> optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    """
+    decay, no_decay = [], []
+    for pname, p in named_parameters:
+        if not p.requires_grad:
+            continue
+        plain = p.ndim <= 1 or pname.endswith(".bias") or pname in no_weight_decay
+        (no_decay if plain else decay).append(p)
     groups = []
-    for part, lr_scale in (("anchors", config.anchor_lr_scale), ("layers", 1.0)):
-        decay, no_decay = [], []
-        for name, p in getattr(net, part).named_parameters(prefix=part):
-            if not p.requires_grad:
-                continue
-            plain = p.ndim <= 1 or name.endswith(".bias") or name in skip
-            (no_decay if plain else decay).append(p)
-        for params, wd, kind in (
-            (decay, config.weight_decay, "decay"),
-            (no_decay, 0.0, "no_decay"),
-        ):
-            if params:
-                groups.append(
-                    {
-                        "params": params,
-                        "weight_decay": wd,
-                        "lr_scale": lr_scale,
-                        "name": f"{part}/{kind}",
-                    }
-                )
+    for params, wd, kind in ((decay, weight_decay, "decay"), (no_decay, 0.0, "no_decay")):
+        if params:
+            groups.append(
+                {
+                    "params": params,
+                    "weight_decay": wd,
+                    "lr_scale": lr_scale,
+                    "name": f"{name}/{kind}",
+                }
+            )
     return groups
 
 
+def network_groups(net: SNNet, config: TrainConfig) -> list[dict[str, Any]]:
+    """An SN-Net's groups: ``anchors/...`` at ``anchor_lr_scale`` × the learning rate, and
+    ``layers/...`` (the stitching layers) at the full rate."""
+    skip = net.no_weight_decay()
+    return [
+        group
+        for part, lr_scale in (("anchors", config.anchor_lr_scale), ("layers", 1.0))
+        for group in parameter_groups(
+            getattr(net, part).named_parameters(prefix=part),
+            weight_decay=config.weight_decay,
+            no_weight_decay=skip,
+            lr_scale=lr_scale,
+            name=part,
+        )
+    ]
+
+
 def make_optimizer(net: SNNet, config: TrainConfig) -> torch.optim.Optimizer:
-    groups = parameter_groups(net, config)
+    groups = network_groups(net, config)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's learning rate: ``lr`` times the group's ``lr_scale``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -277,21 +312,36 @@ def _epoch(data: Any, epoch: int, start: int) -> Iterator:
     return itertools.islice(iter(data), start, None)
 
 
-def _check_resume(state: dict[str, Any], config: TrainConfig, world_size: int) -> None:
-    saved = state["config"]
-    diff = [k for k, v in config.to_json().items() if saved.get(k) != v]
-    if diff:
-        shown = ", ".join(f"{k}={saved.get(k)!r} (now {getattr(config, k)!r})" for k in diff)
-        raise ValueError(
-            f"the checkpoint was written with {shown}: resume with the run's original options, "
-            "or start a new run in another directory"
-        )
-    if state["world_size"] != world_size:
-        raise ValueError(
-            f"the checkpoint was written by {state['world_size']} processes, this run has "
-            f"{world_size}: resume with the same number of processes (exact data order and "
-            "stitch sampling depend on it)"
-        )
+# -- a run's set-up -----------------------------------------------------------------------------
+
+
+def start_run(
+    net: SNNet, config: TrainConfig, world: World, run_dir: Path | None, total: int
+) -> Run:
+    """A fresh run: the optimizer, the grad scaler (fp16 only) and the stitch sampler."""
+    dtype = amp_dtype(config.amp, world.device)
+    sampler = StitchSampler(
+        net.stitches,
+        {s: net.cost(s).gmacs for s in net.stitches},
+        policy=config.sampling,
+        gap=config.gap,
+        rank_sampling=config.rank_sampling,
+        world_size=world.world_size,
+        seed=config.seed,
+    )
+    scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
+    return Run(config, world, net, make_optimizer(net, config), scaler, sampler, run_dir, total)
+
+
+def _length(data: Any, config: TrainConfig) -> tuple[int | None, int]:
+    """Batches per epoch (None: unknown) and steps of the whole run."""
+    steps_per_epoch = len(data) if hasattr(data, "__len__") else None
+    if steps_per_epoch is None and config.steps is None:
+        raise ValueError("data has no len(): give steps (--steps) to bound the run")
+    if steps_per_epoch == 0:
+        raise ValueError("data yields no batch: use more images or a smaller batch size")
+    total = config.epochs * steps_per_epoch if steps_per_epoch else config.steps
+    return steps_per_epoch, min(total, config.steps or total)
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -314,6 +364,7 @@ def train_loop(
     ``data`` is any iterable of ``(images, labels)`` batches, iterated once per epoch, or an
     :class:`~snnet.batches.EpochBatches` (exact order on resume without reloading skipped
     batches). Under torchrun each rank passes its own shard, with the same number of batches.
+    A non-finite loss stops the run with :class:`Diverged` before anything saves it.
 
     Example:
         >>> batches = EpochBatches(fashion_mnist("train"), 128)
@@ -321,129 +372,55 @@ def train_loop(
         >>> result = train_loop(net, batches, TrainConfig(epochs=2), run_dir="runs/a", resume=True)
     """
     world = distributed.setup(device)
-    device = world.device
-    run_dir = Path(run_dir) if run_dir is not None else None
-    if resume and run_dir is None:
-        raise ValueError("resume needs the run directory (--out) holding checkpoint.pt")
-    if run_dir is not None and not resume and checkpoint_path(run_dir).exists():
-        raise ValueError(
-            f"{run_dir} already holds a checkpoint: pass --resume to continue it, or choose "
-            "another --out"
-        )
-    steps_per_epoch = len(data) if hasattr(data, "__len__") else None
-    if steps_per_epoch is None and config.steps is None:
-        raise ValueError("data has no len(): give steps (--steps) to bound the run")
-    if steps_per_epoch == 0:
-        raise ValueError("data yields no batch: use more images or a smaller batch size")
-    total = config.epochs * steps_per_epoch if steps_per_epoch else config.steps
-    total = min(total, config.steps or total)
+    run_dir = check_run(run_dir, resume=resume, save_every=save_every)
+    return _train(net, data, config, world, teacher, run_dir, resume, save_every, progress)
+
+
+def _train(
+    net: SNNet,
+    data: Any,
+    config: TrainConfig,
+    world: World,
+    teacher: nn.Module | None,
+    run_dir: Path | None,
+    resume: bool,
+    save_every: int,
+    progress: bool,
+) -> TrainResult:
+    steps_per_epoch, total = _length(data, config)
     warmup = config.warmup if config.warmup is not None else total // 20
-
-    # The network, the optional teacher, the optimizer, the stitch sampler.
-    net.to(device)
+    net.to(world.device)
     if teacher is not None:
-        teacher.to(device).eval().requires_grad_(False)
-    optimizer = make_optimizer(net, config)
-    dtype = amp_dtype(config.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    costs = {s: net.cost(s).gmacs for s in net.stitches}
-    sampler = StitchSampler(
-        net.stitches,
-        costs,
-        policy=config.sampling,
-        gap=config.gap,
-        rank_sampling=config.rank_sampling,
-        world_size=world.world_size,
-        seed=config.seed,
-    )
+        teacher.to(world.device).eval().requires_grad_(False)
+    run = start_run(net, config, world, run_dir, total)
     torch.manual_seed(config.seed + world.rank)  # dropout / drop-path differ per rank
-
-    # Where we are: fresh, or exactly where the checkpoint left off.
-    step, epoch, position, losses, history = 0, 0, 0, [], []
-    if resume:
-        state = load_checkpoint(run_dir)
-        _check_resume(state, config, world.world_size)
-        try:
-            net.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise ValueError(
-                f"the checkpoint in {run_dir} belongs to another network (other anchors or "
-                f"stitching options): {str(e).splitlines()[0]}"
-            ) from e
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        sampler.load_state_dict(state["sampler"])
-        step, epoch, position = state["step"], state["epoch"], state["position"]
-        log = state["log"][world.rank]  # every rank's own losses and stitches
-        losses, history = log["losses"], log["stitches"]
-        set_rng_state(state["rng"][world.rank])
-
-    saved_at = step
-
-    def checkpoint(*, with_model: bool) -> None:
-        """All ranks call this (RNG states are gathered); rank 0 writes."""
-        nonlocal saved_at
-        saved_at = step
-        if run_dir is None:
-            return
-        rngs = distributed.gather(rng_state(), world)
-        logs = distributed.gather({"losses": losses, "stitches": history}, world)
-        if world.is_main:
-            save_checkpoint(
-                run_dir,
-                {
-                    "config": config.to_json(),
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "sampler": sampler.state_dict(),
-                    "step": step,
-                    "epoch": epoch,
-                    "position": position,
-                    "world_size": world.world_size,
-                    "rng": rngs,
-                    "log": logs,
-                },
-            )
-            record = {
-                "config": config.to_json(),
-                "step": step,
-                "total_steps": total,
-                "epoch": epoch,
-            }
-            record |= {"position": position, "world_size": world.world_size}
-            record["last_loss"] = losses[-1] if losses else None
-            atomic_write(
-                run_dir / "train.json", lambda f: json.dump(record, f, indent=2, sort_keys=True)
-            )
-            if with_model:
-                save(net, run_dir / "model")
-        distributed.barrier(world)
-
-    if run_dir is not None and not resume:
-        checkpoint(with_model=True)  # the starting point (e.g. least-squares init) is a run too
+    old_log = restore(run) if resume else None
+    losses, history = open_log(run, resume=resume, old_log=old_log)  # this rank's steps so far
+    if run_dir is not None and not resume:  # the starting point (least-squares init) is saved too
+        save_state(run, with_model=True)
 
     model = distributed.wrap(net, world)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    dtype = amp_dtype(config.amp, world.device)
+    autocast = torch.autocast(world.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     net.train()
-    bar = tqdm(total=total, initial=step, unit="step", disable=not (progress and world.is_main))
-    interrupted = 0
-    started = time.perf_counter()
-    with StopOnSignal() as stop:
-        while step < total and epoch < config.epochs:
-            for images, labels in _epoch(data, epoch, position):
+    bar = tqdm(total=total, initial=run.step, unit="step", disable=not (progress and world.is_main))
+    interrupted, started = 0, time.perf_counter()
+    with StopOnSignal() as stop, bar, run.log or contextlib.nullcontext():
+        while run.step < total and run.epoch < config.epochs:
+            for images, labels in _epoch(data, run.epoch, run.position):
                 # 1. this step's learning rate, from the step alone
-                lr = get_lr(step, lr=config.lr, min_lr=config.min_lr, warmup=warmup, total=total)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group["lr_scale"]
+                lr = get_lr(
+                    run.step, lr=config.lr, min_lr=config.min_lr, warmup=warmup, total=total
+                )
+                set_lr(run.optimizer, lr)
 
                 # 2. every rank's stitch, drawn identically on all ranks; this rank runs its own
-                stitches = sampler.draw()
+                stitches = run.sampler.draw()
                 stitch = stitches[world.rank]
 
-                # 3. forward, loss, backward
-                images = images.to(device, non_blocking=True)  # (B, C, H, W)
-                labels = labels.to(device, non_blocking=True)  # (B,)
+                # 3. forward, loss
+                images = images.to(world.device, non_blocking=True)  # (B, C, H, W)
+                labels = labels.to(world.device, non_blocking=True)  # (B,)
                 with autocast:
                     logits = model(images, stitch=stitch)  # (B, classes)
                     teacher_logits = None
@@ -451,47 +428,62 @@ def train_loop(
                         with torch.no_grad():
                             teacher_logits = teacher(images)
                     loss = loss_fn(logits, labels, teacher_logits, config)
-                scaler.scale(loss).backward()
 
-                # 4. DDP averaged over all ranks; a parameter only some ranks ran is averaged over those
+                # 4. backward; DDP averaged over all ranks, rescaled to the ranks that ran
+                #    each parameter
+                run.scaler.scale(loss).backward()
                 if world.distributed and config.rank_sampling != "same":
                     distributed.average_over_users(net, stitches)
 
-                # 5. clip, step; set_to_none: parameters no rank ran keep grad None, so AdamW's
-                #    decoupled weight decay and momentum leave them bit-identical
-                scaler.unscale_(optimizer)
+                # 5. clip, step; set_to_none: parameters no rank ran keep grad None, so
+                #    AdamW's decoupled weight decay and momentum leave them bit-identical
+                run.scaler.unscale_(run.optimizer)
                 if config.clip > 0:
                     torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                run.scaler.step(run.optimizer)
+                run.scaler.update()
+                run.optimizer.zero_grad(set_to_none=True)
 
-                step, position = step + 1, position + 1
-                losses.append(loss.item())
+                # 6. record the step: in memory (this rank) and in steps.csv (every rank); a
+                #    non-finite loss on any rank stops every rank before anything saves it
+                step_losses = distributed.gather(loss.item(), world)
+                if not all(math.isfinite(x) for x in step_losses):
+                    raise Diverged(
+                        f"the loss became {step_losses} at step {run.step + 1} (lr {lr:.3g}): "
+                        "training diverged; start a new run (another --out) with a lower --lr "
+                        "or gradient clipping (--clip)"
+                    )
+                run.step, run.position = run.step + 1, run.position + 1
+                run.last_loss = step_losses[world.rank]
+                losses.append(run.last_loss)
                 history.append(str(stitch))
+                if run.log is not None:
+                    run.log.append(run.step, [str(s) for s in stitches], step_losses, lr)
                 bar.update(1)
                 bar.set_postfix(
-                    loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", stitch=str(stitch), refresh=False
+                    loss=f"{run.last_loss:.4f}",
+                    lr=f"{lr:.2e}",
+                    stitch=str(stitch),
+                    refresh=False,
                 )
 
-                # 6. stop on a signal (any rank's), at the step limit, or checkpoint every few steps
+                # 7. stop on a signal (any rank's), at the step limit, or checkpoint every few steps
                 if distributed.any_rank(stop.requested, world):
                     interrupted = int(stop.signum or signal.SIGTERM)  # another rank's signal
                     break
-                if step >= total:
+                if run.step >= total:
                     break
-                if save_every and step % save_every == 0:
-                    checkpoint(with_model=False)
-            if not interrupted and (step < total or position == steps_per_epoch):
-                epoch, position = epoch + 1, 0  # the epoch's batches ran out
-                checkpoint(with_model=True)
-            if interrupted or step >= total:
+                if save_every and run.step % save_every == 0:
+                    save_state(run, with_model=False)
+            if not interrupted and (run.step < total or run.position == steps_per_epoch):
+                run.epoch, run.position = run.epoch + 1, 0  # the epoch's batches ran out
+                save_state(run, with_model=True)
+            if interrupted or run.step >= total:
                 break
     seconds = time.perf_counter() - started
-    bar.close()
-    if saved_at != step:
-        checkpoint(with_model=True)
-    return TrainResult(net, step, epoch, losses, history, interrupted, seconds, run_dir)
+    if run.saved_at != run.step or run.model_at != run.step:
+        save_state(run, with_model=True)  # also mends a model/ older than the checkpoint
+    return TrainResult(net, run.step, run.epoch, losses, history, interrupted, seconds, run_dir)
 
 
 # -- the pipeline -------------------------------------------------------------------------------
@@ -509,43 +501,8 @@ def num_outputs(net: SNNet) -> int:
     return out.shape[-1]
 
 
-def fit(
-    net: SNNet,
-    dataset: Dataset,
-    config: TrainConfig,
-    *,
-    teacher: nn.Module | None = None,
-    run_dir: str | Path | None = None,
-    resume: bool = False,
-    ls_init: int = 256,
-    save_every: int = 0,
-    num_workers: int = 0,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> TrainResult:
-    """The whole training pipeline: least-squares init of the stitching layers on ``ls_init``
-    training images (fresh runs only), then :func:`train_loop` over epoch-seeded batches of
-    ``dataset`` (sharded across ranks under torchrun).
-
-    Example:
-        >>> from snnet.data import fashion_mnist
-        >>> anchors, options = snnet.resolve_anchors("fmnist")
-        >>> net = snnet.SNNet(anchors, **options)
-        >>> result = fit(net, fashion_mnist("train"), TrainConfig(epochs=2), run_dir="runs/fmnist")
-        >>> snnet.load("runs/fmnist/model")          # what evaluate / export open
-    """
-    world = distributed.setup(device)
-    if ls_init < 0:
-        raise ValueError(f"ls_init must be >= 0 images, got {ls_init}")
-    if resume and run_dir is None:
-        raise ValueError("resume needs the run directory (--out) holding checkpoint.pt")
-    if resume and not checkpoint_path(run_dir).exists():
-        load_checkpoint(run_dir)  # raises the clear FileNotFoundError
-    if not resume and run_dir is not None and checkpoint_path(run_dir).exists():
-        raise ValueError(
-            f"{run_dir} already holds a checkpoint: pass --resume to continue it, or choose "
-            "another --out"
-        )
+def check_data(net: SNNet, dataset: Dataset) -> None:
+    """The data fits the anchors: not empty, their input size, their number of classes."""
     if len(dataset) == 0:
         raise ValueError("the training set is empty")
     images = dataset[0][0]
@@ -562,13 +519,39 @@ def fit(
             f"the anchors predict {outputs} classes but the data has {len(classes)}: "
             f"pass --num-classes {len(classes)}"
         )
-    net.to(world.device)
-    if not resume and ls_init > 0:
-        init_least_squares(
-            net,
-            first_images(dataset, ls_init, seed=config.seed),
-            progress=progress and world.is_main,
-        )
+
+
+def fit(
+    net: SNNet,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    teacher: nn.Module | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    ls_init: int = 256,
+    save_every: int = 0,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """The whole training pipeline: least-squares init of the stitching layers on ``ls_init``
+    training images (fresh runs only), then the training loop over epoch-seeded batches of
+    ``dataset`` (sharded across ranks under torchrun). Every option and the data are checked
+    before anything is computed or written.
+
+    Example:
+        >>> from snnet.data import fashion_mnist
+        >>> anchors, options = snnet.resolve_anchors("fmnist")
+        >>> net = snnet.SNNet(anchors, **options)
+        >>> result = fit(net, fashion_mnist("train"), TrainConfig(epochs=2), run_dir="runs/fmnist")
+        >>> snnet.load("runs/fmnist/model")          # what evaluate / export open
+    """
+    world = distributed.setup(device)
+    run_dir = check_run(
+        run_dir, resume=resume, save_every=save_every, ls_init=ls_init, num_workers=num_workers
+    )
+    check_data(net, dataset)
     batches = EpochBatches(
         dataset,
         config.batch_size,
@@ -577,14 +560,11 @@ def fit(
         world_size=world.world_size,
         num_workers=num_workers,
     )
-    return train_loop(
-        net,
-        batches,
-        config,
-        teacher=teacher,
-        run_dir=run_dir,
-        resume=resume,
-        save_every=save_every,
-        device=world.device,
-        progress=progress,
-    )
+    net.to(world.device)
+    if not resume and ls_init > 0:
+        init_least_squares(
+            net,
+            first_images(dataset, ls_init, seed=config.seed),
+            progress=progress and world.is_main,
+        )
+    return _train(net, batches, config, world, teacher, run_dir, resume, save_every, progress)

@@ -4,17 +4,14 @@ Three ViTs of depth 12 whose width doubles per step. They are timm's own ``Visio
 grey images cut into 7x7 patches (16 tokens + cls). Their weights live in ``snnet/weights`` as float16
 safetensors files (loaded as float32) next to a JSON record of how each was trained and what it scored.
 
-Rebuild them with ``python -m snnet.zoo train --all``.
+Rebuild them with ``snnet zoo train --all`` (the command line lives in :mod:`snnet.cli.zoo`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
 import platform
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,10 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from snnet.batches import EpochBatches
 from snnet.data import FashionMNIST, fashion_mnist
+from snnet.files import atomic_write
+from snnet.train import get_lr, parameter_groups, set_lr
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-REBUILD_COMMAND = "python -m snnet.zoo train --all"
+REBUILD_COMMAND = "snnet zoo train --all"
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,8 @@ def _build(cfg: DemoAnchorConfig) -> nn.Module:
         num_heads=cfg.num_heads,
         mlp_ratio=cfg.mlp_ratio,
     )
-    # timm's plain attention is faster than fused SDPA on CPU at head dim 16 (MEASURED.md and our own
-    # measurements); on GPU the fused kernel wins. Numerically the two paths are the same function.
+    # timm's plain attention is faster than fused SDPA on CPU at head dim 16 (measured on 2 cores,
+    # batch 128); on GPU the fused kernel wins. Numerically the two paths are the same function.
     for module in model.modules():
         if hasattr(module, "fused_attn"):
             module.fused_attn = False
@@ -127,7 +127,7 @@ def create_demo_anchor(
         if not path.is_file():
             raise FileNotFoundError(
                 f"weights of demo anchor {name!r} not found at {path}; build them with "
-                f"`python -m snnet.zoo train --name {name}` (or `{REBUILD_COMMAND}`)"
+                f"`snnet zoo train --name {name}` (or `{REBUILD_COMMAND}`)"
             )
         state = {k: v.float() for k, v in load_file(str(path)).items()}
         model.load_state_dict(state, strict=True)
@@ -139,9 +139,7 @@ def demo_anchor_record(name: str, weights_dir: str | Path | None = None) -> dict
     """The JSON record written when demo anchor ``name`` was trained (recipe, accuracy, cost)."""
     path = weights_path(name, weights_dir).with_suffix(".json")
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no training record {path}; run `python -m snnet.zoo train --name {name}`"
-        )
+        raise FileNotFoundError(f"no training record {path}; run `snnet zoo train --name {name}`")
     return json.loads(path.read_text())
 
 
@@ -187,22 +185,23 @@ def inference_speed(model: nn.Module, *, batch_size: int = 128, steps: int = 20)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Training
+# Training: snnet's own pieces (epoch-seeded batches, weight-decay groups, the LR schedule, atomic
+# writes) on one plain model, so the anchors are trained by the recipe SN-Nets are trained by.
 
 
-def _save_atomic(state: dict[str, torch.Tensor], record: dict, out_dir: Path, name: str) -> Path:
+def _save(state: dict[str, torch.Tensor], record: dict, out_dir: Path, name: str) -> Path:
+    """Weights first, record second, each atomically: a record never describes other weights
+    than the ones beside it once both are written (the record is rewritten after the test)."""
     from safetensors.torch import save_file
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    def write_weights(tmp: str) -> None:
+        save_file(state, tmp, metadata={"name": name, "dtype": "float16"})
+        os.chmod(tmp, 0o644)  # shipped files: readable by everyone
+
     path = out_dir / f"{name}.safetensors"
-    tmp = out_dir / f".{name}.safetensors.{os.getpid()}.tmp"
-    save_file(state, str(tmp), metadata={"name": name, "dtype": "float16"})
-    tmp.chmod(0o644)  # safetensors creates the file owner-only
-    os.replace(tmp, path)
-    meta = out_dir / f"{name}.json"
-    tmp_meta = out_dir / f".{name}.json.{os.getpid()}.tmp"
-    tmp_meta.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp_meta, meta)
+    atomic_write(path, write_weights, mode="path")
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    atomic_write(out_dir / f"{name}.json", lambda f: f.write(text))
     return path
 
 
@@ -220,6 +219,7 @@ def train_demo_anchor(
 
     Writes ``<out_dir>/<name>.safetensors`` (float16) and ``<out_dir>/<name>.json``, each through a
     temporary file and a rename. Returns the record (recipe, accuracy, params, GMACs, timings).
+    The same seed, data and thread count give bit-identical weights.
 
     Example: ``train_demo_anchor("fmnist_vit_s", epochs=1, out_dir="/tmp/anchors")``
     """
@@ -233,55 +233,38 @@ def train_demo_anchor(
 
     torch.manual_seed(recipe.seed)  # weight init
     model = _build(cfg)
-    gen = torch.Generator().manual_seed(recipe.seed)  # shuffling and augmentation
-    train_set = fashion_mnist("train", data_root, augment=recipe.augment, generator=gen)
+    augment = torch.Generator().manual_seed(recipe.seed)
+    train_set = fashion_mnist("train", data_root, augment=recipe.augment, generator=augment)
     test_set = fashion_mnist("test", data_root)
-
-    # no weight decay on biases, norms, pos/cls embeddings (timm's convention)
-    skip = model.no_weight_decay()
-    decay, no_decay = [], []
-    for pname, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or pname in skip else decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": recipe.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=recipe.lr,
+    batches = EpochBatches(train_set, recipe.batch_size, seed=recipe.seed)  # order from the seed
+    groups = parameter_groups(
+        model.named_parameters(),
+        weight_decay=recipe.weight_decay,
+        no_weight_decay=model.no_weight_decay(),
     )
-
-    steps_per_epoch = len(train_set) // recipe.batch_size
-    total_steps = recipe.epochs * steps_per_epoch
-    warmup_steps = int(recipe.warmup_epochs * steps_per_epoch)
-
-    def get_lr(step: int) -> float:
-        if step < warmup_steps:  # linear warmup
-            return recipe.lr * (step + 1) / warmup_steps
-        progress_ = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return recipe.min_lr + 0.5 * (recipe.lr - recipe.min_lr) * (
-            1 + math.cos(math.pi * progress_)
-        )
+    optimizer = torch.optim.AdamW(groups, lr=recipe.lr)
+    total = recipe.epochs * len(batches)
+    warmup = int(recipe.warmup_epochs * len(batches))
 
     model.train()
     step = 0
     t0 = time.perf_counter()
     for epoch in range(recipe.epochs):
         bar = tqdm(
-            train_set.batches(recipe.batch_size, shuffle=True, drop_last=True, generator=gen),
-            total=steps_per_epoch,
+            batches(epoch),
+            total=len(batches),
             desc=f"{name} epoch {epoch + 1}/{recipe.epochs}",
             disable=not progress,
             mininterval=2.0,
         )
         for x, y in bar:  # x: (B, 1, 28, 28), y: (B,)
-            lr = get_lr(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = get_lr(step, lr=recipe.lr, min_lr=recipe.min_lr, warmup=warmup, total=total)
+            set_lr(optimizer, lr)
             loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
             step += 1
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
@@ -296,11 +279,11 @@ def train_demo_anchor(
             **asdict(cfg),
         },
         "recipe": asdict(recipe),
-        "command": f"python -m snnet.zoo train --name {name} --epochs {recipe.epochs} --seed {seed}",
+        "command": f"snnet zoo train --name {name} --epochs {recipe.epochs} --seed {seed}",
         "params": sum(p.numel() for p in model.parameters()),
         "gmacs": count_gmacs(model),
         "train_seconds": round(train_seconds, 1),
-        "train_img_per_s": round(total_steps * recipe.batch_size / train_seconds, 1),
+        "train_img_per_s": round(total * recipe.batch_size / train_seconds, 1),
         "test_acc_fp32": round(acc_fp32, 2),
         "environment": {
             "torch": torch.__version__,
@@ -309,81 +292,12 @@ def train_demo_anchor(
             "threads": torch.get_num_threads(),
         },
     }
-    path = _save_atomic(state, record, out_dir, name)
+    path = _save(state, record, out_dir, name)
     # what users get: reload the float16 file into a fresh float32 model and test that
     reloaded = _build(cfg)
     reloaded.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
     record["test_acc"] = round(evaluate_accuracy(reloaded, test_set), 2)
     record["infer_img_per_s"] = round(inference_speed(reloaded), 1)
     record["file_bytes"] = path.stat().st_size
-    _save_atomic(state, record, out_dir, name)
+    _save(state, record, out_dir, name)
     return record
-
-
-# ---------------------------------------------------------------------------------------------------
-# Command line
-
-
-def _markdown_table(weights_dir: Path) -> str:
-    rows = [
-        "| anchor | width | heads | params | GMACs | test acc (fp16 file) | fp32 acc | train s | "
-        "train img/s | infer img/s | file KB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for name in demo_family_names():
-        try:
-            r = demo_anchor_record(name, weights_dir)
-        except FileNotFoundError:
-            rows.append(f"| {name} | not trained | | | | | | | | | |")
-            continue
-        a = r["architecture"]
-        rows.append(
-            f"| {name} | {a['embed_dim']} | {a['num_heads']} | {r['params']:,} | {r['gmacs']:.5f} | "
-            f"{r['test_acc']:.2f} % | {r['test_acc_fp32']:.2f} % | {r['train_seconds']:.0f} | "
-            f"{r['train_img_per_s']:.0f} | {r['infer_img_per_s']:.0f} | {r['file_bytes'] / 1024:.0f} |"
-        )
-    return "\n".join(rows)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m snnet.zoo {list,train}``: show or rebuild the demo anchor family."""
-    parser = argparse.ArgumentParser(
-        prog="python -m snnet.zoo", description=__doc__.splitlines()[0]
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_list = sub.add_parser("list", help="show the demo anchors and their recorded results")
-    p_list.add_argument("--weights", type=Path, default=WEIGHTS_DIR, help="folder of the weights")
-    p_train = sub.add_parser("train", help="train demo anchors on Fashion-MNIST")
-    which = p_train.add_mutually_exclusive_group(required=True)
-    which.add_argument("--all", action="store_true", help="train every demo anchor")
-    which.add_argument("--name", action="append", choices=demo_family_names(), help="repeatable")
-    p_train.add_argument("--epochs", type=int, default=TrainRecipe.epochs)
-    p_train.add_argument("--seed", type=int, default=TrainRecipe.seed)
-    p_train.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output folder")
-    p_train.add_argument("--data", type=Path, default=None, help="Fashion-MNIST folder (idx .gz)")
-    p_train.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    args = parser.parse_args(argv)
-
-    if args.command == "list":
-        print(_markdown_table(args.weights))
-        return 0
-    torch.set_num_threads(args.threads)
-    names = demo_family_names() if args.all else args.name
-    for name in names:
-        try:
-            r = train_demo_anchor(
-                name, epochs=args.epochs, out_dir=args.out, seed=args.seed, data_root=args.data
-            )
-        except FileNotFoundError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(
-            f"{name}: test acc {r['test_acc']:.2f} % (fp32 {r['test_acc_fp32']:.2f} %), "
-            f"{r['params']:,} params, {r['gmacs']:.5f} GMACs, {r['train_seconds']:.0f} s"
-        )
-    print(_markdown_table(args.out))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

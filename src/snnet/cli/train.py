@@ -7,39 +7,42 @@ Multi-GPU / multi-node: launch the same command with torchrun, e.g.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import typing
 from pathlib import Path
 
+from snnet.checkpoint import check_run
 from snnet.cli.common import add_family_arguments, build_network
-from snnet.sampling import POLICIES, RANK_SAMPLING
-from snnet.train import AMP, OPTIMIZERS, TrainConfig, fit
+from snnet.train import TrainConfig, fit
 
-#: TrainConfig fields set by options of the same name (dashes for underscores).
-CONFIG_OPTIONS = [
-    "epochs",
-    "steps",
-    "batch_size",
-    "lr",
-    "min_lr",
-    "anchor_lr_scale",
-    "weight_decay",
-    "optimizer",
-    "momentum",
-    "warmup",
-    "clip",
-    "label_smoothing",
-    "sampling",
-    "gap",
-    "rank_sampling",
-    "distill_weight",
-    "amp",
-    "seed",
-]
+
+def add_config_options(group: argparse._ArgumentGroup) -> None:
+    """One option per TrainConfig field (``batch_size`` is ``--batch-size``), with the field's
+    type, default, help and choices: a new field appears here by itself."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        kind = hints[f.name]
+        kind = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # X | None
+        help_text = f.metadata.get("help", "").replace("%", "%%")
+        if f.default is not None:
+            help_text += f" (default {f.default})"
+        group.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            type=kind,
+            default=f.default,
+            choices=f.metadata.get("choices"),
+            help=help_text,
+        )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the options give; bad numbers fail here, before anything is built."""
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     add_family_arguments(p)
-    d = TrainConfig()
     data = p.add_argument_group("data and run")
     data.add_argument(
         "--data",
@@ -74,38 +77,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     )
     data.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    opt = p.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=d.epochs)
-    opt.add_argument("--steps", type=int, default=d.steps, help="stop after this many steps in all")
-    opt.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
-    opt.add_argument("--lr", type=float, default=d.lr, help="stitching layers' peak learning rate")
-    opt.add_argument("--min-lr", type=float, default=d.min_lr)
-    opt.add_argument(
-        "--anchor-lr-scale", type=float, default=d.anchor_lr_scale, help="anchors' LR = lr × this"
-    )
-    opt.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    opt.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    opt.add_argument("--momentum", type=float, default=d.momentum, help="SGD (Nesterov) momentum")
-    opt.add_argument(
-        "--warmup", type=int, default=d.warmup, help="warmup steps (default 5%% of the run)"
-    )
-    opt.add_argument("--clip", type=float, default=d.clip, help="max gradient norm (0: off)")
-    opt.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    opt.add_argument("--sampling", choices=POLICIES, default=d.sampling, help="stitch sampling")
-    opt.add_argument(
-        "--gap", type=float, default=d.gap, help="cost-band width in GMACs (grouped, balanced)"
-    )
-    opt.add_argument(
-        "--rank-sampling",
-        choices=RANK_SAMPLING,
-        default=d.rank_sampling,
-        help="under torchrun: each rank its own stitch, the same stitch, or stitches of one cost band",
-    )
-    opt.add_argument("--distill-weight", type=float, default=d.distill_weight)
-    opt.add_argument(
-        "--amp", choices=AMP, default=d.amp, help="mixed precision (auto: on GPUs only)"
-    )
-    opt.add_argument("--seed", type=int, default=d.seed)
+    add_config_options(p.add_argument_group("optimisation"))
 
 
 def load_data(spec: str, input_size: tuple[int, int, int], img_size: int | None):
@@ -129,14 +101,14 @@ def load_data(spec: str, input_size: tuple[int, int, int], img_size: int | None)
 def run(args: argparse.Namespace) -> int:
     from snnet.anchors import resolve_anchors
 
-    values = {k: getattr(args, k) for k in CONFIG_OPTIONS}
-    config = TrainConfig(**values)  # bad numbers fail here, before anything is built
-    if args.ls_init < 0:
-        raise ValueError(f"--ls-init must be >= 0 images, got {args.ls_init}")
-    if args.resume and not (args.out / "checkpoint.pt").is_file():
-        raise FileNotFoundError(
-            f"--resume: no checkpoint at {args.out / 'checkpoint.pt'}; drop --resume to start a new run"
-        )
+    config = config_from_args(args)
+    check_run(  # before building anything, so that a refused command leaves no trace
+        args.out,
+        resume=args.resume,
+        save_every=args.save_every,
+        ls_init=args.ls_init,
+        num_workers=args.workers,
+    )
     net = build_network(args)
     teacher = None
     if args.teacher is not None:

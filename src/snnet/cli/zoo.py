@@ -1,19 +1,93 @@
-"""``snnet zoo``: show or rebuild the shipped demo anchors (same as ``python -m snnet.zoo``)."""
+"""``snnet zoo``: show (``list``) or rebuild (``train``) the shipped Fashion-MNIST demo anchors."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "args",
-        nargs=argparse.REMAINDER,
-        help="'list', or 'train --all' / 'train --name X' [--epochs --seed --out]",
+    sub = p.add_subparsers(dest="zoo_command", metavar="{list,train}")
+    p_list = sub.add_parser("list", help="show the demo anchors and their recorded results")
+    p_list.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="folder of the weights (default: the shipped ones)",
+    )
+    p_train = sub.add_parser("train", help="train demo anchors on Fashion-MNIST")
+    which = p_train.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="train every demo anchor")
+    # Defaults are resolved in run(): the parser must not import torch (snnet zoo --help).
+    which.add_argument("--name", action="append", help="a demo anchor (repeatable)")
+    p_train.add_argument("--epochs", type=int, default=None, help="default: the shipped recipe's")
+    p_train.add_argument("--seed", type=int, default=None, help="default: the shipped recipe's")
+    p_train.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: the shipped weights)"
+    )
+    p_train.add_argument("--data", type=Path, default=None, help="Fashion-MNIST folder (idx .gz)")
+    p_train.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch CPU threads (the shipped files were trained with 2; other counts may change "
+        "the last bits)",
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def markdown_table(weights_dir: Path) -> str:
+    """The demo anchors' JSON records as the table of ``snnet/weights/README.md``."""
     from snnet import zoo
 
-    return zoo.main(args.args or ["list"])
+    rows = [
+        "| anchor | width | heads | params | GMACs | test acc (fp16 file) | fp32 acc | train s | "
+        "train img/s | infer img/s | file KB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in zoo.demo_family_names():
+        try:
+            r = zoo.demo_anchor_record(name, weights_dir)
+        except FileNotFoundError:
+            rows.append(f"| {name} | not trained | | | | | | | | | |")
+            continue
+        a = r["architecture"]
+        rows.append(
+            f"| {name} | {a['embed_dim']} | {a['num_heads']} | {r['params']:,} | {r['gmacs']:.5f} | "
+            f"{r['test_acc']:.2f} % | {r['test_acc_fp32']:.2f} % | {r['train_seconds']:.0f} | "
+            f"{r['train_img_per_s']:.0f} | {r['infer_img_per_s']:.0f} | {r['file_bytes'] / 1024:.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from snnet import zoo
+
+    if args.zoo_command in (None, "list"):
+        print(markdown_table(getattr(args, "weights", None) or zoo.WEIGHTS_DIR))
+        return 0
+    names = zoo.demo_family_names()
+    unknown = sorted(set(args.name or ()) - set(names))
+    if unknown:
+        raise ValueError(f"unknown demo anchor {unknown[0]!r}; choose from {', '.join(names)}")
+    args.epochs = zoo.TrainRecipe.epochs if args.epochs is None else args.epochs
+    args.seed = zoo.TrainRecipe.seed if args.seed is None else args.seed
+    args.out = zoo.WEIGHTS_DIR if args.out is None else args.out
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file: give a folder for the weights")
+    torch.set_num_threads(args.threads)
+    for name in names if args.all else args.name:
+        r = zoo.train_demo_anchor(
+            name, epochs=args.epochs, out_dir=args.out, seed=args.seed, data_root=args.data
+        )
+        print(
+            f"{name}: test acc {r['test_acc']:.2f} % (fp32 {r['test_acc_fp32']:.2f} %), "
+            f"{r['params']:,} params, {r['gmacs']:.5f} GMACs, {r['train_seconds']:.0f} s"
+        )
+    print(markdown_table(args.out))
+    return 0
