@@ -26,7 +26,7 @@ def test_the_layout_names_every_file(tmp_path):
         tmp_path / "model",
         tmp_path / "checkpoint.pt",
         tmp_path / "train.json",
-        tmp_path / "train_log.csv",
+        tmp_path / "steps.csv",
     )
     assert (run.results, run.results_csv, run.plot, run.summary) == (
         tmp_path / "results.json",

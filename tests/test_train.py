@@ -363,7 +363,8 @@ def test_cli_trains_an_image_folder_and_resumes(fmnist_slice, tmp_path, capsys):
 
 def test_fmnist_preset_is_the_zoo_family_and_reloads_from_its_sources(tmp_path):
     from snnet import zoo
-    from snnet.anchors import PRESETS, from_source
+    from snnet.presets import PRESETS
+    from snnet.sources import from_source
 
     names, _ = PRESETS["fmnist"]
     assert names == tuple(f"zoo={n}" for n in zoo.demo_family_names())

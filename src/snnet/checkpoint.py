@@ -29,6 +29,7 @@ import torch
 from snnet import distributed
 from snnet.distributed import World
 from snnet.files import atomic_write
+from snnet.rundir import RunDir
 from snnet.serialize import save
 
 if TYPE_CHECKING:
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
     from snnet.sampling import StitchSampler
     from snnet.train import TrainConfig
 
-CHECKPOINT = "checkpoint.pt"
-STEP_LOG = "steps.csv"
 FORMAT = "snnet-train"
 #: 2: per-step losses and stitches moved from the checkpoint to steps.csv; ``model_step`` added.
 VERSION = 2
@@ -57,7 +56,7 @@ KEYS = (
 
 
 def checkpoint_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / CHECKPOINT
+    return RunDir(run_dir).checkpoint
 
 
 def save_checkpoint(run_dir: str | Path, state: dict[str, Any]) -> Path:
@@ -147,7 +146,7 @@ class StepLog:
         write: bool = True,
         old_log: list[dict[str, list]] | None = None,
     ) -> None:
-        self.path = Path(run_dir) / STEP_LOG
+        self.path = RunDir(run_dir).train_log
         self._file = None
         if not write:
             return
@@ -170,7 +169,7 @@ class StepLog:
     @classmethod
     def read(cls, run_dir: str | Path, rank: int = 0) -> tuple[list[float], list[str]]:
         """Rank ``rank``'s losses and stitches, in step order."""
-        rows = [r for r in cls._rows(Path(run_dir) / STEP_LOG) if int(r[1]) == rank]
+        rows = [r for r in cls._rows(RunDir(run_dir).train_log) if int(r[1]) == rank]
         return [float(r[3]) for r in rows], [r[2] for r in rows]
 
     def append(self, step: int, stitches: list[str], losses: list[float], lr: float) -> None:
@@ -311,7 +310,7 @@ def save_state(run: Run, *, with_model: bool) -> None:
         run.model_at = run.step
     if run.world.is_main:
         if with_model:
-            save(run.net, run.run_dir / "model")
+            save(run.net, RunDir(run.run_dir).model)
         if run.log is not None:
             run.log.sync()  # the log holds every step the checkpoint claims
         save_checkpoint(
@@ -341,7 +340,8 @@ def save_state(run: Run, *, with_model: bool) -> None:
             "model_step": run.model_at,
         }
         atomic_write(
-            run.run_dir / "train.json", lambda f: json.dump(record, f, indent=2, sort_keys=True)
+            RunDir(run.run_dir).train_record,
+            lambda f: json.dump(record, f, indent=2, sort_keys=True),
         )
     run.saved_at = run.step
     distributed.barrier(run.world)

@@ -25,10 +25,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from snnet.adapters import Anchor, FeatureShape, as_anchor
-from snnet.anchors import from_source
 from snnet.files import (
     CONFIG,
+    FORMATS,
     HASHES,
+    ONNX,
+    PT2,
     WEIGHTS,
     atomic_write,
     read_json_config,
@@ -39,12 +41,11 @@ from snnet.layers import StitchingLayer
 from snnet.network import SNNet, run_plan
 from snnet.parts import Part, Step
 from snnet.serialize import read_state
+from snnet.sources import from_source
 from snnet.stitch import Stitch
 
 FORMAT = "snnet-stitch"
 VERSION = 1
-ONNX, PT2 = "model.onnx", "model.pt2"
-FORMATS = ("safetensors", "onnx", "pt2")
 #: The file each format writes into an export directory; writing an export removes the others.
 FILES = {"safetensors": WEIGHTS, "onnx": ONNX, "pt2": PT2}
 _CONFIG_KEYS = {

@@ -35,6 +35,9 @@ from typing import Any
 
 #: A saved network or exported stitch: its JSON config and its safetensors weights.
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
+#: An exported stitch's other formats, and every format `snnet export` writes.
+ONNX, PT2 = "model.onnx", "model.pt2"
+FORMATS = ("safetensors", "onnx", "pt2")
 #: The config key mapping each artefact of a unit to its sha256 (hex).
 HASHES = "sha256"
 

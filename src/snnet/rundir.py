@@ -7,7 +7,7 @@ RUN afterwards (evaluate, latency, select, plot, export)::
       model/              the trained SN-Net: config.json + model.safetensors (snnet.save)
       checkpoint.pt       everything a resumed run needs (snnet.checkpoint)
       train.json          the run's progress, readable without torch
-      train_log.csv       per-step losses and stitches of the training run
+      steps.csv           per-step losses, learning rates and stitches of the training run
       results.json        accuracy, cost and latency of every stitch (results.csv beside it)
       pareto.png          accuracy against cost, Pareto front drawn (snnet demo)
       summary.json        what snnet demo found
@@ -27,7 +27,7 @@ from snnet.files import CONFIG
 MODEL = "model"
 CHECKPOINT = "checkpoint.pt"
 TRAIN_RECORD = "train.json"
-TRAIN_LOG = "train_log.csv"
+TRAIN_LOG = "steps.csv"
 RESULTS = "results.json"
 PLOT = "pareto.png"
 SUMMARY = "summary.json"
@@ -48,7 +48,7 @@ class RunDir:
 
     path: Path  # results, plots and summaries go here
     model: Path  # the saved network (config.json + model.safetensors)
-    training: Path  # checkpoint.pt, train.json, train_log.csv
+    training: Path  # checkpoint.pt, train.json, steps.csv
 
     def __init__(
         self,

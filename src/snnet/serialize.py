@@ -18,10 +18,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from snnet.adapters import Anchor
-from snnet.anchors import from_source
 from snnet.files import CONFIG, WEIGHTS, read_json_config, save_unit, unit_file
 from snnet.network import SNNet
 from snnet.rundir import RunDir
+from snnet.sources import from_source
 from snnet.space import SpaceConfig
 
 FORMAT = "snnet"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from snnet.anchors import PRESETS, resolve_anchors
-from snnet.network import SNNet
-from snnet.results import Results
+from snnet.presets import PRESETS
+
+if TYPE_CHECKING:  # the parsers here must not import torch (snnet COMMAND --help)
+    from snnet.network import SNNet
+    from snnet.results import Results
 
 
 def positive_int(text: str) -> int:
@@ -85,6 +87,9 @@ def build_network(args: argparse.Namespace, *, device: str | None = None) -> SNN
         kwargs["img_size"] = args.img_size
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
+    from snnet.network import SNNet
+    from snnet.sources import resolve_anchors
+
     anchors, options = resolve_anchors(args.anchors, pretrained=args.pretrained, **kwargs)
     for key, value in (
         ("kernel_size", args.kernel),
@@ -102,6 +107,8 @@ def build_network(args: argparse.Namespace, *, device: str | None = None) -> SNN
 def load_results_for(net: SNNet, path: str | Path, *, create: bool) -> Results:
     """The results file for ``net`` at ``path``; with ``create``, a new one with costs if absent.
     Results of another network are a clear error."""
+    from snnet.results import Results
+
     path = Path(path)
     if not path.exists():
         if not create:

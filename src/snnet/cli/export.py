@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from snnet.cli.common import load_results_for
 from snnet.cli.select import add_budget_arguments, budgets
-from snnet.export import FORMATS, export, export_stitch
+from snnet.files import FORMATS
 from snnet.rundir import RunDir
-from snnet.select import select
-from snnet.serialize import load
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -38,6 +35,11 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from snnet.cli.common import load_results_for
+    from snnet.export import export, export_stitch
+    from snnet.select import select
+    from snnet.serialize import load
+
     wanted = budgets(args)
     if (args.stitch is None) == (not wanted):
         raise ValueError(

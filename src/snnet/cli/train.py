@@ -14,6 +14,7 @@ from pathlib import Path
 
 from snnet.checkpoint import check_run
 from snnet.cli.common import add_family_arguments, build_network
+from snnet.rundir import RunDir
 from snnet.train import TrainConfig, fit
 
 
@@ -99,7 +100,7 @@ def load_data(spec: str, input_size: tuple[int, int, int], img_size: int | None)
 
 
 def run(args: argparse.Namespace) -> int:
-    from snnet.anchors import resolve_anchors
+    from snnet.sources import resolve_anchors
 
     config = config_from_args(args)
     check_run(  # before building anything, so that a refused command leaves no trace
@@ -140,5 +141,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"stopped at step {result.steps}{last}; continue: the same command with --resume")
         return 128 + result.interrupted
     if main_rank:
-        print(f"trained {result.steps} steps{last}; network saved to {args.out / 'model'}")
+        print(f"trained {result.steps} steps{last}; network saved to {RunDir(args.out).model}")
     return 0

@@ -12,24 +12,7 @@ import torch
 from torch import nn
 
 from snnet.adapters import Anchor, as_anchor
-
-#: Family presets: short name -> (timm names small to large, stitching options).
-PRESETS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "deit": (("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"), {}),
-    "swin": (
-        (
-            "swin_tiny_patch4_window7_224",
-            "swin_small_patch4_window7_224",
-            "swin_base_patch4_window7_224",
-        ),
-        {},
-    ),
-    "resnet": (("resnet18", "resnet50"), {}),
-    "resnet-swin": (("resnet18", "swin_tiny_patch4_window7_224"), {}),
-    "levit": (("levit_192", "levit_256"), {}),
-    # snnet's shipped Fashion-MNIST ViTs (snnet.zoo), offline: 1×28×28 inputs, 10 classes.
-    "fmnist": (("zoo=fmnist_vit_s", "zoo=fmnist_vit_m", "zoo=fmnist_vit_l"), {}),
-}
+from snnet.presets import PRESETS
 
 
 def _zoo_anchor(source: dict[str, Any], pretrained: bool) -> nn.Module:
