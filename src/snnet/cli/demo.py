@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from snnet.demo import DemoSettings, format_report, run_demo
 from snnet.results import Results
+from snnet.threads import set_threads
 from snnet.zoo import demo_family_names
 
 
@@ -42,8 +41,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)  # and results independent of the machine's load
     settings = DemoSettings(
         epochs=args.epochs, steps=args.steps, eval_images=args.eval_images, seed=args.seed
     )

@@ -60,9 +60,8 @@ def markdown_table(weights_dir: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from snnet import zoo
+    from snnet.threads import set_threads
 
     if args.zoo_command in (None, "list"):
         print(markdown_table(getattr(args, "weights", None) or zoo.WEIGHTS_DIR))
@@ -76,11 +75,9 @@ def run(args: argparse.Namespace) -> int:
     args.out = zoo.WEIGHTS_DIR if args.out is None else args.out
     if args.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
-    if args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file: give a folder for the weights")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     for name in names if args.all else args.name:
         r = zoo.train_demo_anchor(
             name, epochs=args.epochs, out_dir=args.out, seed=args.seed, data_root=args.data
