@@ -14,7 +14,6 @@ import snnet.latency as latency_mod
 from families import FAMILIES
 from snnet import Stitch
 from snnet.cli import main
-from snnet.controller import BudgetController
 from snnet.export import check_onnx, export, export_onnx, export_stitch, load_stitch, save_stitch
 from snnet.latency import measure_latency, percentile, time_callable
 from snnet.results import Record, Results
@@ -277,25 +276,6 @@ def test_pareto_over_any_cost():
     assert [str(r.stitch) for r in pareto(res, "latency_ms")] == [
         "0", "0:3-1:4", "0:5-1:6", "1", "1:5-2:6", "2",
     ]  # fmt: skip
-
-
-def test_budget_controller_follows_a_changing_budget():
-    net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
-    res = Results.for_network(net)
-    # accuracy and latency grow with cost here; the controller should follow the budget
-    for i, r in enumerate(sorted(res, key=lambda r: r.gmacs)):
-        res.update(r.stitch, top1=50.0 + i, latency_ms=1.0 + i, latency_p90_ms=1.0 + i)
-    ctrl = BudgetController(net, res, cost="latency_ms")
-    by_latency = {r.latency_ms: r.stitch for r in res}
-    assert ctrl.set_budget(5.5) == by_latency[5.0] == net.stitch and ctrl.fits
-    assert ctrl.set_budget(100) == by_latency[max(by_latency)]
-    assert ctrl.set_budget(0.1) == by_latency[1.0] and not ctrl.fits  # runs the cheapest
-    # the machine turns out twice as slow as when latency was measured: step down
-    adaptive = BudgetController(net, res, cost="latency_ms", adapt=True, smoothing=1.0)
-    adaptive.set_budget(10.0)
-    assert adaptive.observe(2 * 10.0) == by_latency[5.0] == net.stitch
-    with pytest.raises(ValueError, match="another network"):
-        BudgetController(snnet.SNNet(FAMILIES["sequential"][0]()), res)
 
 
 # -- latency ----------------------------------------------------------------------------------
