@@ -187,14 +187,14 @@ def create_app(
         elif ctype == "multipart/form-data":
             try:
                 parsed = await request.form(max_files=settings.max_images, max_fields=32)
-            except MultiPartException as e:
-                if "files" in str(e):
+            except (MultiPartException, HTTPException) as e:  # Starlette wraps the former
+                if "files" in str(getattr(e, "detail", e)):
                     raise ServeError(
                         413,
                         "too_many_images",
                         f"at most {settings.max_images} images per request",
                     ) from None
-                raise ServeError(400, "bad_multipart", str(e)) from None
+                raise ServeError(400, "bad_multipart", str(getattr(e, "detail", e))) from None
             blobs = []
             for _, value in parsed.multi_items():
                 if isinstance(value, str):
@@ -254,6 +254,22 @@ def create_app(
             "preprocess": model.preprocess.to_json(),
             "classes": list(model.classes),
         }
+
+    @app.put("/v1/stitch", summary="Set the stitch a server without an SLO runs")
+    async def set_stitch(request: Request) -> dict[str, Any]:
+        """Body ``{"stitch": "0:5-1:6"}``: a value swap, no weights move. Refused (409) when
+        the server follows an SLO, since the controller owns the choice then."""
+        b = batcher()
+        try:
+            body = await request.json()
+            text = body["stitch"]
+        except (ValueError, KeyError, TypeError):
+            raise ServeError(400, "bad_request", 'send JSON {"stitch": "..."}') from None
+        if settings.slo_ms is not None:
+            raise ServeError(409, "slo_mode", "the SLO controller chooses the stitch here")
+        want = b.resolve(text)
+        model.net.stitch = want.stitch
+        return {"stitch": str(model.net.stitch)}
 
     @app.get("/v1/status", summary="Current stitch, SLO, recent latency, queue and load")
     async def status() -> dict[str, Any]:

@@ -207,8 +207,7 @@ class Batcher:
             raise ServeError(503, "shutting_down", "the server is shutting down", retry_after=1)
         if len(self._queue) + len(images) > self.max_queue():
             self._refuse("overload")
-            s = self.settings
-            wait_s = max(1, math.ceil(self.ctrl.batch_time(0, s.max_batch) * 4 / 1e3))
+            wait_s = max(1, math.ceil(4 * self._full_batch_ms() / 1e3))  # a few batches
             raise ServeError(
                 503,
                 "overloaded",
@@ -224,6 +223,13 @@ class Batcher:
             self.ctrl.observe_arrival(now, len(items))
         self._wake.set()
         return list(await asyncio.gather(*(i.future for i in items)))
+
+    def _full_batch_ms(self) -> float:
+        """Predicted time of a full batch of the cheapest stitch (SLO) or the running one."""
+        b = self.settings.max_batch
+        if self.settings.slo_ms is not None:
+            return self.ctrl.batch_time(0, b)
+        return self.model.results[self.model.net.stitch].latency_ms * b
 
     def _refuse(self, reason: str) -> None:
         self.refused[reason] += 1
