@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import math
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -23,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from snnet.serve.batcher import Batcher, ServeSettings
+from snnet.serve.batcher import Batcher, Prediction, ServeSettings
 from snnet.serve.metrics import Metrics
 from snnet.serve.model import ServedModel, ServeError, decode_image
 
@@ -100,6 +101,76 @@ def _number(request: Request, form: dict[str, Any], name: str, cast: type = floa
     if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
         raise ServeError(400, "bad_parameter", f"{name} must be a positive number, got {raw!r}")
     return value
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """What a ``POST /v1/predict`` asks, read and checked (images still encoded)."""
+
+    images: list[bytes]
+    stitch: str | None
+    max_gmacs: float | None
+    max_latency_ms: float | None
+    top_k: int
+
+
+async def read_request(request: Request, settings: ServeSettings) -> PredictRequest:
+    """Read one image (``Content-Type: image/...``) or ``multipart/form-data`` files, and the
+    options from the query or form fields; a 4xx :class:`ServeError` names what is wrong."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    form: dict[str, Any] = {}
+    if ctype.startswith(IMAGE_TYPES):
+        blobs = [await request.body()]
+    elif ctype == "multipart/form-data":
+        try:
+            parsed = await request.form(max_files=settings.max_images, max_fields=32)
+        except (MultiPartException, HTTPException) as e:  # Starlette wraps the former
+            if "files" in str(getattr(e, "detail", e)):
+                raise ServeError(
+                    413, "too_many_images", f"at most {settings.max_images} images per request"
+                ) from None
+            raise ServeError(400, "bad_multipart", str(getattr(e, "detail", e))) from None
+        blobs = [await v.read() for _, v in parsed.multi_items() if not isinstance(v, str)]
+        form = {k: v for k, v in parsed.items() if isinstance(v, str)}
+    else:
+        raise ServeError(
+            415,
+            "unsupported_media_type",
+            f"send an image (image/png, image/jpeg, ...) or multipart/form-data, not {ctype!r}",
+        )
+    if not blobs:
+        raise ServeError(400, "no_image", "the request holds no image")
+    if len(blobs) > settings.max_images:
+        raise ServeError(
+            413, "too_many_images", f"{len(blobs)} images; at most {settings.max_images}"
+        )
+    return PredictRequest(
+        images=blobs,
+        stitch=form.get("stitch", request.query_params.get("stitch")),
+        max_gmacs=_number(request, form, "max_gmacs"),
+        max_latency_ms=_number(request, form, "max_latency_ms"),
+        top_k=_number(request, form, "top_k", int) or settings.top_k,
+    )
+
+
+def answer(model: ServedModel, preds: list[Prediction], top_k: int) -> dict[str, Any]:
+    """The JSON answer: top-k classes per image, the stitch that ran and the latency."""
+    tops = model.top_k(torch.stack([p.probs for p in preds]), top_k)
+    stitches = {str(p.stitch) for p in preds}
+    return {
+        "stitch": stitches.pop() if len(stitches) == 1 else None,
+        "latency_ms": max(p.queue_ms + p.compute_ms for p in preds),
+        "predictions": [
+            {
+                "top": top,
+                "stitch": str(p.stitch),
+                "batch_size": p.batch_size,
+                "queue_ms": round(p.queue_ms, 3),
+                "compute_ms": round(p.compute_ms, 3),
+            }
+            for top, p in zip(tops, preds, strict=True)
+        ],
+    }
 
 
 def create_app(
@@ -180,65 +251,13 @@ def create_app(
         ``multipart/form-data`` with files in any field (``image``/``images``). Options as query
         or form fields: ``stitch``, ``max_gmacs``, ``max_latency_ms``, ``top_k``."""
         b = batcher()
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        form: dict[str, Any] = {}
-        if ctype.startswith(IMAGE_TYPES):
-            blobs = [await request.body()]
-        elif ctype == "multipart/form-data":
-            try:
-                parsed = await request.form(max_files=settings.max_images, max_fields=32)
-            except (MultiPartException, HTTPException) as e:  # Starlette wraps the former
-                if "files" in str(getattr(e, "detail", e)):
-                    raise ServeError(
-                        413,
-                        "too_many_images",
-                        f"at most {settings.max_images} images per request",
-                    ) from None
-                raise ServeError(400, "bad_multipart", str(getattr(e, "detail", e))) from None
-            blobs = []
-            for _, value in parsed.multi_items():
-                if isinstance(value, str):
-                    continue
-                blobs.append(await value.read())
-            form = {k: v for k, v in parsed.items() if isinstance(v, str)}
-        else:
-            raise ServeError(
-                415,
-                "unsupported_media_type",
-                f"send an image (image/png, image/jpeg, ...) or multipart/form-data, not {ctype!r}",
-            )
-        if not blobs:
-            raise ServeError(400, "no_image", "the request holds no image")
-        if len(blobs) > settings.max_images:
-            raise ServeError(
-                413, "too_many_images", f"{len(blobs)} images; at most {settings.max_images}"
-            )
-        top_k = _number(request, form, "top_k", int) or settings.top_k
-        want = b.resolve(
-            form.get("stitch", request.query_params.get("stitch")),
-            _number(request, form, "max_gmacs"),
-            _number(request, form, "max_latency_ms"),
-        )
+        req = await read_request(request, settings)
+        want = b.resolve(req.stitch, req.max_gmacs, req.max_latency_ms)
         xs = [
-            model.preprocess(decode_image(blob, max_pixels=settings.max_pixels)) for blob in blobs
+            model.preprocess(decode_image(blob, max_pixels=settings.max_pixels))
+            for blob in req.images
         ]
-        preds = await b.submit(xs, want)
-        tops = model.top_k(torch.stack([p.probs for p in preds]), top_k)
-        stitches = {str(p.stitch) for p in preds}
-        return {
-            "stitch": stitches.pop() if len(stitches) == 1 else None,
-            "latency_ms": max(p.queue_ms + p.compute_ms for p in preds),
-            "predictions": [
-                {
-                    "top": top,
-                    "stitch": str(p.stitch),
-                    "batch_size": p.batch_size,
-                    "queue_ms": round(p.queue_ms, 3),
-                    "compute_ms": round(p.compute_ms, 3),
-                }
-                for top, p in zip(tops, preds, strict=True)
-            ],
-        }
+        return answer(model, await b.submit(xs, want), req.top_k)
 
     @app.get("/v1/stitches", summary="The Pareto front of latency against top-1, and all stitches")
     async def stitches() -> dict[str, Any]:

@@ -88,6 +88,53 @@ class Hooks:
     def switched(self, old: Stitch, new: Stitch) -> None: ...
 
 
+def resolve_want(
+    model: ServedModel,
+    slowdown: float,
+    stitch: str | None = None,
+    max_gmacs: float | None = None,
+    max_latency_ms: float | None = None,
+) -> Want:
+    """A request's stitch, or the most accurate front stitch within its budget (latency at
+    today's speed: the measured latency × ``slowdown``); a :class:`ServeError` when the stitch
+    is unknown (400) or no stitch fits the budget (422, naming the cheapest)."""
+    if stitch is not None:
+        try:
+            return Want(stitch=model.net.space.check(stitch))
+        except ValueError as e:
+            raise ServeError(400, "unknown_stitch", str(e)) from None
+    if max_gmacs is None and max_latency_ms is None:
+        return Want()
+    rows = [
+        r
+        for r in model.front
+        if (max_gmacs is None or r.gmacs <= max_gmacs)
+        and (max_latency_ms is None or r.latency_ms * slowdown <= max_latency_ms)
+    ]
+    if not rows:
+        cheapest = model.front[0]
+        raise ServeError(
+            422,
+            "impossible_budget",
+            f"no stitch fits max_gmacs={max_gmacs}, max_latency_ms={max_latency_ms}; the "
+            f"cheapest is '{cheapest.stitch}' ({cheapest.gmacs:.4g} GMACs, "
+            f"{cheapest.latency_ms * slowdown:.3g} ms now)",
+        )
+    return Want(cap=max(rows, key=lambda r: (r.top1, -r.latency_ms)))
+
+
+def stitch_for(model: ServedModel, want: Want, chosen: Stitch) -> Stitch:
+    """The stitch one image runs: the one it asked for, else the controller's choice unless
+    that exceeds the image's budget (then the best stitch within the budget)."""
+    if want.stitch is not None:
+        return want.stitch
+    if want.cap is not None:
+        row = model.results[chosen]
+        fits = row.gmacs <= want.cap.gmacs and row.latency_ms <= want.cap.latency_ms
+        return chosen if fits else want.cap.stitch
+    return chosen
+
+
 class Batcher:
     """The serving loop of one replica (create it inside a running event loop).
 
@@ -176,29 +223,7 @@ class Batcher:
         max_latency_ms: float | None = None,
     ) -> Want:
         """Check a request's stitch or budget now (4xx on error), before it queues."""
-        if stitch is not None:
-            try:
-                return Want(stitch=self.model.net.space.check(stitch))
-            except ValueError as e:
-                raise ServeError(400, "unknown_stitch", str(e)) from None
-        if max_gmacs is None and max_latency_ms is None:
-            return Want()
-        rows = [
-            r
-            for r in self.model.front
-            if (max_gmacs is None or r.gmacs <= max_gmacs)
-            and (max_latency_ms is None or r.latency_ms * self.ctrl.slowdown <= max_latency_ms)
-        ]
-        if not rows:
-            cheapest = self.model.front[0]
-            raise ServeError(
-                422,
-                "impossible_budget",
-                f"no stitch fits max_gmacs={max_gmacs}, max_latency_ms={max_latency_ms}; the "
-                f"cheapest is '{cheapest.stitch}' ({cheapest.gmacs:.4g} GMACs, "
-                f"{cheapest.latency_ms * self.ctrl.slowdown:.3g} ms now)",
-            )
-        return Want(cap=max(rows, key=lambda r: (r.top1, -r.latency_ms)))
+        return resolve_want(self.model, self.ctrl.slowdown, stitch, max_gmacs, max_latency_ms)
 
     async def submit(self, images: list[torch.Tensor], want: Want) -> list[Prediction]:
         """Queue preprocessed images; answers once all ran, or refuses at once (503)."""
@@ -261,7 +286,7 @@ class Batcher:
             chosen = self._choose()
             groups: dict[Stitch, list[_Item]] = {}
             for item in batch:
-                groups.setdefault(self._stitch_for(item.want, chosen), []).append(item)
+                groups.setdefault(stitch_for(self.model, item.want, chosen), []).append(item)
             for stitch, items in groups.items():
                 try:
                     probs, compute_ms = await loop.run_in_executor(
@@ -284,15 +309,6 @@ class Batcher:
             self.hooks.switched(self._last_stitch, new)
             self._last_stitch = new
         return new
-
-    def _stitch_for(self, want: Want, chosen: Stitch) -> Stitch:
-        if want.stitch is not None:
-            return want.stitch
-        if want.cap is not None:
-            row = self.model.results[chosen]
-            fits = row.gmacs <= want.cap.gmacs and row.latency_ms <= want.cap.latency_ms
-            return chosen if fits else want.cap.stitch
-        return chosen
 
     def _compute(self, stitch: Stitch, items: list[_Item]) -> tuple[torch.Tensor, float]:
         start = time.perf_counter()
