@@ -413,3 +413,38 @@ def test_sigterm_answers_every_accepted_request_then_exits(slow_batches):
     assert slow_batches.proc.wait(60) in (0, -signal.SIGTERM)
     log = slow_batches.log.read_text()
     assert "Application shutdown complete" in log and "Traceback" not in log
+
+
+def test_the_gate_refuses_before_reading_and_counts_predictions_in_flight():
+    import asyncio
+
+    from snnet.serve.app import Gate
+    from snnet.serve.model import ServeError
+
+    state = {"inflight": 0}
+    seen = []
+
+    async def inner(scope, receive, send):
+        seen.append((scope["path"], state["inflight"]))
+
+    full = [False]
+    refusal = ServeError(503, "overloaded", "busy", retry_after=1)
+    gate = Gate(inner, api_key="k", admit=lambda: refusal if full[0] else None, state=state)
+
+    async def call(path, auth=b"Bearer k"):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "path": path, "headers": [(b"authorization", auth)]}
+        await gate(scope, None, send)
+        return sent[0]["status"] if sent else None
+
+    assert asyncio.run(call("/v1/predict")) is None and seen[-1] == ("/v1/predict", 1)
+    assert state["inflight"] == 0
+    assert asyncio.run(call("/v1/predict", b"Bearer nope")) == 401
+    full[0] = True
+    assert asyncio.run(call("/v1/predict")) == 503 and len(seen) == 1  # never reached the app
+    assert asyncio.run(call("/v1/status")) is None and seen[-1] == ("/v1/status", 0)
+    assert asyncio.run(call("/")) is None  # the page needs no key

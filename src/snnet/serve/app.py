@@ -73,6 +73,41 @@ class BodyLimit:
             await _send_error(send, e)
 
 
+class Gate:
+    """Checks before a request is read: the API key (for ``/v1/*`` and ``/metrics``), and
+    admission of predictions (``admit`` returns the refusal, or None); counts predictions in
+    flight in ``state["inflight"]``. Plain ASGI, so a refusal costs no body read and no
+    framework machinery."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None, admit, state: dict[str, Any]) -> None:
+        self.app, self.state, self.admit = app, state, admit
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if self.expected and (path.startswith("/v1/") or path == "/metrics"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                return await _send_error(
+                    send,
+                    ServeError(
+                        401, "unauthorized", "send the API key as 'Authorization: Bearer KEY'"
+                    ),
+                )
+        if path != "/v1/predict":
+            return await self.app(scope, receive, send)
+        refusal = self.admit()
+        if refusal is not None:
+            return await _send_error(send, refusal)
+        self.state["inflight"] += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.state["inflight"] -= 1
+
+
 async def _send_error(send: Send, e: ServeError) -> None:
     response = _error_response(e)
     await send(
@@ -232,18 +267,20 @@ def create_app(
             {"error": {"code": "bad_request", "message": str(e.errors())}}, status_code=422
         )
 
-    @app.middleware("http")
-    async def authorize(request: Request, call_next):
-        path = request.url.path
-        if api_key and (path.startswith("/v1/") or path == "/metrics"):
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return _error_response(
-                    ServeError(
-                        401, "unauthorized", "send the API key as 'Authorization: Bearer KEY'"
-                    )
-                )
-        return await call_next(request)
+    def admit() -> ServeError | None:
+        """Refuse a prediction before reading it when the server already holds as many as its
+        queue takes plus two batches in flight: under overload the backlog would otherwise wait
+        in the HTTP layer, unseen by the queue bound."""
+        b = state["batcher"]
+        if b is not None and state["inflight"] >= b.max_queue() + 2 * settings.max_batch:
+            b._refuse("overload")
+            return ServeError(
+                503, "overloaded", "too many requests in flight: retry later", retry_after=1
+            )
+        return None
+
+    state["inflight"] = 0
+    app.add_middleware(Gate, api_key=api_key, admit=admit, state=state)
 
     @app.post("/v1/predict", summary="Classify one or several images")
     async def predict(request: Request) -> dict[str, Any]:
