@@ -157,3 +157,19 @@ def test_slo_needs_latency_costs_and_a_valid_policy():
     with pytest.raises(ValueError, match="set_slo"):
         BudgetController(net, res).update(0.0, 0)
     assert torch.is_tensor(net(torch.zeros(1, *net.anchors[0].input_size)))
+
+
+def test_slo_front_drops_stitches_slower_per_full_batch_than_a_more_accurate_one():
+    net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
+    res = Results.for_network(net)
+    for i, r in enumerate(sorted(res, key=lambda r: r.gmacs)):
+        res.update(r.stitch, top1=50.0 + i, latency_ms=1.0 + i)
+    ctrl = BudgetController(net, res, cost="latency_ms")
+    front = list(ctrl.front)
+    # the cheapest at batch 1 costs more per full batch than the next, more accurate stitch
+    batch_ms = {r.stitch: 4 * r.latency_ms for r in front}
+    batch_ms[front[0].stitch] = batch_ms[front[1].stitch] + 1
+    ctrl.set_slo(SloPolicy(slo_ms=40.0), batch_ms=batch_ms)
+    assert front[0] not in ctrl.front and ctrl.front == front[1:]
+    _arrive(ctrl, 0.0, 2.0, 10 * ctrl.capacity(0))
+    assert ctrl.update(2.0, queue_depth=0) == front[1].stitch  # the floor is now front[1]

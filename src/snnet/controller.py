@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from snnet.network import SNNet
+from snnet.pareto import pareto_front
 from snnet.results import Record, Results
 from snnet.select import fmt, pareto
 from snnet.stitch import Stitch
@@ -113,8 +114,17 @@ class BudgetController:
             raise ValueError("a latency SLO needs cost='latency_ms' (measure with snnet latency)")
         self.slo, self.budget = policy, None
         b = policy.max_batch
+        full = {r.stitch: (batch_ms or {}).get(r.stitch, r.latency_ms * b) for r in self.front}
+        # Under load batches fill, and a stitch only a little faster at batch 1 (fixed cost per
+        # block) can be slower per full batch (more multiply-adds) than a more accurate one: it
+        # would never help to step down to it. Keep the front of full-batch time against metric.
+        metric = self.metric
+        self.front = pareto_front(
+            self.front, lambda r: full[r.stitch], lambda r: getattr(r, metric)
+        )
+        self._costs = [getattr(r, self.cost) for r in self.front]  # (set_budget: not with an SLO)
         self._t1 = [r.latency_ms for r in self.front]
-        self._tb = [(batch_ms or {}).get(r.stitch, r.latency_ms * b) for r in self.front]
+        self._tb = [full[r.stitch] for r in self.front]
         self._arrivals: deque[float] = deque()
         self._latencies: deque[tuple[float, float]] = deque()  # (finished at, ms)
         self._index, self._switched_at, self._up_since = 0, float("-inf"), None

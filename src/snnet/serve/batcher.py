@@ -373,6 +373,8 @@ class Batcher:
             "mode": "slo" if s.slo_ms is not None else "fixed",
             "slo_ms": s.slo_ms,
             "fits": self.ctrl.fits,
+            # the stitches the SLO controller moves between (cheap to accurate)
+            "slo_front": [str(r.stitch) for r in self.ctrl.front] if s.slo_ms else None,
             "queue_depth": len(self._queue),
             "max_queue": self.max_queue(),
             "max_batch": s.max_batch,
