@@ -435,9 +435,9 @@ def plot(result: dict, path: Path) -> None:
     axes[0].legend(fontsize=8)
     ad = modes.get("adaptive")
     if ad:
-        front = result["front"]
-        order = {s: i for i, s in enumerate(front)}
         recs = sorted((r for r in ad["records"] if r["status"] == 200), key=lambda r: r["t"])
+        front = sorted({r["stitch"] for r in recs}, key=lambda s: result["top1"][s])
+        order = {s: i for i, s in enumerate(front)}
         axes[1].scatter(
             [r["t"] for r in recs], [order.get(r["stitch"], -1) for r in recs], s=2, color="C3"
         )
@@ -473,7 +473,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-images", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="short phases, for a smoke test")
     p.add_argument("--out", type=Path, default=HERE / "results" / "serve.json")
+    p.add_argument("--replot", action="store_true", help="redraw the PNG from saved results")
     args = p.parse_args(argv)
+    if args.replot:
+        result = json.loads(args.out.read_text())
+        records = json.loads((args.run.parent / "serve-bench-logs" / "records.json").read_text())
+        for name, m in result["modes"].items():
+            m["records"] = records[name]
+        result["top1"] = {str(r.stitch): r.top1 for r in Results.load(args.run / "results.json")}
+        plot(result, args.out.with_suffix(".png"))
+        return 0
     if args.quick:
         args.phase_s = 6.0
         args.eval_images = args.eval_images or 1000
@@ -510,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         "capacity_rps": cap,
         "schedule": schedule,
         "front": [str(r.stitch) for r in front],
-        "top1": {str(r.stitch): r.top1 for r in front},
+        "top1": top1,
         "machine": machine(),
         "settings": {k: str(v) for k, v in vars(args).items()},
         "modes": {},

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import logging
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from snnet.controller import BudgetController
-from snnet.latency import measure_latency, time_module
+from snnet.latency import measure_latency
 from snnet.network import SNNet
 from snnet.results import Record, Results
 from snnet.serialize import load, read_config
@@ -245,16 +247,23 @@ class ServedModel:
             source=str(model),
         )
 
-    def full_batch_ms(self, max_batch: int, *, repeats: int = 5) -> dict[Stitch, float]:
-        """Median time of a batch of ``max_batch`` images per front stitch, measured now: what
-        the SLO controller needs besides the batch-1 latency in the results."""
+    def full_batch_ms(self, max_batch: int, *, rounds: int = 9) -> dict[Stitch, float]:
+        """Time of a batch of ``max_batch`` images per front stitch, measured now: what the SLO
+        controller needs besides the batch-1 latency in the results. Each round times every
+        stitch once and a stitch gets its median over rounds, so a change of the machine's load
+        during start-up shifts all stitches alike instead of reordering them."""
         x = torch.zeros(max_batch, *self.net.anchors[0].input_size)
-        out = {}
-        for r in self.front:
-            out[r.stitch] = time_module(
-                lambda t, s=r.stitch: self.net(t, stitch=s), x, repeats=repeats, warmup=2
-            ).median_ms
-        return out
+        times: dict[Stitch, list[float]] = {r.stitch: [] for r in self.front}
+        with torch.inference_mode():
+            for _ in range(2):  # warm-up
+                for s in times:
+                    self.net(x, stitch=s)
+            for _ in range(rounds):
+                for s in times:
+                    start = time.perf_counter()
+                    self.net(x, stitch=s)
+                    times[s].append((time.perf_counter() - start) * 1e3)
+        return {s: statistics.median(ts) for s, ts in times.items()}
 
     def controller(self) -> BudgetController:
         return BudgetController(self.net, self.results, cost="latency_ms")
