@@ -173,3 +173,18 @@ def test_slo_front_drops_stitches_slower_per_full_batch_than_a_more_accurate_one
     assert front[0] not in ctrl.front and ctrl.front == front[1:]
     _arrive(ctrl, 0.0, 2.0, 10 * ctrl.capacity(0))
     assert ctrl.update(2.0, queue_depth=0) == front[1].stitch  # the floor is now front[1]
+
+
+def test_slo_front_keeps_only_stitches_on_the_multiply_adds_front():
+    net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
+    res = Results.for_network(net)
+    rows = sorted(res, key=lambda r: r.gmacs)
+    for i, r in enumerate(rows):
+        res.update(r.stitch, top1=50.0 + i, latency_ms=10.0 + i)
+    # a stitch with more multiply-adds than the cheapest yet less accurate, that timed fastest
+    junk = rows[3].stitch
+    res.update(junk, top1=10.0, latency_ms=1.0)
+    ctrl = BudgetController(net, res, cost="latency_ms")
+    assert ctrl.front[0].stitch == junk  # on the batch-1 latency front
+    ctrl.set_slo(SloPolicy(slo_ms=400.0), batch_ms={r.stitch: r.latency_ms for r in ctrl.front})
+    assert junk not in [r.stitch for r in ctrl.front] and ctrl.front[0].stitch == rows[0].stitch

@@ -91,6 +91,7 @@ class BudgetController:
     ) -> None:
         results.check_network(net)
         self.net, self.cost, self.metric = net, cost, metric
+        self.results = results
         self.front: list[Record] = pareto(results, cost, metric)
         self._costs = [getattr(r, cost) for r in self.front]
         self.adapt, self.smoothing = adapt, smoothing
@@ -116,9 +117,14 @@ class BudgetController:
         b = policy.max_batch
         full = {r.stitch: (batch_ms or {}).get(r.stitch, r.latency_ms * b) for r in self.front}
         # Under load batches fill, and a stitch only a little faster at batch 1 (fixed cost per
-        # block) can be slower per full batch (more multiply-adds) than a more accurate one: it
-        # would never help to step down to it. Keep the front of full-batch time against metric.
+        # block, or timing noise) can be slower per full batch than a more accurate one: it would
+        # never help to step down to it. So the SLO moves between stitches that are also on the
+        # multiply-adds front (doing more work for less accuracy is never a step down, however
+        # the timings fell), and on the front of full-batch time against the metric.
         metric = self.metric
+        if not self.results.missing("gmacs"):
+            by_macs = {r.stitch for r in self.results.pareto("gmacs", metric)}
+            self.front = [r for r in self.front if r.stitch in by_macs] or self.front
         self.front = pareto_front(
             self.front, lambda r: full[r.stitch], lambda r: getattr(r, metric)
         )
