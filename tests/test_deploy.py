@@ -14,7 +14,6 @@ import snnet.export as export_mod
 from families import FAMILIES
 from snnet import Stitch
 from snnet.cli import main
-from snnet.controller import BudgetController
 from snnet.export import check_onnx, export, export_onnx, export_stitch, load_stitch, save_stitch
 from snnet.results import Results
 from snnet.select import select
@@ -182,25 +181,6 @@ def test_concurrent_callers_with_different_stitches_match_sequential_runs():
     for s, out in outs:
         assert torch.equal(out, expected[s]), s
     assert net.stitch == current  # per-call stitches never touch the shared one
-
-
-def test_budget_controller_follows_a_changing_budget():
-    net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
-    res = Results.for_network(net)
-    # accuracy and latency grow with cost here; the controller should follow the budget
-    for i, r in enumerate(sorted(res, key=lambda r: r.gmacs)):
-        res.update(r.stitch, top1=50.0 + i, latency_ms=1.0 + i, latency_p90_ms=1.0 + i)
-    ctrl = BudgetController(net, res, cost="latency_ms")
-    by_latency = {r.latency_ms: r.stitch for r in res}
-    assert ctrl.set_budget(5.5) == by_latency[5.0] == net.stitch and ctrl.fits
-    assert ctrl.set_budget(100) == by_latency[max(by_latency)]
-    assert ctrl.set_budget(0.1) == by_latency[1.0] and not ctrl.fits  # runs the cheapest
-    # the machine turns out twice as slow as when latency was measured: step down
-    adaptive = BudgetController(net, res, cost="latency_ms", adapt=True, smoothing=1.0)
-    adaptive.set_budget(10.0)
-    assert adaptive.observe(2 * 10.0) == by_latency[5.0] == net.stitch
-    with pytest.raises(ValueError, match="another network"):
-        BudgetController(snnet.SNNet(FAMILIES["sequential"][0]()), res)
 
 
 # -- command line -----------------------------------------------------------------------------

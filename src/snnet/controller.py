@@ -1,12 +1,54 @@
-"""Following a budget that changes at runtime: pick the stitch for the current budget, switch."""
+"""Following a budget that changes at runtime: pick the stitch for the current budget, switch.
+
+Two kinds of budget share one controller and one Pareto front. A *cost budget* (``set_budget``)
+maps to a stitch by a binary search. A *latency SLO* (``set_slo``) is for serving: the controller
+predicts each front stitch's end-to-end p99 (forming a batch + the queue ahead + computing it) from
+the arrival rate, the queue and the compute times it observes, and runs the most accurate stitch
+whose prediction stays under the SLO; it steps down at once and steps up one stitch at a time.
+"""
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from snnet.network import SNNet
+from snnet.pareto import pareto_front
 from snnet.results import FIELDS, Record, Results
 from snnet.stitch import Stitch
+
+
+@dataclass(frozen=True)
+class SloPolicy:
+    """How a served network follows a latency SLO (see :meth:`BudgetController.set_slo`).
+
+    ``max_batch`` and ``max_wait_ms`` describe the batcher (a batch is run when it holds
+    ``max_batch`` requests or its first request has waited ``max_wait_ms``). The controller steps
+    down as soon as a stitch's predicted p99 exceeds ``down_at`` × SLO, or the p99 observed since
+    the last switch does (over at least ``min_samples`` requests); it steps up by one stitch only
+    when the next one's prediction has stayed under ``up_at`` × SLO for ``hold_s`` seconds: the gap
+    between the two fractions and the hold are the hysteresis that stops it flapping.
+    """
+
+    slo_ms: float
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+    down_at: float = 0.8
+    up_at: float = 0.55
+    hold_s: float = 3.0
+    rate_window_s: float = 2.0  # arrival rate over this window (short: a surge shows at once)
+    latency_window_s: float = 10.0  # observed p99 over this window
+    min_samples: int = 30
+    smoothing: float = 0.2  # of the compute slowdown factor
+
+    def __post_init__(self) -> None:
+        if self.slo_ms <= 0 or self.max_batch < 1 or self.max_wait_ms < 0:
+            raise ValueError("slo_ms must be > 0, max_batch >= 1 and max_wait_ms >= 0")
+        if not 0 < self.up_at < self.down_at <= 1:
+            raise ValueError("need 0 < up_at < down_at <= 1 (the gap is the hysteresis)")
 
 
 class BudgetController:
@@ -21,12 +63,19 @@ class BudgetController:
     scales the measured table by a smoothed slowdown factor, so the controller steps down when
     the machine gets busier than it was when latency was measured, and back up when it calms.
 
+    With a latency SLO (:meth:`set_slo`, for a server), :meth:`observe_arrival`,
+    :meth:`observe_batch` and :meth:`observe_request` feed it what happens, and :meth:`update`
+    (called before each batch, with the queue depth) picks the stitch. Every method takes the time
+    ``now`` (seconds, any monotonic clock) so the policy is a pure function of what it was told.
+
     Example:
         >>> ctrl = BudgetController(net, results, cost="latency_ms")
         >>> ctrl.set_budget(20.0)          # net now runs the best stitch under 20 ms
         Stitch('1:9-2:10')
         >>> start = time.perf_counter(); y = net(x)
         >>> ctrl.observe((time.perf_counter() - start) * 1e3)   # adapts to the machine's load
+        >>> ctrl.set_slo(SloPolicy(slo_ms=50, max_batch=8), batch_ms={...})  # serving
+        >>> stitch = ctrl.update(time.monotonic(), queue_depth=3)
     """
 
     def __init__(
@@ -41,12 +90,165 @@ class BudgetController:
     ) -> None:
         results.check_network(net)
         self.net, self.cost, self.metric = net, cost, metric
+        self.results = results
         self.front: list[Record] = results.pareto(cost, metric, complete=True)
         self._costs = [getattr(r, cost) for r in self.front]
         self.adapt, self.smoothing = adapt, smoothing
         self.slowdown = 1.0  # observed / measured cost of the running stitch (smoothed)
         self.budget: float | None = None
         self.fits = True
+        self.slo: SloPolicy | None = None
+        self.switches = 0
+
+    # -- latency SLO ------------------------------------------------------------------------
+    def set_slo(
+        self, policy: SloPolicy, *, batch_ms: Mapping[Stitch, float] | None = None
+    ) -> Stitch:
+        """Follow a latency SLO from now on, starting on the best stitch for an idle server.
+
+        ``batch_ms`` gives the measured time of a full batch (``policy.max_batch`` images) per
+        front stitch; a stitch without one is assumed to cost ``max_batch`` × its batch-1
+        latency, which overestimates and so errs towards holding the SLO.
+        """
+        if self.cost != "latency_ms":
+            raise ValueError("a latency SLO needs cost='latency_ms' (measure with snnet latency)")
+        self.slo, self.budget = policy, None
+        b = policy.max_batch
+        full = {r.stitch: (batch_ms or {}).get(r.stitch, r.latency_ms * b) for r in self.front}
+        # Under load batches fill, and a stitch only a little faster at batch 1 (fixed cost per
+        # block, or timing noise) can be slower per full batch than a more accurate one: it would
+        # never help to step down to it. So the SLO moves between stitches that are also on the
+        # multiply-adds front (doing more work for less accuracy is never a step down, however
+        # the timings fell), and on the front of full-batch time against the metric.
+        metric = self.metric
+        if not self.results.missing("gmacs"):
+            by_macs = {r.stitch for r in self.results.pareto("gmacs", metric)}
+            self.front = [r for r in self.front if r.stitch in by_macs] or self.front
+        self.front = pareto_front(
+            self.front, lambda r: full[r.stitch], lambda r: getattr(r, metric)
+        )
+        self._costs = [getattr(r, self.cost) for r in self.front]  # (set_budget: not with an SLO)
+        self._t1 = [r.latency_ms for r in self.front]
+        self._tb = [full[r.stitch] for r in self.front]
+        self._arrivals: deque[float] = deque()
+        self._latencies: deque[tuple[float, float]] = deque()  # (finished at, ms)
+        self._index, self._switched_at, self._up_since = 0, float("-inf"), None
+        self.slowdown = 1.0
+        idle = [
+            i
+            for i in range(len(self.front))
+            if self.predict_p99(i, 0.0, 0) <= policy.up_at * policy.slo_ms
+        ]
+        self._index = idle[-1] if idle else 0  # the best stitch for an idle server
+        self.net.stitch = self.front[self._index].stitch
+        return self.net.stitch
+
+    def batch_time(self, stitch: Stitch | int, size: int) -> float:
+        """Predicted compute time (ms) of a batch of ``size`` on ``stitch`` at today's speed:
+        linear between the batch-1 latency and the full-batch time, times the slowdown."""
+        i = stitch if isinstance(stitch, int) else self._front_index(stitch)
+        b = self.slo.max_batch if self.slo else 1
+        t1, tb = self._t1[i], self._tb[i]
+        per_image = (tb - t1) / (b - 1) if b > 1 else 0.0
+        return (t1 + per_image * (max(size, 1) - 1)) * self.slowdown
+
+    def observe_arrival(self, now: float, count: int = 1) -> None:
+        """``count`` requests arrived at ``now``."""
+        self._arrivals.extend([now] * count)
+
+    def observe_batch(self, stitch: Stitch, size: int, compute_ms: float) -> None:
+        """A batch of ``size`` ran on ``stitch`` in ``compute_ms``: track the machine's speed."""
+        predicted = self.batch_time(stitch, size) / self.slowdown
+        if predicted > 0:
+            ratio = compute_ms / predicted
+            self.slowdown += self.slo.smoothing * (ratio - self.slowdown)
+
+    def observe_request(self, now: float, latency_ms: float) -> None:
+        """A request finished at ``now`` after ``latency_ms`` end to end."""
+        self._latencies.append((now, latency_ms))
+
+    def arrival_rate(self, now: float) -> float:
+        """Requests per second over the last ``rate_window_s``."""
+        window = self.slo.rate_window_s
+        while self._arrivals and self._arrivals[0] < now - window:
+            self._arrivals.popleft()
+        return len(self._arrivals) / window
+
+    def observed_p99(self, now: float, *, since_switch: bool = False) -> float | None:
+        """p99 of end-to-end latency over the window (or since the last switch), if any."""
+        while self._latencies and self._latencies[0][0] < now - self.slo.latency_window_s:
+            self._latencies.popleft()
+        # since a switch: only requests that arrived after it, so what they saw is the new stitch
+        start = self._switched_at if since_switch else float("-inf")
+        xs = sorted(ms for t, ms in self._latencies if t - ms / 1e3 >= start)
+        if not xs or (since_switch and len(xs) < self.slo.min_samples):
+            return None
+        return xs[min(len(xs) - 1, math.ceil(0.99 * len(xs)) - 1)]
+
+    def predict_p99(self, stitch: Stitch | int, rate: float, queue_depth: int) -> float:
+        """Predicted end-to-end p99 (ms) on ``stitch`` at ``rate`` requests/s with
+        ``queue_depth`` requests waiting: forming the batch, clearing the queue ahead, waiting
+        as in an M/M/1 queue of batches (p99 wait = ln(100 ρ) / (μ − λ), conservative next to
+        the near-constant service time of a batch), and computing its own batch."""
+        p = self.slo
+        lam = rate / 1e3  # per ms
+        # batch size in steady state: what arrives while one batch waits and runs
+        b = min(p.max_batch, max(1, round(lam * (p.max_wait_ms + self.batch_time(stitch, 1)))))
+        tb = self.batch_time(stitch, b)
+        mu = b / tb if tb > 0 else math.inf  # requests served per ms
+        if lam >= mu:
+            return math.inf
+        form = min(p.max_wait_ms, b / lam) if lam > 0 else p.max_wait_ms
+        ahead = math.ceil(queue_depth / p.max_batch) * self.batch_time(stitch, p.max_batch)
+        rho = lam / mu
+        wait = max(0.0, math.log(100 * rho)) / (mu - lam) if rho > 0 else 0.0
+        return form + ahead + wait + tb
+
+    def capacity(self, stitch: Stitch | int | None = None) -> float:
+        """Requests per second ``stitch`` (default: the cheapest) carries at full batches."""
+        i = 0 if stitch is None else stitch
+        return self.slo.max_batch / self.batch_time(i, self.slo.max_batch) * 1e3
+
+    def update(self, now: float, queue_depth: int) -> Stitch:
+        """Choose the stitch for the next batch (see :class:`SloPolicy`) and switch to it."""
+        p = self.slo
+        if p is None:
+            raise ValueError("call set_slo first")
+        rate = self.arrival_rate(now)
+        preds = [self.predict_p99(i, rate, queue_depth) for i in range(len(self.front))]
+        fit = [i for i, v in enumerate(preds) if v <= p.down_at * p.slo_ms]
+        target = fit[-1] if fit else 0
+        self.fits = bool(fit)
+        cur = self._index
+        seen = self.observed_p99(now, since_switch=True)
+        if seen is not None and seen > p.down_at * p.slo_ms:
+            target = min(target, cur - 1)
+        if target < cur:  # step down at once, as far as needed
+            self._up_since = None
+            return self._switch(max(target, 0), now)
+        calm = preds[cur + 1] <= p.up_at * p.slo_ms if cur + 1 < len(preds) else False
+        calm = calm and (seen is None or seen <= p.up_at * p.slo_ms)
+        if not calm:
+            self._up_since = None
+        elif self._up_since is None:
+            self._up_since = now
+        elif now - self._up_since >= p.hold_s and now - self._switched_at >= p.hold_s:
+            self._up_since = None
+            return self._switch(cur + 1, now)
+        return self.net.stitch
+
+    def _switch(self, index: int, now: float) -> Stitch:
+        if index != self._index:
+            self._index, self._switched_at = index, now
+            self.switches += 1
+            self.net.stitch = self.front[index].stitch  # a value swap: no weights move
+        return self.net.stitch
+
+    def _front_index(self, stitch: Stitch) -> int:
+        for i, r in enumerate(self.front):
+            if r.stitch == stitch:
+                return i
+        raise ValueError(f"stitch {stitch} is not on the Pareto front the controller uses")
 
     def choose(self, budget: float) -> Record:
         """The front row for ``budget`` (in units of ``cost``), without switching: the most
@@ -73,13 +275,12 @@ class BudgetController:
         return self.net.stitch
 
     def _row(self, stitch: Stitch) -> Record:
-        for r in self.front:
-            if r.stitch == stitch:
-                return r
-        raise ValueError(f"stitch {stitch} is not on the Pareto front the controller uses")
+        return self.front[self._front_index(stitch)]
 
     def __repr__(self) -> str:
         budget = "none" if self.budget is None else FIELDS[self.cost].format(self.budget)
+        if self.slo is not None:
+            budget = f"p99 <= {self.slo.slo_ms:g} ms"
         return (
             f"BudgetController(cost={self.cost!r}, budget={budget}, stitch='{self.net.stitch}', "
             f"front={len(self.front)} stitches, slowdown={self.slowdown:.2f})"

@@ -28,6 +28,7 @@ COMMANDS = {
     "latency": "Measure every stitch's latency on this machine into a results file.",
     "select": "Pick the most accurate stitch within a budget (GMACs, params, latency).",
     "export": "Export one stitch as a standalone model (safetensors, ONNX, torch.export).",
+    "serve": "Serve a run over HTTP, holding a latency SLO by switching stitches.",
 }
 
 

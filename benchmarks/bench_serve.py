@@ -1,0 +1,560 @@
+"""Serving benchmark: does switching stitches hold a latency SLO under real load?
+
+Drives `snnet serve` (a subprocess on a loopback port) with an open-loop Poisson client (httpx,
+asyncio: requests are sent on schedule whether or not earlier ones finished) in phases:
+
+1. steady: rate R;  2. surge: 4R;  3. steady again: R;  4. contention: R while a second process
+   competes for the CPU (a torch matmul loop).
+
+Four servers are compared on the same schedule, one after another: adaptive (``--slo-ms``), the
+largest anchor fixed, the smallest anchor fixed, and the best fixed stitch for the steady rate
+(the most accurate front stitch whose p99 at R, probed first, stays under the SLO). Per phase:
+throughput, p50/p99 of answered requests, refused share, and served accuracy (each answered
+request weighted by its stitch's measured top-1 on the Fashion-MNIST test set).
+
+The network is the demo family (snnet's three Fashion-MNIST ViTs) stitched with least-squares
+init, evaluated on the 10,000 test images and its latency measured, built once into --run (a
+trained demo run can be given instead). R is set from capacities measured first on this machine:
+the surge (4R) lies midway between what the largest and the smallest anchor carry through the
+server, so it overloads the largest and not the smallest.
+
+Run: python benchmarks/bench_serve.py [--quick]; writes benchmarks/results/serve.json and
+serve.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+sys.path.insert(0, str(SRC))
+
+import snnet  # noqa: E402
+from snnet.files import atomic_write  # noqa: E402
+from snnet.latency import machine, percentile  # noqa: E402
+from snnet.results import Results  # noqa: E402
+
+PHASES = ("steady", "surge", "steady_again", "contention")
+FACTOR = {"steady": 1.0, "surge": 4.0, "steady_again": 1.0, "contention": 1.0}
+
+
+# -- the network ------------------------------------------------------------------------------------
+def prepare_run(run: Path, *, eval_images: int | None) -> Path:
+    """The demo family, least-squares init on 512 training images, evaluated and timed."""
+    from snnet.data import fashion_mnist, normalize
+    from snnet.evaluate import evaluate_all
+
+    results_path = run / "results.json"
+    if results_path.exists():
+        res = Results.load(results_path)
+        if not res.missing("top1") and (res.meta.get("latency") or {}).get("method"):
+            return run
+    torch.set_num_threads(1)
+    anchors, options = snnet.resolve_anchors("fmnist")
+    net = snnet.SNNet(anchors, **options).eval()
+    if not (run / "model" / "config.json").exists():
+        train = fashion_mnist("train")
+        g = torch.Generator().manual_seed(0)
+        idx = torch.randperm(len(train), generator=g)[:512]
+        snnet.init_least_squares(net, normalize(train.images[idx]))
+        snnet.save(net, run / "model")
+    net = snnet.load(run / "model").eval()
+    print("evaluating every stitch on the Fashion-MNIST test set ...", flush=True)
+    res = evaluate_all(
+        net,
+        fashion_mnist("test"),
+        max_images=eval_images,
+        path=results_path,
+        device="cpu",
+        progress=False,
+        data_name="fashion-mnist test",
+    )
+    print("measuring latency of every stitch (batch 1, 1 thread, interleaved) ...", flush=True)
+    res = measure_interleaved(net, res)
+    res.save(results_path)
+    return run
+
+
+def measure_interleaved(net: snnet.SNNet, res: Results, *, rounds: int = 21) -> Results:
+    """Batch-1 latency of every stitch, robust to a machine whose load drifts: each round times
+    every stitch once (best of 3 calls), and a stitch's latency is its median over the rounds.
+    (Timing stitch after stitch, as ``snnet latency`` does, let a load change between stitches
+    reorder the front on the shared machine this was developed on.)"""
+    import statistics
+
+    from snnet.latency import machine as machine_info
+
+    torch.set_num_threads(1)
+    x = torch.zeros(1, *net.anchors[0].input_size)
+    times: dict = {s: [] for s in net.stitches}
+    with torch.inference_mode():
+        for s in net.stitches:  # warm-up
+            net(x, stitch=s)
+        for _ in range(rounds):
+            for s in net.stitches:
+                best = float("inf")
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    net(x, stitch=s)
+                    best = min(best, (time.perf_counter() - t0) * 1e3)
+                times[s].append(best)
+    for s, ts in times.items():
+        res.update(s, latency_ms=statistics.median(ts), latency_p90_ms=percentile(ts, 90))
+    res.meta["latency"] = {
+        "batch_size": 1,
+        "method": f"interleaved: {rounds} rounds over every stitch, best of 3 calls per round",
+        **machine_info(),
+    }
+    return res
+
+
+def test_images(n: int = 512) -> list[tuple[bytes, int]]:
+    from PIL import Image
+
+    from snnet.data import fashion_mnist
+
+    test = fashion_mnist("test")
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(test.images[i].numpy(), "L").save(buf, format="PNG")
+        out.append((buf.getvalue(), int(test.targets[i])))
+    return out
+
+
+# -- server and load ------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, run: Path, args: list[str], log: Path) -> None:
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "snnet", "serve", str(run), "--port", str(self.port)]
+        cmd += [*args, "--log-level", "warning"]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError("server not ready")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def competitor() -> subprocess.Popen:
+    """A second process that keeps both cores busy with matrix products."""
+    code = (
+        "import torch; torch.set_num_threads(2); a = torch.randn(512, 512)\n"
+        "while True: a = (a @ a).tanh()"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "2"}
+    )
+
+
+class RawClient:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams. httpx costs a few ms of CPU per
+    request, which on a 2-core machine shared with the server would be measured as server
+    latency; this one costs a fraction of that."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def post(self, path: str, body: bytes, ctype: str) -> tuple[int, dict, bytes]:
+        if self.idle:  # a kept-alive connection the server may have closed meanwhile: retry once
+            try:
+                return await self._post(self.idle.pop(), path, body, ctype)
+            except (ConnectionError, IndexError, asyncio.IncompleteReadError):
+                pass
+        conn = await asyncio.open_connection(self.host, self.port)
+        return await self._post(conn, path, body, ctype)
+
+    async def _post(self, conn, path: str, body: bytes, ctype: str) -> tuple[int, dict, bytes]:
+        reader, writer = conn
+        try:
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            status = int((await reader.readline()).split()[1])
+            headers = {}
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                k, _, v = line.decode().partition(":")
+                headers[k.strip().lower()] = v.strip()
+            data = await reader.readexactly(int(headers.get("content-length", 0)))
+        except BaseException:
+            writer.close()
+            raise
+        if headers.get("connection", "").lower() == "close":
+            writer.close()
+        else:
+            self.idle.append(conn)
+        return status, headers, data
+
+    def close(self) -> None:
+        for _, w in self.idle:
+            w.close()
+
+
+async def drive(
+    url: str,
+    schedule: list[tuple[str, float, float]],
+    images: list[tuple[bytes, int]],
+    *,
+    seed: int,
+    on_phase=None,
+) -> list[dict[str, Any]]:
+    """Open-loop Poisson arrivals: for each (phase, seconds, rate) send requests at exponential
+    gaps, never waiting for answers. Returns one record per request: latency from the moment it
+    was due (so a late client counts against the result, no coordinated omission), the server's
+    own queue + compute time, and how late the client sent it."""
+    rng = random.Random(seed)
+    records: list[dict[str, Any]] = []
+    client = RawClient(url)
+    start = time.perf_counter()
+
+    async def one(phase: str, sent: float, k: int) -> None:
+        body, label = images[k % len(images)]
+        due = start + sent
+        rec = {"phase": phase, "t": sent, "status": None, "stitch": None, "latency_ms": None}
+        rec["lag_ms"] = (time.perf_counter() - due) * 1e3
+        try:
+            status, _, data = await client.post("/v1/predict", body, "image/png")
+            rec["status"] = status
+            if status == 200:
+                answer = json.loads(data)
+                rec["stitch"] = answer["stitch"]
+                rec["server_ms"] = answer["latency_ms"]
+                rec["correct"] = answer["predictions"][0]["top"][0]["index"] == label
+        except (OSError, ValueError, asyncio.IncompleteReadError) as e:
+            rec["status"] = f"error: {type(e).__name__}"
+        rec["latency_ms"] = (time.perf_counter() - due) * 1e3
+        records.append(rec)
+
+    tasks = []
+    t = 0.0
+    k = 0
+    for phase, seconds, rate in schedule:
+        if on_phase:
+            on_phase(phase, "start")
+        end = t + seconds
+        while True:
+            t += rng.expovariate(rate)
+            if t >= end:
+                t = end
+                break
+            delay = start + t - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(phase, t, k)))
+            k += 1
+        delay = start + end - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if on_phase:
+            on_phase(phase, "end")
+    await asyncio.gather(*tasks)
+    client.close()
+    return records
+
+
+def summarize(records: list[dict[str, Any]], top1: dict[str, float], seconds: float) -> dict:
+    ok = [r for r in records if r["status"] == 200]
+    refused = [r for r in records if r["status"] in (429, 503)]
+    failed = [r for r in records if r["status"] not in (200, 429, 503)]
+    lat = [r["latency_ms"] for r in ok]
+    return {
+        "sent": len(records),
+        "answered": len(ok),
+        "throughput_rps": round(len(ok) / seconds, 2),
+        "p50_ms": round(percentile(lat, 50), 2) if lat else None,
+        "p99_ms": round(percentile(lat, 99), 2) if lat else None,
+        "refused_share": round(len(refused) / max(len(records), 1), 4),
+        "failed": len(failed),
+        "server_p99_ms": round(percentile([r["server_ms"] for r in ok], 99), 2) if ok else None,
+        "client_lag_p99_ms": round(percentile([r["lag_ms"] for r in records], 99), 2)
+        if records
+        else None,
+        "served_top1": round(sum(top1[r["stitch"]] for r in ok) / len(ok), 3) if ok else None,
+        # the same requests' own answers against their labels (512 test images, noisier)
+        "answered_correct_pct": round(100 * sum(r["correct"] for r in ok) / len(ok), 2)
+        if ok
+        else None,
+        "stitches": {
+            s: sum(r["stitch"] == s for r in ok) for s in sorted({r["stitch"] for r in ok})
+        },
+    }
+
+
+def run_mode(
+    name: str, run: Path, args: list[str], schedule, images, top1, out_dir: Path, seed: int
+) -> dict[str, Any]:
+    server = Server(run, args, out_dir / f"serve-{name}.log")
+    hog: list[subprocess.Popen] = []
+
+    def on_phase(phase: str, when: str) -> None:
+        if phase == "contention" and when == "start":
+            hog.append(competitor())
+        if phase == "contention" and when == "end":
+            for p in hog:
+                p.kill()
+                p.wait()
+
+    try:
+        # warm-up outside the measurement: the first requests pay for lazy initialisation
+        asyncio.run(drive(server.url, [("warmup", 3.0, schedule[0][2])], images, seed=99))
+        load_before = os.getloadavg()[0]
+        records = asyncio.run(drive(server.url, schedule, images, seed=seed, on_phase=on_phase))
+    finally:
+        for p in hog:
+            p.kill()
+        server.stop()
+    phases = {}
+    for phase, seconds, rate in schedule:
+        rows = [r for r in records if r["phase"] == phase]
+        phases[phase] = {"rate_rps": rate, "seconds": seconds, **summarize(rows, top1, seconds)}
+    return {"args": args, "load_avg_before": load_before, "phases": phases, "records": records}
+
+
+def probe_best_fixed(run: Path, front, rate: float, slo: float, images, top1, out_dir, seconds):
+    """The most accurate front stitch whose p99 at ``rate`` stays under the SLO (probed from
+    the top of the front down, on one fixed server switched with PUT /v1/stitch)."""
+    import httpx
+
+    server = Server(run, ["--stitch", str(front[-1].stitch)], out_dir / "serve-probe.log")
+    probes = []
+    try:
+        asyncio.run(drive(server.url, [("warmup", 2.0, rate)], images, seed=98))
+        for row in reversed(front):
+            httpx.put(
+                f"{server.url}/v1/stitch", json={"stitch": str(row.stitch)}
+            ).raise_for_status()
+            recs = asyncio.run(drive(server.url, [("probe", seconds, rate)], images, seed=97))
+            s = summarize(recs, top1, seconds)
+            probes.append({"stitch": str(row.stitch), **s})
+            print(f"  probe {row.stitch}: p99 {s['p99_ms']} ms, refused {s['refused_share']:.1%}")
+            if s["p99_ms"] is not None and s["p99_ms"] <= slo and s["refused_share"] < 0.01:
+                return str(row.stitch), probes
+    finally:
+        server.stop()
+    return str(front[0].stitch), probes
+
+
+def measure_capacity(run: Path, stitch: str, max_batch: int, out_dir: Path) -> float:
+    """Images per second ``stitch`` answers with full batches through the whole server (HTTP
+    included): a closed loop of 4 × max_batch concurrent clients for 5 s."""
+
+    server = Server(run, ["--stitch", stitch, "--max-batch", str(max_batch)], out_dir / "cap.log")
+    body = test_images(8)[0][0]
+
+    async def loop() -> int:
+        done = 0
+        stop = time.perf_counter() + 5.0
+        client = RawClient(server.url)
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < stop:
+                status, _, _ = await client.post("/v1/predict", body, "image/png")
+                done += status == 200
+
+        await asyncio.gather(*(worker() for _ in range(4 * max_batch)))
+        client.close()
+        return done
+
+    try:
+        asyncio.run(loop())  # warm-up
+        return asyncio.run(loop()) / 5.0
+    finally:
+        server.stop()
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = result["modes"]
+    fig, axes = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    colors = {"adaptive": "C3", "largest": "C0", "smallest": "C2", "best_fixed": "C1"}
+    for name, m in modes.items():
+        recs = sorted((r for r in m["records"] if r["status"] == 200), key=lambda r: r["t"])
+        if not recs:
+            continue
+        # p99 over 2-second bins
+        bins: dict[int, list[float]] = {}
+        for r in recs:
+            bins.setdefault(int(r["t"] // 2), []).append(r["latency_ms"])
+        xs = sorted(bins)
+        axes[0].plot(
+            [2 * x + 1 for x in xs],
+            [percentile(bins[x], 99) for x in xs],
+            label=f"{name} p99",
+            color=colors.get(name),
+        )
+    axes[0].axhline(result["slo_ms"], color="k", ls="--", label="SLO")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("p99 latency, ms (2 s bins)")
+    axes[0].legend(fontsize=8)
+    ad = modes.get("adaptive")
+    if ad:
+        recs = sorted((r for r in ad["records"] if r["status"] == 200), key=lambda r: r["t"])
+        front = sorted({r["stitch"] for r in recs}, key=lambda s: result["top1"][s])
+        order = {s: i for i, s in enumerate(front)}
+        axes[1].scatter(
+            [r["t"] for r in recs], [order.get(r["stitch"], -1) for r in recs], s=2, color="C3"
+        )
+        axes[1].set_yticks(range(len(front)))
+        axes[1].set_yticklabels(front, fontsize=7)
+        axes[1].set_ylabel("adaptive: stitch (cheap → accurate)")
+    t = 0.0
+    for phase, seconds, _ in result["schedule"]:
+        for ax in axes:
+            ax.axvline(t, color="grey", lw=0.5)
+        axes[0].text(t + 0.5, result["slo_ms"] * 1.1, phase, fontsize=8)
+        t += seconds
+    axes[1].set_xlabel("seconds")
+    fig.suptitle(f"snnet serve: SLO {result['slo_ms']} ms, steady {result['rate_rps']} req/s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", type=Path, default=HERE.parent / "runs" / "serve-bench")
+    p.add_argument("--slo-ms", type=float, default=100.0)
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="steady rate R (default: the surge 4R midway between the anchors' capacities)",
+    )
+    p.add_argument("--phase-s", type=float, default=30.0)
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--modes", nargs="+", default=["adaptive", "largest", "smallest", "best_fixed"])
+    p.add_argument("--eval-images", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help="short phases, for a smoke test")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "serve.json")
+    p.add_argument("--replot", action="store_true", help="redraw the PNG from saved results")
+    args = p.parse_args(argv)
+    if args.replot:
+        result = json.loads(args.out.read_text())
+        records = json.loads((args.run.parent / "serve-bench-logs" / "records.json").read_text())
+        for name, m in result["modes"].items():
+            m["records"] = records[name]
+        result["top1"] = {str(r.stitch): r.top1 for r in Results.load(args.run / "results.json")}
+        plot(result, args.out.with_suffix(".png"))
+        return 0
+    if args.quick:
+        args.phase_s = 6.0
+        args.eval_images = args.eval_images or 1000
+    out_dir = args.run.parent / "serve-bench-logs"  # logs and raw records: not committed
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    run = prepare_run(args.run, eval_images=args.eval_images)
+    res = Results.load(run / "results.json")
+    front = res.pareto("latency_ms", "top1")
+    top1 = {str(r.stitch): r.top1 for r in res}
+    images = test_images()
+    largest, smallest = str(len(res.network["anchors"]) - 1), "0"
+    print(f"front by latency: {[str(r.stitch) for r in front]}")
+
+    common = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+    cap = {s: measure_capacity(run, s, args.max_batch, out_dir) for s in (largest, smallest)}
+    print(
+        f"through the server, the largest anchor carries {cap[largest]:.1f} req/s and the "
+        f"smallest {cap[smallest]:.1f} ({cap[smallest] / cap[largest]:.2f}×)"
+    )
+    if args.rate is not None:
+        rate = args.rate
+    elif cap[smallest] > cap[largest]:
+        # the surge (4R) midway between what the largest and the smallest anchor carry
+        rate = round((cap[largest] + cap[smallest]) / 8, 1)
+    else:
+        rate = round(cap[largest] / 4, 1)
+        print("  the smallest carries no more than the largest here: switching cannot add capacity")
+    print(f"steady rate {rate} req/s, surge {4 * rate:.1f}")
+    schedule = [(ph, args.phase_s, rate * FACTOR[ph]) for ph in PHASES]
+    result: dict[str, Any] = {
+        "slo_ms": args.slo_ms,
+        "rate_rps": rate,
+        "capacity_rps": cap,
+        "schedule": schedule,
+        "front": [str(r.stitch) for r in front],
+        "top1": top1,
+        "machine": machine(),
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "modes": {},
+    }
+    fixed = {"largest": largest, "smallest": smallest}
+    if "best_fixed" in args.modes:
+        best, probes = probe_best_fixed(
+            run, front, rate, args.slo_ms, images, top1, out_dir, max(5.0, args.phase_s / 3)
+        )
+        fixed["best_fixed"] = best
+        result["best_fixed_probes"] = probes
+        print(f"best fixed stitch at {rate} req/s: {best}")
+    for i, mode in enumerate(args.modes):
+        margs = ["--slo-ms", str(args.slo_ms)] if mode == "adaptive" else ["--stitch", fixed[mode]]
+        print(f"mode {mode}: {' '.join(margs)}", flush=True)
+        m = run_mode(mode, run, margs + common, schedule, images, top1, out_dir, seed=i)
+        result["modes"][mode] = m
+        for ph, s in m["phases"].items():
+            print(
+                f"  {ph:13s} {s['throughput_rps']:7.1f} req/s  p50 {s['p50_ms']} ms  "
+                f"p99 {s['p99_ms']} ms  refused {s['refused_share']:.2%}  "
+                f"top-1 {s['served_top1']}  failed {s['failed']}",
+                flush=True,
+            )
+    result["machine_after"] = machine()
+    slim = {**result, "modes": {k: {**v, "records": None} for k, v in result["modes"].items()}}
+    plot(result, args.out.with_suffix(".png"))
+    atomic_write(args.out, lambda f: json.dump(slim, f, indent=2))
+    atomic_write(
+        out_dir / "records.json",
+        lambda f: json.dump({k: v["records"] for k, v in result["modes"].items()}, f),
+    )
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

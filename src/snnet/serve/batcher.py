@@ -1,0 +1,392 @@
+"""Dynamic micro-batching with a latency SLO: requests queue, batches form, one thread computes.
+
+Requests wait in one bounded queue. A batch closes when it holds ``max_batch`` images or its first
+image has waited ``max_wait_ms``; it runs off the event loop on a single worker thread (torch
+uses a fixed number of threads inside it), so the loop keeps accepting and refusing requests while
+the network computes. Before each batch the :class:`~snnet.controller.BudgetController` picks the
+stitch (``net(x, stitch=s)``: a value, no weights move). Admission is decided at once: a request
+the queue cannot take within the SLO even on the cheapest stitch is refused with a retry hint,
+and every request that was accepted gets an answer, also while draining for shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from snnet.controller import SloPolicy
+from snnet.latency import percentile
+from snnet.results import Record
+from snnet.serve.model import ServedModel, ServeError
+from snnet.stitch import Stitch
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How one replica serves (the ``snnet serve`` options)."""
+
+    slo_ms: float | None = None  # follow this end-to-end p99; None: run ``stitch`` always
+    stitch: str | None = None  # the fixed stitch without an SLO (default: the most accurate)
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+    threads: int = 1
+    max_queue: int | None = None  # default: what the cheapest stitch clears within the SLO
+    max_images: int = 16  # per request
+    max_pixels: int = 4096 * 4096
+    top_k: int = 5
+    hold_s: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_wait_ms < 0 or self.threads < 1 or self.max_images < 1:
+            raise ValueError("max_batch, threads, max_images >= 1 and max_wait_ms >= 0 required")
+        if self.slo_ms is not None and self.slo_ms <= self.max_wait_ms:
+            raise ValueError(f"the SLO ({self.slo_ms} ms) must exceed max_wait_ms")
+
+
+@dataclass(frozen=True)
+class Want:
+    """What one request asks for: a stitch, or a cap the controller's choice must respect."""
+
+    stitch: Stitch | None = None
+    cap: Record | None = None  # the most accurate stitch within the request's budget
+
+
+@dataclass
+class _Item:
+    x: torch.Tensor  # (C, H, W)
+    want: Want
+    arrived: float
+    future: asyncio.Future = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer for one image."""
+
+    probs: torch.Tensor  # (classes,)
+    stitch: Stitch
+    batch_size: int
+    queue_ms: float
+    compute_ms: float
+
+
+class Hooks:
+    """What the batcher reports (the app turns these into Prometheus metrics)."""
+
+    def batch(self, stitch: Stitch, size: int, compute_ms: float) -> None: ...
+    def request(self, stitch: Stitch, latency_ms: float) -> None: ...
+    def refused(self, reason: str) -> None: ...
+    def switched(self, old: Stitch, new: Stitch) -> None: ...
+
+
+def resolve_want(
+    model: ServedModel,
+    slowdown: float,
+    stitch: str | None = None,
+    max_gmacs: float | None = None,
+    max_latency_ms: float | None = None,
+) -> Want:
+    """A request's stitch, or the most accurate front stitch within its budget (latency at
+    today's speed: the measured latency × ``slowdown``); a :class:`ServeError` when the stitch
+    is unknown (400) or no stitch fits the budget (422, naming the cheapest)."""
+    if stitch is not None:
+        try:
+            return Want(stitch=model.net.space.check(stitch))
+        except ValueError as e:
+            raise ServeError(400, "unknown_stitch", str(e)) from None
+    if max_gmacs is None and max_latency_ms is None:
+        return Want()
+    rows = [
+        r
+        for r in model.front
+        if (max_gmacs is None or r.gmacs <= max_gmacs)
+        and (max_latency_ms is None or r.latency_ms * slowdown <= max_latency_ms)
+    ]
+    if not rows:
+        cheapest = model.front[0]
+        raise ServeError(
+            422,
+            "impossible_budget",
+            f"no stitch fits max_gmacs={max_gmacs}, max_latency_ms={max_latency_ms}; the "
+            f"cheapest is '{cheapest.stitch}' ({cheapest.gmacs:.4g} GMACs, "
+            f"{cheapest.latency_ms * slowdown:.3g} ms now)",
+        )
+    return Want(cap=max(rows, key=lambda r: (r.top1, -r.latency_ms)))
+
+
+def stitch_for(model: ServedModel, want: Want, chosen: Stitch) -> Stitch:
+    """The stitch one image runs: the one it asked for, else the controller's choice unless
+    that exceeds the image's budget (then the best stitch within the budget)."""
+    if want.stitch is not None:
+        return want.stitch
+    if want.cap is not None:
+        row = model.results[chosen]
+        fits = row.gmacs <= want.cap.gmacs and row.latency_ms <= want.cap.latency_ms
+        return chosen if fits else want.cap.stitch
+    return chosen
+
+
+class Batcher:
+    """The serving loop of one replica (create it inside a running event loop).
+
+    Example:
+        >>> batcher = Batcher(ServedModel.load("runs/demo"), ServeSettings(slo_ms=50))
+        >>> await batcher.start()
+        >>> [pred] = await batcher.submit([model.preprocess(img)], Want())
+        >>> await batcher.drain()
+    """
+
+    def __init__(
+        self,
+        model: ServedModel,
+        settings: ServeSettings,
+        *,
+        hooks: Hooks | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        batch_ms: dict[Stitch, float] | None = None,
+    ) -> None:
+        self.model, self.settings, self.hooks, self.clock = model, settings, hooks or Hooks(), clock
+        self.ctrl = model.controller()
+        torch.set_num_threads(settings.threads)
+        if settings.slo_ms is not None:
+            policy = SloPolicy(
+                slo_ms=settings.slo_ms,
+                max_batch=settings.max_batch,
+                max_wait_ms=settings.max_wait_ms,
+                hold_s=settings.hold_s,
+            )
+            if batch_ms is None:
+                batch_ms = model.full_batch_ms(settings.max_batch)
+            self.ctrl.set_slo(policy, batch_ms=batch_ms)
+        else:
+            fixed = settings.stitch or str(model.front[-1].stitch)
+            model.net.stitch = fixed  # checked: an unknown stitch is a ValueError here
+        self.started = clock()
+        self._queue: deque[_Item] = deque()
+        self._wake = asyncio.Event()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="snnet-infer")
+        self._task: asyncio.Task | None = None
+        self.draining = False
+        self.counts: Counter[str] = Counter()  # images answered per stitch
+        self.refused: Counter[str] = Counter()
+        self._recent: deque[tuple[float, float]] = deque()  # (finished, latency ms)
+        self.history: deque[dict[str, Any]] = deque(maxlen=600)  # one point per second
+        self._next_sample = 0.0
+        self._last_stitch = model.net.stitch
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        # torch's intra-op thread count is per thread: set it inside the worker too
+        await asyncio.get_running_loop().run_in_executor(
+            self._pool, torch.set_num_threads, self.settings.threads
+        )
+        self._task = asyncio.create_task(self._loop(), name="snnet-batcher")
+
+    async def drain(self) -> None:
+        """Refuse new requests, answer every accepted one, then stop."""
+        self.draining = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        self._pool.shutdown(wait=True)
+
+    # -- requests -----------------------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def max_queue(self) -> int:
+        """Images the queue takes: ``max_queue``, else what the cheapest stitch clears within
+        the SLO at today's speed (without an SLO: 32 batches)."""
+        s = self.settings
+        if s.max_queue is not None:
+            return s.max_queue
+        if s.slo_ms is None:
+            return 32 * s.max_batch
+        full = self.ctrl.batch_time(0, s.max_batch)
+        batches = math.floor((s.slo_ms - s.max_wait_ms - full) / full) if full > 0 else 0
+        return max(s.max_batch, batches * s.max_batch)
+
+    def resolve(
+        self,
+        stitch: str | None = None,
+        max_gmacs: float | None = None,
+        max_latency_ms: float | None = None,
+    ) -> Want:
+        """Check a request's stitch or budget now (4xx on error), before it queues."""
+        return resolve_want(self.model, self.ctrl.slowdown, stitch, max_gmacs, max_latency_ms)
+
+    async def submit(self, images: list[torch.Tensor], want: Want) -> list[Prediction]:
+        """Queue preprocessed images; answers once all ran, or refuses at once (503)."""
+        if self.draining:
+            self._refuse("draining")
+            raise ServeError(503, "shutting_down", "the server is shutting down", retry_after=1)
+        if len(self._queue) + len(images) > self.max_queue():
+            self._refuse("overload")
+            wait_s = max(1, math.ceil(4 * self._full_batch_ms() / 1e3))  # a few batches
+            raise ServeError(
+                503,
+                "overloaded",
+                f"the queue is full ({len(self._queue)} images waiting; the cheapest stitch "
+                "cannot answer more within the latency target): retry later",
+                retry_after=wait_s,
+            )
+        loop = asyncio.get_running_loop()
+        now = self.clock()
+        items = [_Item(x, want, now, loop.create_future()) for x in images]
+        self._queue.extend(items)
+        if self.settings.slo_ms is not None:
+            self.ctrl.observe_arrival(now, len(items))
+        self._wake.set()
+        return list(await asyncio.gather(*(i.future for i in items)))
+
+    def _full_batch_ms(self) -> float:
+        """Predicted time of a full batch of the cheapest stitch (SLO) or the running one."""
+        b = self.settings.max_batch
+        if self.settings.slo_ms is not None:
+            return self.ctrl.batch_time(0, b)
+        return self.model.results[self.model.net.stitch].latency_ms * b
+
+    def _refuse(self, reason: str) -> None:
+        self.refused[reason] += 1
+        self.hooks.refused(reason)
+
+    # -- the loop -----------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self.draining:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            # the batch closes when full or when its oldest image has waited max_wait_ms
+            deadline = self._queue[0].arrived + s.max_wait_ms / 1e3
+            while len(self._queue) < s.max_batch and not self.draining:
+                left = deadline - self.clock()
+                if left <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), left)
+                except TimeoutError:
+                    break
+            batch = [self._queue.popleft() for _ in range(min(s.max_batch, len(self._queue)))]
+            chosen = self._choose()
+            groups: dict[Stitch, list[_Item]] = {}
+            for item in batch:
+                groups.setdefault(stitch_for(self.model, item.want, chosen), []).append(item)
+            for stitch, items in groups.items():
+                try:
+                    probs, compute_ms = await loop.run_in_executor(
+                        self._pool, self._compute, stitch, items
+                    )
+                except Exception as e:  # an answer for every accepted request, even an error
+                    for item in items:
+                        if not item.future.done():
+                            item.future.set_exception(
+                                ServeError(500, "inference_failed", f"{type(e).__name__}: {e}")
+                            )
+                    continue
+                self._answer(stitch, items, probs, compute_ms)
+
+    def _choose(self) -> Stitch:
+        if self.settings.slo_ms is None:
+            return self.model.net.stitch
+        new = self.ctrl.update(self.clock(), len(self._queue))
+        if new != self._last_stitch:
+            self.hooks.switched(self._last_stitch, new)
+            self._last_stitch = new
+        return new
+
+    def _compute(self, stitch: Stitch, items: list[_Item]) -> tuple[torch.Tensor, float]:
+        start = time.perf_counter()
+        probs = self.model.predict(torch.stack([i.x for i in items]), stitch)
+        return probs, (time.perf_counter() - start) * 1e3
+
+    def _answer(
+        self, stitch: Stitch, items: list[_Item], probs: torch.Tensor, compute_ms: float
+    ) -> None:
+        now = self.clock()
+        n = len(items)
+        if self.settings.slo_ms is not None and stitch == self.model.net.stitch:
+            self.ctrl.observe_batch(stitch, n, compute_ms)
+        self.hooks.batch(stitch, n, compute_ms)
+        for item, p in zip(items, probs, strict=True):
+            latency = (now - item.arrived) * 1e3
+            queue_ms = max(0.0, latency - compute_ms)
+            if self.settings.slo_ms is not None:
+                self.ctrl.observe_request(now, latency)
+            self._recent.append((now, latency))
+            self.counts[str(stitch)] += 1
+            self.hooks.request(stitch, latency)
+            if not item.future.done():  # a client that went away leaves a cancelled future
+                item.future.set_result(Prediction(p, stitch, n, queue_ms, compute_ms))
+        self._sample(now)
+
+    # -- what the status page shows -----------------------------------------------------------
+    def recent(self, window_s: float = 10.0) -> dict[str, float | None]:
+        now = self.clock()
+        while self._recent and self._recent[0][0] < now - 60:
+            self._recent.popleft()
+        xs = [ms for t, ms in self._recent if t >= now - window_s]
+        if not xs:
+            return {"p50_ms": None, "p99_ms": None, "rate": 0.0}
+        return {
+            "p50_ms": percentile(xs, 50),
+            "p99_ms": percentile(xs, 99),
+            "rate": len(xs) / window_s,
+        }
+
+    def _sample(self, now: float) -> None:
+        if now < self._next_sample:
+            return
+        self._next_sample = now + 1.0
+        r = self.recent(5.0)
+        self.history.append(
+            {
+                "t": round(now - self.started, 2),
+                "p50_ms": r["p50_ms"],
+                "p99_ms": r["p99_ms"],
+                "rate": r["rate"],
+                "stitch": str(self.model.net.stitch),
+                "queue": len(self._queue),
+            }
+        )
+
+    def status(self) -> dict[str, Any]:
+        s = self.settings
+        self._sample(self.clock())
+        return {
+            "stitch": str(self.model.net.stitch),
+            "mode": "slo" if s.slo_ms is not None else "fixed",
+            "slo_ms": s.slo_ms,
+            "fits": self.ctrl.fits,
+            # the stitches the SLO controller moves between (cheap to accurate)
+            "slo_front": [str(r.stitch) for r in self.ctrl.front] if s.slo_ms else None,
+            "queue_depth": len(self._queue),
+            "max_queue": self.max_queue(),
+            "max_batch": s.max_batch,
+            "max_wait_ms": s.max_wait_ms,
+            "threads": s.threads,
+            "slowdown": round(self.ctrl.slowdown, 3),
+            "switches": self.ctrl.switches,
+            "recent": self.recent(),
+            "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "requests_per_stitch": dict(self.counts),
+            "refused": dict(self.refused),
+            "uptime_s": round(self.clock() - self.started, 1),
+            "draining": self.draining,
+            "history": list(self.history),
+        }

@@ -1,0 +1,269 @@
+"""The served network: loading a run, its results and costs, decoding and preprocessing images.
+
+Everything here is independent of the web framework: the FastAPI app and the Ray Serve
+deployment both build one :class:`ServedModel` per replica and hand it to a
+:class:`~snnet.serve.batcher.Batcher`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from snnet.controller import BudgetController
+from snnet.latency import measure_latency
+from snnet.network import SNNet
+from snnet.results import Record, Results
+from snnet.rundir import RunDir
+from snnet.serialize import load, read_config
+from snnet.stitch import Stitch
+
+logger = logging.getLogger("snnet.serve")
+
+
+class ServeError(Exception):
+    """A request the server refuses: an HTTP status, a short code and a message naming the
+    problem (and, for overload, how many seconds to wait before retrying)."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+# -- preprocessing --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preprocess:
+    """PIL image -> normalised (C, H, W) float tensor, as the anchors were trained.
+
+    The saved network does not record its normalisation yet, so :func:`preprocessing` derives it:
+    from ``config["data"]`` when present, the Fashion-MNIST statistics for snnet's demo family,
+    else the anchors' timm data config.
+    """
+
+    channels: int
+    size: tuple[int, int]  # (H, W)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_pct: float = 1.0  # resize the short side to size / crop_pct, then centre-crop
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        img = img.convert("L" if self.channels == 1 else "RGB")
+        h, w = self.size
+        if self.crop_pct < 1.0:
+            scale = max(h, w) / self.crop_pct / min(img.size)
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BILINEAR)
+            left, top = (img.width - w) // 2, (img.height - h) // 2
+            img = img.crop((left, top, left + w, top + h))
+        elif img.size != (w, h):
+            img = img.resize((w, h), Image.BILINEAR)
+        x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+        x = x.view(h, w, self.channels).permute(2, 0, 1).float().div_(255.0)
+        mean = torch.tensor(self.mean).view(-1, 1, 1)
+        std = torch.tensor(self.std).view(-1, 1, 1)
+        return (x - mean) / std
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "channels": self.channels,
+            "size": list(self.size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "crop_pct": self.crop_pct,
+        }
+
+
+def preprocessing(net: SNNet, config: dict[str, Any]) -> Preprocess:
+    """How to turn an image into the network's input (see :class:`Preprocess`)."""
+    c, h, w = net.anchors[0].input_size
+    data = config.get("data")
+    if data:
+        return Preprocess(
+            channels=c,
+            size=(h, w),
+            mean=tuple(data["mean"]),
+            std=tuple(data["std"]),
+            crop_pct=float(data.get("crop_pct", 1.0)),
+        )
+    if all((a.source or {}).get("kind") == "zoo" for a in net.anchors):
+        from snnet.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+
+        # snnet's demo anchors: grey 28×28 Fashion-MNIST, normalised as in snnet.data.normalize
+        return Preprocess(c, (h, w), (FASHION_MNIST_MEAN,) * c, (FASHION_MNIST_STD,) * c)
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config(model=net.anchors[0].model)
+    return Preprocess(
+        channels=c,
+        size=(h, w),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        crop_pct=float(cfg.get("crop_pct", 1.0)),
+    )
+
+
+def class_names(net: SNNet, config: dict[str, Any], num_classes: int) -> tuple[str, ...]:
+    """Names of the classes when the dataset is known, else ``class_0``, ``class_1``, ..."""
+    names = (config.get("data") or {}).get("classes")
+    if names and len(names) == num_classes:
+        return tuple(names)
+    if all((a.source or {}).get("kind") == "zoo" for a in net.anchors):
+        from snnet.data import FASHION_MNIST_CLASSES
+
+        return FASHION_MNIST_CLASSES
+    if num_classes == 1000:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        return tuple(info.index_to_description(i) for i in range(1000))
+    return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode PNG/JPEG/... bytes fully, or raise :class:`ServeError` naming the problem."""
+    if not data:
+        raise ServeError(400, "empty_image", "the image is empty (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise ServeError(413, "image_too_large", str(e)) from None
+    except (UnidentifiedImageError, OSError):
+        raise ServeError(
+            400, "not_an_image", "the data is not an image PIL can read (PNG, JPEG, ...)"
+        ) from None
+    if img.width * img.height > max_pixels:
+        raise ServeError(
+            413,
+            "image_too_large",
+            f"the image is {img.width}×{img.height} pixels; at most {max_pixels:,} are accepted",
+        )
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ServeError(400, "truncated_image", f"the image could not be decoded: {e}") from None
+    return img
+
+
+# -- the model --------------------------------------------------------------------------------------
+class ServedModel:
+    """One network loaded for serving: the network in eval mode, its results (accuracy, cost and
+    latency of every stitch), the Pareto front of latency against top-1, preprocessing and class
+    names.
+
+    Example:
+        >>> model = ServedModel.load("runs/demo")
+        >>> probs = model.predict(torch.stack([model.preprocess(img)]), model.front[-1].stitch)
+    """
+
+    def __init__(
+        self,
+        net: SNNet,
+        results: Results,
+        preprocess: Preprocess,
+        classes: tuple[str, ...],
+        *,
+        source: str = "",
+    ) -> None:
+        self.net = net.eval()
+        self.results = results
+        self.preprocess = preprocess
+        self.classes = classes
+        self.source = source
+        self.front: list[Record] = results.pareto("latency_ms", "top1")
+        if not self.front:
+            raise ValueError("no stitch has both latency and top-1 measured")
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        results: str | Path | None = None,
+        measure: Callable[[SNNet, Results], Results] | None = None,
+    ) -> ServedModel:
+        """Load the network of a run (or a saved network) and its ``results.json``. Latency not
+        in the results is measured now (``measure``; default: :func:`measure_latency` with 20
+        repeats per stitch) and the log says so; accuracy must already be there."""
+        run = RunDir.find(path)
+        config = read_config(run.model)
+        net = load(run.model, map_location="cpu").eval()
+        res_path = Path(results) if results else run.results
+        if not res_path.is_file():
+            raise FileNotFoundError(
+                f"no results file at {res_path}: measure accuracy first with `snnet evaluate "
+                f"{path}` (and latency with `snnet latency {path}`), or pass --results"
+            )
+        res = Results.load(res_path)
+        res.check_network(net)
+        if res.missing("top1"):
+            raise ValueError(
+                f"{res_path} lacks top-1 for {len(res.missing('top1'))} stitches: run "
+                f"`snnet evaluate {path}` first"
+            )
+        if res.missing("latency_ms"):
+            logger.warning(
+                "%s has no latency for %d stitches: measuring it now on this machine",
+                res_path,
+                len(res.missing("latency_ms")),
+            )
+            measure = measure or (
+                lambda n, r: measure_latency(n, r, repeats=20, warmup=3, settle_s=1, progress=False)
+            )
+            res = measure(net, res)
+        num_classes = int(net(torch.zeros(1, *net.anchors[0].input_size)).shape[-1])
+        return cls(
+            net,
+            res,
+            preprocessing(net, config),
+            class_names(net, config, num_classes),
+            source=str(run.model),
+        )
+
+    def full_batch_ms(self, max_batch: int, *, rounds: int = 9) -> dict[Stitch, float]:
+        """Time of a batch of ``max_batch`` images per front stitch, measured now: what the SLO
+        controller needs besides the batch-1 latency in the results. Each round times every
+        stitch once and a stitch gets its median over rounds, so a change of the machine's load
+        during start-up shifts all stitches alike instead of reordering them."""
+        x = torch.zeros(max_batch, *self.net.anchors[0].input_size)
+        times: dict[Stitch, list[float]] = {r.stitch: [] for r in self.front}
+        with torch.inference_mode():
+            for _ in range(2):  # warm-up
+                for s in times:
+                    self.net(x, stitch=s)
+            for _ in range(rounds):
+                for s in times:
+                    start = time.perf_counter()
+                    self.net(x, stitch=s)
+                    times[s].append((time.perf_counter() - start) * 1e3)
+        return {s: statistics.median(ts) for s, ts in times.items()}
+
+    def controller(self) -> BudgetController:
+        return BudgetController(self.net, self.results, cost="latency_ms")
+
+    def predict(self, x: torch.Tensor, stitch: Stitch) -> torch.Tensor:
+        """Class probabilities (B, classes) of ``stitch`` on a preprocessed batch."""
+        with torch.inference_mode():
+            return self.net(x, stitch=stitch).float().softmax(dim=-1)
+
+    def top_k(self, probs: torch.Tensor, k: int) -> list[list[dict[str, Any]]]:
+        values, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)
+        return [
+            [
+                {"index": int(i), "label": self.classes[int(i)], "prob": float(v)}
+                for v, i in zip(vs, ix, strict=True)
+            ]
+            for vs, ix in zip(values, indices, strict=True)
+        ]

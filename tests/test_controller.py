@@ -1,0 +1,190 @@
+"""The budget controller: a cost budget by binary search, and a latency SLO for serving.
+
+The SLO policy is tested with a fake clock (every method takes ``now``) and synthetic latencies,
+so nothing here depends on how fast or busy the machine is.
+"""
+
+import math
+from itertools import pairwise
+
+import pytest
+import torch
+
+import snnet
+from families import FAMILIES
+from snnet.controller import BudgetController, SloPolicy
+from snnet.results import Results
+
+
+def test_budget_controller_follows_a_changing_budget():
+    net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
+    res = Results.for_network(net)
+    # accuracy and latency grow with cost here; the controller should follow the budget
+    for i, r in enumerate(sorted(res, key=lambda r: r.gmacs)):
+        res.update(r.stitch, top1=50.0 + i, latency_ms=1.0 + i, latency_p90_ms=1.0 + i)
+    ctrl = BudgetController(net, res, cost="latency_ms")
+    by_latency = {r.latency_ms: r.stitch for r in res}
+    assert ctrl.set_budget(5.5) == by_latency[5.0] == net.stitch and ctrl.fits
+    assert ctrl.set_budget(100) == by_latency[max(by_latency)]
+    assert ctrl.set_budget(0.1) == by_latency[1.0] and not ctrl.fits  # runs the cheapest
+    # the machine turns out twice as slow as when latency was measured: step down
+    adaptive = BudgetController(net, res, cost="latency_ms", adapt=True, smoothing=1.0)
+    adaptive.set_budget(10.0)
+    assert adaptive.observe(2 * 10.0) == by_latency[5.0] == net.stitch
+    with pytest.raises(ValueError, match="another network"):
+        BudgetController(snnet.SNNet(FAMILIES["sequential"][0]()), res)
+
+
+# -- latency SLO ----------------------------------------------------------------------------------
+def _slo_controller(**policy):
+    """A controller whose front is every stitch: batch-1 latency 1, 2, 3, ... ms, a full batch
+    of 8 costing 4× that."""
+    net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
+    res = Results.for_network(net)
+    for i, r in enumerate(sorted(res, key=lambda r: r.gmacs)):
+        res.update(r.stitch, top1=50.0 + i, latency_ms=1.0 + i)
+    ctrl = BudgetController(net, res, cost="latency_ms")
+    batch_ms = {r.stitch: 4 * r.latency_ms for r in ctrl.front}
+    settings = {"slo_ms": 40.0, "max_batch": 8, "max_wait_ms": 2.0, "hold_s": 3.0, **policy}
+    ctrl.set_slo(SloPolicy(**settings), batch_ms=batch_ms)
+    return ctrl
+
+
+def _arrive(ctrl, start, stop, rate):
+    """Requests at a constant ``rate`` per second between ``start`` and ``stop`` (seconds)."""
+    n = round((stop - start) * rate)
+    for k in range(n):
+        ctrl.observe_arrival(start + k / rate)
+
+
+def test_slo_starts_on_the_best_stitch_an_idle_server_holds():
+    ctrl = _slo_controller()
+    p = ctrl.slo
+    i = ctrl.front.index(ctrl._row(ctrl.net.stitch))
+    assert 0 < i < len(ctrl.front) - 1  # the SLO rules out the top of the front here
+    assert ctrl.predict_p99(i, 0.0, 0) <= p.up_at * p.slo_ms < ctrl.predict_p99(i + 1, 0.0, 0)
+    assert ctrl.predict_p99(i, 0.0, 0) == pytest.approx(p.max_wait_ms + ctrl.batch_time(i, 1))
+
+
+def test_slo_prediction_grows_with_rate_queue_and_slowdown():
+    ctrl = _slo_controller()
+    i = 2
+    base = ctrl.predict_p99(i, 100.0, 0)
+    assert ctrl.predict_p99(i, 300.0, 0) > base
+    assert ctrl.predict_p99(i, 100.0, 16) == pytest.approx(base + 2 * ctrl.batch_time(i, 8))
+    assert ctrl.predict_p99(i, 10 * ctrl.capacity(i), 0) == math.inf  # beyond capacity
+    assert ctrl.batch_time(i, 1) == ctrl.front[i].latency_ms
+    assert ctrl.batch_time(i, 8) == 4 * ctrl.front[i].latency_ms
+    ctrl.observe_batch(ctrl.front[i].stitch, 8, 2 * 4 * ctrl.front[i].latency_ms)  # 2× slower
+    assert ctrl.slowdown == pytest.approx(1 + ctrl.slo.smoothing)
+    assert ctrl.predict_p99(i, 100.0, 0) > base
+
+
+def test_slo_steps_down_at_once_in_a_surge_and_up_slowly_with_hysteresis():
+    ctrl = _slo_controller()
+    p = ctrl.slo
+    start = ctrl._index
+    weights = [t.data_ptr() for t in ctrl.net.parameters()]
+    # a surge: the running stitch is predicted over the SLO, so the next update steps down,
+    # as far as needed in one go, to a stitch predicted to hold it
+    rate = 0.9 * ctrl.capacity(start)
+    _arrive(ctrl, 0.0, 2.0, rate)
+    s = ctrl.update(2.0, queue_depth=0)
+    i = ctrl._index
+    assert i < start and s == ctrl.front[i].stitch == ctrl.net.stitch
+    assert ctrl.predict_p99(i, ctrl.arrival_rate(2.0), 0) <= p.down_at * p.slo_ms
+    if i + 1 < len(ctrl.front):
+        assert ctrl.predict_p99(i + 1, ctrl.arrival_rate(2.0), 0) > p.down_at * p.slo_ms
+    assert ctrl.switches == 1
+    # the load eases: no step up before hold_s, then one stitch per hold_s
+    ups = []
+    for k in range(1, 200):
+        now = 2.0 + 0.5 * k
+        before = ctrl._index
+        ctrl.update(now, queue_depth=0)  # no arrivals: the rate falls to 0
+        if ctrl._index != before:
+            assert ctrl._index == before + 1
+            ups.append(now)
+    assert ups and ups[0] - 2.0 >= p.hold_s + p.rate_window_s - 0.5
+    assert all(b - a >= p.hold_s for a, b in pairwise(ups))
+    assert ctrl._index == start  # back where the idle server started, no higher
+    assert [t.data_ptr() for t in ctrl.net.parameters()] == weights  # switching moves no weights
+
+
+def test_slo_steps_down_when_the_queue_grows():
+    ctrl = _slo_controller()
+    start = ctrl._index
+    ctrl.update(0.0, queue_depth=0)
+    assert ctrl._index == start
+    ctrl.update(0.1, queue_depth=64)  # a backlog of 8 full batches
+    assert ctrl._index < start
+
+
+def test_slo_steps_down_one_stitch_when_observed_p99_breaks_it():
+    ctrl = _slo_controller(min_samples=10)
+    start = ctrl._index
+    ctrl.update(0.0, queue_depth=0)
+    for k in range(9):  # too few samples: no decision on observations yet
+        ctrl.observe_request(1.0 + k * 0.01, 39.0)
+    ctrl.update(1.2, queue_depth=0)
+    assert ctrl._index == start
+    ctrl.observe_request(1.2, 39.0)
+    ctrl.update(1.3, queue_depth=0)
+    assert ctrl._index == start - 1  # 39 ms > 0.8 × 40 ms, though the prediction was fine
+    # the old stitch's latencies do not count against the new one
+    ctrl.update(1.4, queue_depth=0)
+    assert ctrl._index == start - 1
+
+
+def test_slo_beyond_the_cheapest_runs_it_and_says_it_does_not_fit():
+    ctrl = _slo_controller()
+    _arrive(ctrl, 0.0, 2.0, 2 * ctrl.capacity(0))
+    assert ctrl.update(2.0, queue_depth=0) == ctrl.front[0].stitch
+    assert not ctrl.fits
+
+
+def test_slo_needs_latency_costs_and_a_valid_policy():
+    net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
+    res = Results.for_network(net)
+    for i, r in enumerate(res):
+        res.update(r.stitch, top1=float(i), latency_ms=1.0 + i)
+    with pytest.raises(ValueError, match="latency"):
+        BudgetController(net, res, cost="gmacs").set_slo(SloPolicy(slo_ms=10))
+    with pytest.raises(ValueError, match="hysteresis"):
+        SloPolicy(slo_ms=10, up_at=0.9, down_at=0.8)
+    with pytest.raises(ValueError):
+        SloPolicy(slo_ms=0)
+    with pytest.raises(ValueError, match="set_slo"):
+        BudgetController(net, res).update(0.0, 0)
+    assert torch.is_tensor(net(torch.zeros(1, *net.anchors[0].input_size)))
+
+
+def test_slo_front_drops_stitches_slower_per_full_batch_than_a_more_accurate_one():
+    net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
+    res = Results.for_network(net)
+    for i, r in enumerate(sorted(res, key=lambda r: r.gmacs)):
+        res.update(r.stitch, top1=50.0 + i, latency_ms=1.0 + i)
+    ctrl = BudgetController(net, res, cost="latency_ms")
+    front = list(ctrl.front)
+    # the cheapest at batch 1 costs more per full batch than the next, more accurate stitch
+    batch_ms = {r.stitch: 4 * r.latency_ms for r in front}
+    batch_ms[front[0].stitch] = batch_ms[front[1].stitch] + 1
+    ctrl.set_slo(SloPolicy(slo_ms=40.0), batch_ms=batch_ms)
+    assert front[0] not in ctrl.front and ctrl.front == front[1:]
+    _arrive(ctrl, 0.0, 2.0, 10 * ctrl.capacity(0))
+    assert ctrl.update(2.0, queue_depth=0) == front[1].stitch  # the floor is now front[1]
+
+
+def test_slo_front_keeps_only_stitches_on_the_multiply_adds_front():
+    net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
+    res = Results.for_network(net)
+    rows = sorted(res, key=lambda r: r.gmacs)
+    for i, r in enumerate(rows):
+        res.update(r.stitch, top1=50.0 + i, latency_ms=10.0 + i)
+    # a stitch with more multiply-adds than the cheapest yet less accurate, that timed fastest
+    junk = rows[3].stitch
+    res.update(junk, top1=10.0, latency_ms=1.0)
+    ctrl = BudgetController(net, res, cost="latency_ms")
+    assert ctrl.front[0].stitch == junk  # on the batch-1 latency front
+    ctrl.set_slo(SloPolicy(slo_ms=400.0), batch_ms={r.stitch: r.latency_ms for r in ctrl.front})
+    assert junk not in [r.stitch for r in ctrl.front] and ctrl.front[0].stitch == rows[0].stitch
