@@ -68,6 +68,29 @@ CASES = [
     ("export {net} --stitch 0:3-1:0 --out {tmp}/o", "not in this network"),
     ("export {net} --out {tmp}/o", "give --stitch"),
     ("export {net} --max-gmacs 1 --out {tmp}/o", "results.json does not exist"),
+    # -- train: every input is checked before anything is written
+    ("train fmnist --out {tmp}/run --lr inf", "lr must be a finite number, got inf"),
+    ("train fmnist --out {tmp}/run --min-lr nan", "min_lr must be a finite number, got nan"),
+    ("train fmnist --out {tmp}/run --save-every -1", "--save-every must be >= 0 steps"),
+    ("train fmnist --out {tmp}/run --workers -1", "--workers must be >= 0 data-loader processes"),
+    (
+        "train fmnist --out {tmp}/run --num-classes 5",
+        "predicts 10 classes and its classifier cannot",
+    ),
+    ("train fmnist --out {tmp}/run --img-size 32", "takes 1×28×28 images and cannot be resized"),
+    ("train fmnist --out {tmp}/run --img-size 0", "--img-size: must be a whole number >= 1, got 0"),
+    (
+        "train deit_tiny_patch16_224 deit_small_patch16_224 --out {tmp}/run --workers -1",
+        "--workers must be >= 0",
+    ),
+    ("train fmnist --out {file}", "is a file, not a directory"),
+    ("train fmnist --out {file}/run", "is a file, not a directory"),
+    ("train fmnist --out {truncated_run} --resume", "start a new run in another --out"),
+    ("train fmnist --out {tmp}/nowhere --resume", "--resume: no checkpoint at"),
+    # -- saved networks that are damaged, and writes that would destroy one
+    ("evaluate {damaged} --data {images}", "save it again"),
+    ("evaluate {notjson} --data {images}", "not valid JSON"),
+    ("export {net} --stitch 0 --out {measured}", "is a file"),
     # -- the command line itself
     ("nosuchcommand", "invalid choice: 'nosuchcommand'"),
     ("", "the following arguments are required: COMMAND"),
@@ -95,6 +118,14 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     paths["file"].write_text("a file where a folder is expected")
     paths["folder"] = tmp / "folder"
     paths["folder"].mkdir()
+    paths["truncated_run"] = tmp / "truncated_run"
+    paths["truncated_run"].mkdir()
+    (paths["truncated_run"] / "checkpoint.pt").write_bytes(b"PK\x03\x04 a torch file cut short")
+    paths["damaged"] = snnet.save(net, tmp / "damaged")
+    weights = paths["damaged"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    paths["notjson"] = snnet.save(net, tmp / "notjson")
+    (paths["notjson"] / "config.json").write_text("{ not json")
     paths["readonly"] = tmp / "readonly"
     paths["readonly"].mkdir()
     paths["readonly"].chmod(0o555)
@@ -155,7 +186,7 @@ def test_a_bad_input_ends_in_one_line_naming_the_fix(
     assert snapshot(workspace["tmp"]) == before  # nothing written, nothing destroyed
 
 
-LIGHT = ["", "evaluate", "latency", "select", "plot", "zoo", "stitches", "export"]
+LIGHT = ["", "evaluate", "latency", "select", "plot", "zoo", "stitches", "export", "serve"]
 # These commands' option lists are read from TrainConfig and DemoSettings, which live beside the
 # torch code that uses them; `snnet train --help` and `snnet demo --help` still import torch.
 HEAVY = ["train", "demo"]
