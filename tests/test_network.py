@@ -1,6 +1,7 @@
 """The core's promises beyond the per-family contracts: loading, switching, bad input."""
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
 
 import pytest
@@ -9,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 import snnet
-from families import vit_family
-from snnet import distributed
+from families import FAMILIES, vit_family
+from snnet import Stitch, distributed
 from snnet.serialize import load_weights
 
 
@@ -205,3 +206,50 @@ def test_config_files_that_are_not_snnet_networks(tmp_path):
     (tmp_path / "config.json").write_text('{"format": "snnet", "version": 99}')
     with pytest.raises(ValueError, match="newer snnet"):
         snnet.load(tmp_path)
+
+
+def _perturb_layers(net: snnet.SNNet) -> None:
+    """Non-zero stitching-layer biases, so every stitch computes something of its own."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in net.layers.values():
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g))
+
+
+# -- runtime switching ------------------------------------------------------------------------
+def test_switching_moves_no_weights():
+    net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
+    before = {n: (p.data_ptr(), p.device) for n, p in net.named_parameters()}
+    for stitch in net.stitches:
+        net.stitch = stitch
+        with net.using("0"):
+            assert net.stitch == Stitch.parse("0")
+        assert net.stitch == stitch
+    assert {n: (p.data_ptr(), p.device) for n, p in net.named_parameters()} == before
+    with pytest.raises(ValueError, match="not in this network"):
+        net.stitch = "0:3-1:0"
+    assert net.stitch == net.stitches[-1]  # a rejected stitch leaves the current one
+
+
+def test_concurrent_callers_with_different_stitches_match_sequential_runs():
+    net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
+    _perturb_layers(net)
+    x = torch.randn(4, *net.anchors[0].input_size, generator=torch.Generator().manual_seed(0))
+    stitches = list(net.stitches)
+    with torch.no_grad():
+        expected = {s: net(x, stitch=s) for s in stitches}
+    current = net.stitch
+    start = threading.Barrier(4)
+
+    def worker(k: int) -> list[tuple[Stitch, torch.Tensor]]:
+        start.wait()  # all threads run at once
+        order = stitches[k::4] * 3 + stitches[::-1][k::4] * 3
+        with torch.no_grad():
+            return [(s, net(x, stitch=s)) for s in order]
+
+    with ThreadPoolExecutor(4) as pool:
+        outs = [o for batch in pool.map(worker, range(4)) for o in batch]
+    assert len(outs) == 6 * len(stitches)
+    for s, out in outs:
+        assert torch.equal(out, expected[s]), s
+    assert net.stitch == current  # per-call stitches never touch the shared one

@@ -1,9 +1,7 @@
-"""Deploying: runtime switching, following a budget, exporting one stitch, and the CLI from
+"""Exporting one stitch as a standalone model (safetensors, ONNX, torch.export), and the CLI from
 measuring latency to exporting the stitch a budget selects."""
 
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -142,45 +140,6 @@ def test_export_errors(tmp_path, monkeypatch):
         load_stitch(tmp_path / "net")
     with pytest.raises(FileNotFoundError, match="snnet export"):
         load_stitch(tmp_path / "nowhere")
-
-
-# -- runtime switching ------------------------------------------------------------------------
-def test_switching_moves_no_weights():
-    net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
-    before = {n: (p.data_ptr(), p.device) for n, p in net.named_parameters()}
-    for stitch in net.stitches:
-        net.stitch = stitch
-        with net.using("0"):
-            assert net.stitch == Stitch.parse("0")
-        assert net.stitch == stitch
-    assert {n: (p.data_ptr(), p.device) for n, p in net.named_parameters()} == before
-    with pytest.raises(ValueError, match="not in this network"):
-        net.stitch = "0:3-1:0"
-    assert net.stitch == net.stitches[-1]  # a rejected stitch leaves the current one
-
-
-def test_concurrent_callers_with_different_stitches_match_sequential_runs():
-    net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
-    _perturb(net)
-    x = torch.randn(4, *net.anchors[0].input_size, generator=torch.Generator().manual_seed(0))
-    stitches = list(net.stitches)
-    with torch.no_grad():
-        expected = {s: net(x, stitch=s) for s in stitches}
-    current = net.stitch
-    start = threading.Barrier(4)
-
-    def worker(k: int) -> list[tuple[Stitch, torch.Tensor]]:
-        start.wait()  # all threads run at once
-        order = stitches[k::4] * 3 + stitches[::-1][k::4] * 3
-        with torch.no_grad():
-            return [(s, net(x, stitch=s)) for s in order]
-
-    with ThreadPoolExecutor(4) as pool:
-        outs = [o for batch in pool.map(worker, range(4)) for o in batch]
-    assert len(outs) == 6 * len(stitches)
-    for s, out in outs:
-        assert torch.equal(out, expected[s]), s
-    assert net.stitch == current  # per-call stitches never touch the shared one
 
 
 # -- command line -----------------------------------------------------------------------------
