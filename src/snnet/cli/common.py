@@ -120,3 +120,14 @@ def load_results_for(net: SNNet, path: str | Path, *, create: bool) -> Results:
     results = Results.load(path)
     results.check_network(net)
     return results
+
+
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    """``--threads``: CPU threads for torch (see :func:`snnet.threads.set_threads`)."""
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice); results then depend on the count, "
+        "not on the machine's load",
+    )

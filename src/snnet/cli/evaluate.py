@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from snnet.cli.common import add_threads_argument
+
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
@@ -35,6 +37,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=None, help="image-decoding processes for --data folders"
     )
     p.add_argument("--checkpoint-every", type=int, default=10, help="save progress every N batches")
+    add_threads_argument(p)
     p.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation mean")
     p.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std")
 
@@ -44,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
     from snnet.evaluate import evaluate_all, progress_path
     from snnet.results import format_table
     from snnet.rundir import RunDir
+    from snnet.threads import set_threads
 
+    set_threads(args.threads)
     run = RunDir.find(args.model)
     net = snnet.load(run.model)
     data, name = open_data(net, args.data, mean=args.mean, std=args.std)

@@ -13,7 +13,7 @@ import typing
 from pathlib import Path
 
 from snnet.checkpoint import check_run
-from snnet.cli.common import add_family_arguments, build_network
+from snnet.cli.common import add_family_arguments, add_threads_argument, build_network
 from snnet.rundir import RunDir
 from snnet.train import TrainConfig, fit
 
@@ -77,6 +77,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         help="hard-distillation teacher: a timm name, NAME=PATH or zoo=NAME",
     )
     data.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_argument(data)
 
     add_config_options(p.add_argument_group("optimisation"))
 
@@ -101,7 +102,9 @@ def load_data(spec: str, input_size: tuple[int, int, int], img_size: int | None)
 
 def run(args: argparse.Namespace) -> int:
     from snnet.sources import resolve_anchors
+    from snnet.threads import set_threads
 
+    set_threads(args.threads)
     config = config_from_args(args)
     check_run(  # before building anything, so that a refused command leaves no trace
         args.out,
