@@ -95,6 +95,8 @@ def main() -> None:
         "last_loss": result.losses[-1],
         "load_avg_1m_end": os.getloadavg()[0],
         "env": env,
+        "losses": result.losses,  # per step: the first differing one locates a divergence
+        "stitches": result.stitches,
     }
     Path(args.out + ".json").write_text(json.dumps(record, indent=2))
     print(json.dumps(record))
