@@ -564,7 +564,7 @@ def test_every_config_field_is_a_train_option_with_its_default_and_help():
 
     from snnet.cli import build_parser
 
-    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    train = build_parser("train")._subparsers._group_actions[0].choices["train"]
     options = {a.dest: a for a in train._actions}
     for f in fields(TrainConfig):
         action = options[f.name]
