@@ -1,6 +1,6 @@
 """Serving benchmark: does switching stitches hold a latency SLO under real load?
 
-Drives `snnet serve` (a subprocess on a loopback port) with an open-loop Poisson client (httpx,
+Drives `snnet serve` (a subprocess on a loopback port) with an open-loop Poisson client (raw HTTP/1.1 on
 asyncio: requests are sent on schedule whether or not earlier ones finished) in phases:
 
 1. steady: rate R;  2. surge: 4R;  3. steady again: R;  4. contention: R while a second process
