@@ -31,8 +31,11 @@ def test_subset():
 
 
 @pytest.fixture(scope="module")
-def accuracies(test_subset) -> dict[str, float]:
-    return {n: zoo.evaluate_accuracy(create_demo_anchor(n), test_subset) for n in NAMES}
+def accuracies() -> dict[str, float]:
+    # The whole test split (a few seconds): on the first 1,000 images alone the anchors' order
+    # is within sampling noise.
+    test = fashion_mnist("test")
+    return {n: zoo.evaluate_accuracy(create_demo_anchor(n), test) for n in NAMES}
 
 
 def test_family_has_at_least_three_equal_depth_anchors():
@@ -69,7 +72,8 @@ def test_anchors_are_ordered_by_cost():
 
 def test_shipped_weights_are_trained(accuracies):
     for name, acc in accuracies.items():
-        assert acc > 75.0, f"{name}: {acc:.1f} % on 1000 test images"
+        assert acc > 75.0, f"{name}: {acc:.1f} % on the test split"
+        assert acc == pytest.approx(zoo.demo_anchor_record(name)["test_acc"], abs=0.01)
     assert accuracies[NAMES[-1]] > accuracies[NAMES[0]] + 1.0
 
 
