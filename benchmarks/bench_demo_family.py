@@ -30,6 +30,7 @@ from snnet.demo import DemoSettings, run_demo
 from snnet.evaluate import evaluate_all
 from snnet.files import atomic_write
 from snnet.results import Results
+from snnet.threads import set_threads
 
 OUT = Path(__file__).parent / "results" / "demo_family.json"
 
@@ -66,7 +67,7 @@ def main() -> None:
     p.add_argument("--ls-images", type=int, default=DemoSettings().ls_images)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     test = fashion_mnist("test")
 
     # 2. Before training: random vs least-squares stitching layers, same anchors, same images.
