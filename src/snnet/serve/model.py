@@ -89,23 +89,16 @@ class Preprocess:
 def preprocessing(net: SNNet, config: dict[str, Any]) -> Preprocess:
     """How to turn an image into the network's input (see :class:`Preprocess`)."""
     c, h, w = net.anchors[0].input_size
-    data = config.get("data")
-    if data:
-        return Preprocess(
-            channels=c,
-            size=(h, w),
-            mean=tuple(data["mean"]),
-            std=tuple(data["std"]),
-            crop_pct=float(data.get("crop_pct", 1.0)),
-        )
-    if all((a.source or {}).get("kind") == "zoo" for a in net.anchors):
+    cfg = config.get("data")
+    if not cfg and all((a.source or {}).get("kind") == "zoo" for a in net.anchors):
         from snnet.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
         # snnet's demo anchors: grey 28×28 Fashion-MNIST, normalised as in snnet.data.normalize
         return Preprocess(c, (h, w), (FASHION_MNIST_MEAN,) * c, (FASHION_MNIST_STD,) * c)
-    from timm.data import resolve_data_config
+    if not cfg:
+        from timm.data import resolve_data_config
 
-    cfg = resolve_data_config(model=net.anchors[0].model)
+        cfg = resolve_data_config(model=net.anchors[0].model)
     return Preprocess(
         channels=c,
         size=(h, w),
