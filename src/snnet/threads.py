@@ -2,9 +2,9 @@
 
 By default MKL may run a BLAS call on fewer threads than torch asked for when it judges the
 machine busy (``MKL_DYNAMIC``). A matrix product split over fewer threads sums in another order,
-so the same training command gave different weights on an idle and on a busy machine (measured
-with 2 threads: 428 of 500 weight tensors differed after 60 steps beside a CPU hog, 0 of 500 with
-dynamic adjustment off). :func:`set_threads` turns that adjustment off through
+so the same training command can give different weights on an idle and on a busy machine (seen
+with 2 threads: 428 of 500 weight tensors differed after 60 steps beside a CPU hog, and 0 of 500
+with dynamic adjustment off; the divergence does not happen on every busy run). :func:`set_threads` turns that adjustment off through
 ``MKL_Set_Dynamic``, which PyTorch's CPU library exports: MKL is linked into it statically, and the
 ``MKL_DYNAMIC`` variable is read once, at ``import torch``, so setting it later is too late. (The
 lower-case ``mkl_set_dynamic`` export is MKL's Fortran interface, which takes a pointer: calling it
