@@ -103,7 +103,7 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("cli_errors")
     net = snnet.SNNet(vit_family()).eval()
     paths = {"tmp": tmp, "net": snnet.save(net, tmp / "net")}
-    paths["images"] = write_image_folder(fashion_mnist("test"), tmp / "images", limit=16)
+    paths["images"] = write_image_folder(fashion_mnist("test"), tmp / "images", limit=64)
     measured = Results.for_network(net)
     for i, r in enumerate(sorted(measured, key=lambda r: r.gmacs)):
         measured.update(r.stitch, top1=50.0 + i)

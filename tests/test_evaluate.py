@@ -337,3 +337,43 @@ def test_the_network_goes_back_to_its_device_and_mode(vit, images):
     vit.to("cuda").eval()
     evaluate_all(vit, images, stitches=["0"], device="cpu", progress=False)
     assert not vit.training and {p.device.type for p in vit.parameters()} == {"cuda"}
+
+
+def _fmnist_folder(root, n: int):
+    return write_image_folder(fashion_mnist("test"), root, limit=n)
+
+
+def test_unreadable_images_are_left_out_not_replaced_by_their_neighbours(vit, tmp_path, capsys):
+    # A folder of 40 images, 3 of them damaged: evaluation counts 37 images, never a neighbour
+    # counted twice under the damaged file's label.
+    model = snnet.save(vit, tmp_path / "run")
+    folder = _fmnist_folder(tmp_path / "images", 40)
+    damaged = sorted(folder.rglob("*.png"))[::13][:3]
+    for path in damaged:
+        path.write_bytes(path.read_bytes()[:60])  # a PNG cut short
+    args = ["evaluate", str(model), "--data", str(folder), "--batch-size", "16", "--workers", "0"]
+    assert main(args) == 0
+    assert "measured on 37 images" in capsys.readouterr().out
+    assert Results.load(model / "results.json").meta["accuracy"]["images"] == 37
+
+
+def test_a_root_with_train_and_val_is_evaluated_on_val(vit, tmp_path, capsys):
+    model = snnet.save(vit, tmp_path / "run")
+    _fmnist_folder(tmp_path / "data" / "train", 30)
+    _fmnist_folder(tmp_path / "data" / "val", 20)
+    args = ["evaluate", str(model), "--data", str(tmp_path / "data"), "--workers", "0"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "measured on 20 images" in out and str(tmp_path / "data" / "val") in out
+
+
+def test_a_folder_with_other_classes_than_the_network_predicts_is_refused(vit, tmp_path, capsys):
+    model = snnet.save(vit, tmp_path / "run")
+    folder = tmp_path / "two"
+    for name in ("cats", "dogs"):
+        _fmnist_folder(folder / name, 4)  # two class folders, each a little ImageFolder inside
+    args = ["evaluate", str(model), "--data", str(folder), "--workers", "0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "2 class folders" in err and "predicts 10 classes" in err, err
+    assert not (model / "results.json").exists()

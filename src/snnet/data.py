@@ -219,9 +219,12 @@ class ImageFolderDataset(Dataset):
     """Images in ``root/<class>/<file>`` (the ImageNet layout), labels by sorted class folder name.
 
     Files without an image extension are ignored. With ``verify=True`` every file is checked once
-    at index time (PIL ``verify``) and unreadable ones are skipped with a warning. Whatever slips
-    through is caught in ``__getitem__``: a file that fails to decode is logged once and replaced by
-    the next valid sample, so a long run never dies on one bad file.
+    at index time (PIL ``verify``) and unreadable ones are left out with a warning, so ``len()``
+    counts only readable images. Whatever slips through is caught in ``__getitem__``: with
+    ``replace_unreadable=True`` (training) a file that fails to decode is logged once and replaced
+    by the next valid sample, so a long run never dies on one bad file; with ``False``
+    (evaluation, where a replacement would be counted under the wrong label) it is an error
+    naming the file.
     """
 
     def __init__(
@@ -231,6 +234,7 @@ class ImageFolderDataset(Dataset):
         *,
         mode: str = "RGB",
         verify: bool = False,
+        replace_unreadable: bool = True,
     ) -> None:
         self.root = Path(root)
         if not self.root.exists():
@@ -266,6 +270,7 @@ class ImageFolderDataset(Dataset):
         self.ignored = ignored
         self.transform = transform
         self.mode = mode
+        self.replace_unreadable = replace_unreadable
         self._bad: set[int] = set()
 
     def __len__(self) -> int:
@@ -288,6 +293,10 @@ class ImageFolderDataset(Dataset):
             try:
                 return self._load(i)
             except Exception as e:
+                if not self.replace_unreadable:
+                    raise ValueError(
+                        f"cannot read image {self.samples[i][0]} ({e}): remove or replace the file"
+                    ) from e
                 self._bad.add(i)
                 logger.warning("skipping unreadable image %s (%s)", self.samples[i][0], e)
         raise RuntimeError(f"no readable image left in {self.root}")
@@ -303,7 +312,7 @@ def image_folder(
     std: Sequence[float] | None = None,
     interpolation: str = "bicubic",
     crop_pct: float | None = None,
-    verify: bool = False,
+    verify: bool | None = None,
     **transform_kwargs,
 ) -> ImageFolderDataset:
     """An ImageFolder dataset with timm's train (augmenting) or eval transform.
@@ -336,7 +345,15 @@ def image_folder(
         kwargs.setdefault("color_jitter", None)  # timm's colour jitter assumes RGB
     kwargs.update(transform_kwargs)
     transform = create_transform(**kwargs)
-    return ImageFolderDataset(root, transform, mode="RGB" if in_chans == 3 else "L", verify=verify)
+    # Evaluation checks every file up front and never substitutes one image for another (its
+    # label would be counted for the wrong image); training keeps going past a bad file.
+    return ImageFolderDataset(
+        root,
+        transform,
+        mode="RGB" if in_chans == 3 else "L",
+        verify=(not train) if verify is None else verify,
+        replace_unreadable=train,
+    )
 
 
 def write_image_folder(

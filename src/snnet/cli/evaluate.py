@@ -119,6 +119,10 @@ def open_data(
         raise FileNotFoundError(f"--data {path} does not exist")
     if (path / "t10k-images-idx3-ubyte.gz").is_file():
         return data.fashion_mnist("test", root=path), f"Fashion-MNIST test ({path})"
+    if (path / "val").is_dir() and (
+        path / "train"
+    ).is_dir():  # root/train + root/val: the val split
+        path = path / "val"
     cfg = getattr(net.anchors[0].model, "pretrained_cfg", None) or {}
     options: dict = {}
     if fmnist:  # the demo family was trained on Fashion-MNIST's own normalisation, no resizing
@@ -134,4 +138,13 @@ def open_data(
     if height != width:
         raise ValueError(f"image folders need square inputs; the anchors take {height}x{width}")
     dataset = data.image_folder(path, train=False, img_size=height, in_chans=chans, **options)
+    from snnet.train import num_outputs
+
+    outputs = num_outputs(net)
+    if len(dataset.classes) != outputs:
+        raise ValueError(
+            f"--data {path} has {len(dataset.classes)} class folders but the network predicts "
+            f"{outputs} classes: give the folder of all {outputs} classes (root/<class>/<image>; "
+            "for root/train + root/val, give root or root/val)"
+        )
     return dataset, f"ImageFolder {path}"
