@@ -214,7 +214,7 @@ def check_writable(path: str | Path) -> Path:
         folder = folder.parent
     if not folder.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(folder))
-    probe = folder / f".{path.name}.snnet{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    probe = _temp_path(folder, path.name)
     try:  # what atomic_write does there first
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except PermissionError as e:
@@ -254,9 +254,15 @@ def read_json_config(
     return config
 
 
+def _temp_path(directory: Path, name: str) -> Path:
+    """A fresh temp name beside ``directory/name``; the pid in it lets :func:`tidy` tell a live
+    writer's file from an orphan."""
+    return directory / f".{name}.snnet{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
 def _write_temp(directory: Path, name: str, write: Any, mode: str) -> Path:
     """A new temp file beside ``directory/name`` holding what ``write`` wrote, on disk."""
-    tmp = directory / f".{name}.snnet{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    tmp = _temp_path(directory, name)
     # O_CREAT with 0o666: the kernel applies the umask, as for any file the user creates.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:

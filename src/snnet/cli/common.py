@@ -122,12 +122,12 @@ def load_results_for(net: SNNet, path: str | Path, *, create: bool) -> Results:
     return results
 
 
-def add_threads_argument(p: argparse.ArgumentParser) -> None:
-    """``--threads``: CPU threads for torch (see :func:`snnet.threads.set_threads`)."""
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="CPU threads for torch (default: torch's choice); results then depend on the count, "
-        "not on the machine's load",
-    )
+def add_threads_argument(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    default: int | None = None,
+    help: str = "CPU threads for torch (default: torch's choice)",
+) -> None:
+    """``--threads``, the one definition every computing command shares (whole numbers >= 1,
+    refused at parse time); the command passes it to :func:`snnet.threads.set_threads`."""
+    p.add_argument("--threads", type=positive_int, default=default, help=help)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from snnet.cli.common import add_threads_argument
 from snnet.demo import DemoSettings, format_report, run_demo
 from snnet.results import Results
 from snnet.threads import set_threads
@@ -31,9 +32,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         help="test images to evaluate on (default all 10,000)",
     )
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument(
-        "--threads", type=int, default=None, help="CPU threads (default: torch's choice)"
-    )
+    add_threads_argument(p)
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from snnet.cli.common import add_threads_argument
+
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -18,7 +20,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         help="results file to fill (default MODEL_DIR/results.json; created with costs if absent)",
     )
     p.add_argument("--batch-size", type=int, default=1, help="images per timed call (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_threads_argument(p)
     p.add_argument("--repeats", type=int, default=30, help="timed calls per stitch (default 30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls per stitch (default 5)")
     p.add_argument(

@@ -7,6 +7,8 @@ import ipaddress
 import logging
 import os
 
+from snnet.cli.common import add_threads_argument
+
 API_KEY_ENV = "SNNET_API_KEY"
 
 
@@ -31,7 +33,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         default=5.0,
         help="longest wait for a batch to fill (default 5)",
     )
-    p.add_argument("--threads", type=int, default=1, help="torch threads for inference (default 1)")
+    add_threads_argument(p, default=1, help="torch threads for inference (default 1)")
     p.add_argument(
         "--max-queue",
         type=int,

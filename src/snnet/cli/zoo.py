@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from snnet.cli.common import add_threads_argument
+
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="zoo_command", metavar="{list,train}")
@@ -26,9 +28,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=None, help="output folder (default: the shipped weights)"
     )
     p_train.add_argument("--data", type=Path, default=None, help="Fashion-MNIST folder (idx .gz)")
-    p_train.add_argument(
-        "--threads",
-        type=int,
+    add_threads_argument(
+        p_train,
         default=2,
         help="torch CPU threads (the shipped files were trained with 2; other counts may change "
         "the last bits)",
