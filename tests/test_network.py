@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import snnet
 from families import FAMILIES, vit_family
-from snnet import Stitch, distributed
+from snnet import Stitch
 from snnet.serialize import load_weights
 
 
@@ -161,10 +161,10 @@ def test_parameters_of_a_stitch_follow_weights_assigned_later():
     # every parameter a rank actually ran.
     net = snnet.SNNet(vit_family())
     stitch = net.stitches[-1]
-    before = distributed.parameters_of(net, stitch)
+    before = net.parameters_of(stitch)
     net.load_state_dict({k: v.clone() for k, v in net.state_dict().items()}, assign=True)
     current = {id(p) for p in net.parameters()}
-    after = distributed.parameters_of(net, stitch)
+    after = net.parameters_of(stitch)
     assert len(after) == len(before) and all(id(p) in current for p in after)
     assert set(vars(net)) == set(vars(snnet.SNNet(vit_family())))  # nothing written behind its back
 

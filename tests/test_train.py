@@ -18,7 +18,6 @@ from snnet.batches import EpochBatches
 from snnet.checkpoint import Diverged, StepLog, load_checkpoint
 from snnet.cli import main
 from snnet.data import FashionMNIST, fashion_mnist
-from snnet.distributed import parameters_of
 from snnet.sampling import StitchSampler, flops_groups
 from snnet.train import TrainConfig, fit, get_lr, network_groups, train_loop
 
@@ -170,11 +169,11 @@ def test_parameters_a_step_does_not_run_stay_bit_identical():
     names = {id(p): n for n, p in net.named_parameters()}
     idle_with_momentum = 0
     for t, stitch in enumerate(result.stitches):
-        ran = {names[id(p)] for p in parameters_of(net, snnet.Stitch.parse(stitch))}
+        ran = {names[id(p)] for p in net.parameters_of(snnet.Stitch.parse(stitch))}
         seen_before = {
             names[id(p)]
             for s in result.stitches[:t]
-            for p in parameters_of(net, snnet.Stitch.parse(s))
+            for p in net.parameters_of(snnet.Stitch.parse(s))
         }
         before, after = data.before[t], data.before[t + 1]
         for n in before:

@@ -89,12 +89,6 @@ def wrap(net: SNNet, world: World) -> nn.Module:
     return DistributedDataParallel(net, device_ids=device_ids, find_unused_parameters=True)
 
 
-def parameters_of(net: SNNet, stitch: Stitch) -> list[nn.Parameter]:
-    """The parameters ``stitch`` runs: :meth:`SNNet.parameters_of` (kept here for callers of
-    this module)."""
-    return net.parameters_of(stitch)
-
-
 @torch.no_grad()
 def average_over_users(net: SNNet, stitches: list[Stitch]) -> None:
     """After DDP's backward (gradients summed over ranks, divided by ``W``): rescale each
