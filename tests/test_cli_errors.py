@@ -186,7 +186,18 @@ def test_a_bad_input_ends_in_one_line_naming_the_fix(
     assert snapshot(workspace["tmp"]) == before  # nothing written, nothing destroyed
 
 
-LIGHT = ["", "evaluate", "latency", "select", "plot", "zoo", "stitches", "export", "serve"]
+LIGHT = [
+    "",
+    "evaluate",
+    "latency",
+    "select",
+    "plot",
+    "zoo",
+    "stitches",
+    "export",
+    "serve",
+    "importance",
+]
 # These commands' option lists are read from TrainConfig and DemoSettings, which live beside the
 # torch code that uses them; `snnet train --help` and `snnet demo --help` still import torch.
 HEAVY = ["train", "demo"]

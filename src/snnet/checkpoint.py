@@ -19,7 +19,7 @@ import csv
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -361,7 +361,9 @@ def open_log(
 
 
 def _check_resume(state: dict[str, Any], config: TrainConfig, world_size: int) -> None:
-    saved = state["config"]
+    # A knob the checkpoint does not name was added to TrainConfig after it was written: the run
+    # trained with that knob's default (new knobs default to the old behaviour).
+    saved = {**{f.name: f.default for f in fields(config)}, **state["config"]}
     diff = [k for k, v in config.to_json().items() if saved.get(k) != v]
     if diff:
         shown = ", ".join(f"{k}={saved.get(k)!r} (now {getattr(config, k)!r})" for k in diff)

@@ -8,6 +8,7 @@ RUN afterwards (evaluate, latency, select, plot, export)::
       checkpoint.pt       everything a resumed run needs (snnet.checkpoint)
       train.json          the run's progress, readable without torch
       steps.csv           per-step losses, learning rates and stitches of the training run
+      importance.json     stitches ranked by estimated importance (--sampling importance)
       results.json        accuracy, cost and latency of every stitch (results.csv beside it)
       pareto.png          accuracy against cost, Pareto front drawn (snnet demo)
       summary.json        what snnet demo found
@@ -31,6 +32,7 @@ TRAIN_LOG = "steps.csv"
 RESULTS = "results.json"
 PLOT = "pareto.png"
 SUMMARY = "summary.json"
+IMPORTANCE = "importance.json"
 #: Where snnet demo kept model/, checkpoint.pt and train.json before the one layout.
 OLD_DEMO_TRAINING = "train"
 
@@ -73,6 +75,11 @@ class RunDir:
     @property
     def train_log(self) -> Path:
         return self.training / TRAIN_LOG
+
+    @property
+    def importance(self) -> Path:
+        """Stitches ranked by importance, written by a run with ``sampling="importance"``."""
+        return self.training / IMPORTANCE
 
     @property
     def results(self) -> Path:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from snnet.importance import StitchImportance
 from snnet.stitch import Stitch
 
 
@@ -43,7 +44,7 @@ def sample_grouped(groups: Sequence[Sequence[Stitch]], generator: torch.Generato
     return band[int(torch.randint(len(band), (1,), generator=generator))]
 
 
-POLICIES = ("uniform", "grouped")
+POLICIES = ("uniform", "grouped", "importance")
 RANK_SAMPLING = ("independent", "same", "balanced")
 #: Cost bands used when grouping without an explicit ``gap``.
 DEFAULT_BANDS = 8
@@ -58,8 +59,10 @@ def default_gap(costs: dict[Stitch, float], bands: int = DEFAULT_BANDS) -> float
 class StitchSampler:
     """Picks every rank's stitch for each training step, identically on every rank.
 
-    ``policy`` sets how often each stitch trains: ``"uniform"`` (the paper) or ``"grouped"``
-    (SN-Netv2: a cost band of width ``gap`` uniformly, then a stitch in it). ``rank_sampling`` sets
+    ``policy`` sets how often each stitch trains: ``"uniform"`` (the paper), ``"grouped"``
+    (SN-Netv2: a cost band of width ``gap`` uniformly, then a stitch in it) or ``"importance"``
+    (ESTA: in proportion to each stitch's estimated importance, ``importance``, which the training
+    loop feeds through :meth:`observe`; see :mod:`snnet.importance`). ``rank_sampling`` sets
     how the ``world_size`` ranks of one step relate:
 
     - ``"independent"``: each rank its own draw (the reference code).
@@ -87,6 +90,7 @@ class StitchSampler:
         rank_sampling: str = "independent",
         world_size: int = 1,
         seed: int = 0,
+        importance: StitchImportance | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown sampling policy {policy!r}; choose {' or '.join(POLICIES)}")
@@ -108,6 +112,13 @@ class StitchSampler:
             self.gap = gap if gap is not None else default_gap(costs)
             self.groups = flops_groups(costs, self.gap)
         self._group_of = {s: i for i, g in enumerate(self.groups) for s in g}
+        #: The importance estimate (policy "importance" only; None otherwise, and then the
+        #: sampler's state is what it always was).
+        self.importance: StitchImportance | None = None
+        if policy == "importance":
+            self.importance = importance or StitchImportance(self.stitches)
+            if self.importance.stitches != self.stitches:
+                raise ValueError("the importance estimate is for other stitches than the sampler's")
         # One generator shared by the world, one per rank; all of them live on every rank.
         self.shared = torch.Generator().manual_seed(seed)
         self.per_rank = [
@@ -117,6 +128,8 @@ class StitchSampler:
     def _pick(self, g: torch.Generator) -> Stitch:
         if self.policy == "grouped":
             return sample_grouped(self.groups, g)
+        if self.policy == "importance":
+            return self._pick_important(g)
         return sample_stitch(self.stitches, g)
 
     def draw(self) -> list[Stitch]:
@@ -129,11 +142,26 @@ class StitchSampler:
         band = self.groups[self._group_of[self._pick(self.shared)]]
         return [band[int(torch.randint(len(band), (1,), generator=g))] for g in self.per_rank]
 
+    def _pick_important(self, g: torch.Generator) -> Stitch:
+        assert self.importance is not None
+        return self.importance.pick(g)
+
+    def observe(self, saliency: dict[Stitch, float]) -> None:
+        """One step's saliencies of the stitches it ran (policy ``"importance"``; see
+        :func:`snnet.importance.saliencies`); they update the importance estimate the next draws
+        follow. Every rank passes the same values, so the sampler stays the same on every rank."""
+        if self.importance is None:
+            raise ValueError(f"the {self.policy!r} sampling policy keeps no importance estimate")
+        self.importance.observe(saliency)
+
     def state_dict(self) -> dict:
-        return {
+        state = {
             "shared": self.shared.get_state(),
             "per_rank": [g.get_state() for g in self.per_rank],
         }
+        if self.importance is not None:
+            state["importance"] = self.importance.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if len(state["per_rank"]) != self.world_size:
@@ -144,3 +172,10 @@ class StitchSampler:
         self.shared.set_state(state["shared"])
         for g, s in zip(self.per_rank, state["per_rank"], strict=True):
             g.set_state(s)
+        if self.importance is not None:
+            if "importance" not in state:
+                raise ValueError(
+                    "the checkpoint holds no importance estimate: it was not trained with "
+                    "sampling importance; resume with the run's original --sampling"
+                )
+            self.importance.load_state_dict(state["importance"])

@@ -34,8 +34,10 @@ from snnet import distributed
 from snnet.batches import EpochBatches, first_images
 from snnet.checkpoint import Diverged, Run, check_run, open_log, restore, save_state
 from snnet.distributed import World
+from snnet.importance import StitchImportance, saliencies
 from snnet.lstsq import init_least_squares
 from snnet.network import SNNet
+from snnet.rundir import RunDir
 from snnet.sampling import POLICIES, RANK_SAMPLING, StitchSampler
 from snnet.stitch import Stitch
 
@@ -75,7 +77,10 @@ class TrainConfig:
     clip: float = _knob(1.0, "max gradient norm (0: no clipping)")
     label_smoothing: float = _knob(0.1, "label smoothing of the cross-entropy")
     sampling: str = _knob(
-        "uniform", "stitch sampling: uniform, or grouped (cost bands of --gap GMACs)", POLICIES
+        "uniform",
+        "stitch sampling: uniform, grouped (cost bands of --gap GMACs), or importance (ESTA: "
+        "by each stitch's estimated importance, ranked in RUN/importance.json)",
+        POLICIES,
     )
     gap: float | None = _knob(None, "cost-band width in GMACs (grouped, balanced; default 8 bands)")
     rank_sampling: str = _knob(
@@ -90,6 +95,18 @@ class TrainConfig:
         "auto", "mixed precision: auto (bf16, or fp16 with a grad scaler, on GPUs only)", AMP
     )
     seed: int = _knob(0, "seed of the batches' order, stitch sampling and dropout")
+    importance_momentum: float = _knob(
+        0.9, "importance sampling: moving-average weight on a stitch's past importance"
+    )
+    importance_warmup: int = _knob(
+        100, "importance sampling: steps of uniform sampling while the estimate forms"
+    )
+    importance_floor: float = _knob(
+        0.2, "importance sampling: share of draws that stay uniform (every stitch keeps floor/N)"
+    )
+    importance_temperature: float = _knob(
+        1.0, "importance sampling: > 1 flattens, < 1 sharpens the importance weights"
+    )
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -134,6 +151,23 @@ class TrainConfig:
             f"distill_weight must lie in [0, 1], got {self.distill_weight}",
         )
         need(self.amp in AMP, f"unknown amp {self.amp!r}; choose one of {', '.join(AMP)}")
+        need(
+            0 <= self.importance_momentum < 1,
+            f"importance_momentum must lie in [0, 1), got {self.importance_momentum}",
+        )
+        need(
+            self.importance_warmup >= 0,
+            f"importance_warmup must be >= 0, got {self.importance_warmup}",
+        )
+        need(
+            0 < self.importance_floor <= 1,
+            f"importance_floor must lie in (0, 1] (every stitch keeps a chance), "
+            f"got {self.importance_floor}",
+        )
+        need(
+            self.importance_temperature > 0,
+            f"importance_temperature must be positive, got {self.importance_temperature}",
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -328,6 +362,15 @@ def start_run(
         rank_sampling=config.rank_sampling,
         world_size=world.world_size,
         seed=config.seed,
+        importance=StitchImportance(
+            net.stitches,
+            momentum=config.importance_momentum,
+            warmup=config.importance_warmup,
+            floor=config.importance_floor,
+            temperature=config.importance_temperature,
+        )
+        if config.sampling == "importance"
+        else None,
     )
     scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
     return Run(config, world, net, make_optimizer(net, config), scaler, sampler, run_dir, total)
@@ -438,6 +481,10 @@ def _train(
                 # 5. clip, step; set_to_none: parameters no rank ran keep grad None, so
                 #    AdamW's decoupled weight decay and momentum leave them bit-identical
                 run.scaler.unscale_(run.optimizer)
+                # 5a. importance sampling: each stitch of this step's saliency, read from the
+                #     unscaled, unclipped gradients, which DDP made identical on every rank
+                if run.sampler.importance is not None:
+                    run.sampler.observe(saliencies(net, stitches))
                 if config.clip > 0:
                     torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip)
                 run.scaler.step(run.optimizer)
@@ -483,6 +530,8 @@ def _train(
     seconds = time.perf_counter() - started
     if run.saved_at != run.step or run.model_at != run.step:
         save_state(run, with_model=True)  # also mends a model/ older than the checkpoint
+    if run_dir is not None and world.is_main and run.sampler.importance is not None:
+        run.sampler.importance.save(RunDir(run_dir).importance, step=run.step)
     return TrainResult(net, run.step, run.epoch, losses, history, interrupted, seconds, run_dir)
 
 

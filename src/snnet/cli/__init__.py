@@ -24,6 +24,7 @@ COMMANDS = {
     "stitches": "List every stitch of a family with its GMACs and params.",
     "train": "Train a family's stitches (least-squares init, then one stitch per step).",
     "evaluate": "Top-1/top-5 of every stitch of a saved network in one pass over the data.",
+    "importance": "Rank a run's stitches by the importance estimated in training (vs top-1).",
     "plot": "Plot accuracy against GMACs/params/latency with the Pareto front (PNG).",
     "latency": "Measure every stitch's latency on this machine into a results file.",
     "select": "Pick the most accurate stitch within a budget (GMACs, params, latency).",
