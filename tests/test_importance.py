@@ -4,7 +4,11 @@ sampling resumes exactly and ranks its stitches, and rankings and fronts are com
 import itertools
 import json
 import math
+import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +25,8 @@ from snnet.rundir import RunDir
 from snnet.stitch import Stitch
 from snnet.train import TrainConfig, train_loop
 from test_train import SignalAfter, state_equal, tiny_fmnist_net
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +252,62 @@ def test_the_estimate_json_round_trips(tmp_path):
     ranking = load_ranking(path)
     assert [i.stitch for i in ranking] == [stitches[1], stitches[0]]
     assert ranking[0] == Importance(stitches[1], 0.9 * 2.0 + 0.1 * 4.0, 2)
+
+
+DDP_WORKER = """
+import json, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+import snnet.train
+from families import vit_family
+from snnet import distributed
+from snnet.batches import EpochBatches
+from snnet.train import TrainConfig, train_loop
+
+runs = []
+start_run = snnet.train.start_run
+snnet.train.start_run = lambda *a, **k: runs.append(start_run(*a, **k)) or runs[-1]
+
+out = Path(sys.argv[1])
+world = distributed.setup("cpu")
+g = torch.Generator().manual_seed(0)  # the same data on every rank
+images, labels = torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
+
+class Data(torch.utils.data.Dataset):
+    def __len__(self):
+        return 64
+    def __getitem__(self, i):
+        return images[i], labels[i]
+
+for mode in ("independent", "balanced"):
+    runs.clear()
+    net = snnet.SNNet(vit_family())
+    config = TrainConfig(epochs=1, steps=6, batch_size=8, lr=1e-2, warmup=0, rank_sampling=mode,
+                         sampling="importance", importance_warmup=2)
+    batches = EpochBatches(Data(), 8, rank=world.rank, world_size=world.world_size)
+    train_loop(net, batches, config, progress=False)
+    state = runs[0].sampler.state_dict()["importance"]
+    (out / f"{{mode}}-rank{{world.rank}}.json").write_text(json.dumps(state))
+torch.distributed.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_under_ddp_every_rank_keeps_the_same_estimate(tmp_path):
+    # Each rank computes every rank's stitch's saliency from the all-reduced gradients, so the
+    # estimates (and hence the next draws) agree bit for bit without any message of their own.
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER.format(tests=str(ROOT / "tests")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*cmd, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for mode in ("independent", "balanced"):
+        r0, r1 = (json.loads((tmp_path / f"{mode}-rank{r}.json").read_text()) for r in range(2))
+        assert r0 == r1, mode
+        # 64 images, 2 ranks, 8 per batch: 4 steps, each observing both ranks' stitches
+        assert r0["steps"] == 4 and sum(r0["observations"].values()) > 4
