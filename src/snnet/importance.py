@@ -53,19 +53,20 @@ def saliencies(net: SNNet, stitches: Sequence[Stitch]) -> dict[Stitch, float]:
         >>> saliencies(net, [stitch])
         {Stitch(...): 3.1e-05}
     """
-    per_parameter: dict[int, torch.Tensor] = {}  # parameter id -> sum |g·w| (float64, 0-d)
+    ran = {s: [p for p in net.parameters_of(s) if p.grad is not None] for s in stitches}
+    union = list({id(p): p for ps in ran.values() for p in ps}.values())
+    if not union:
+        return {}
+    # Each parameter once, however many of the stitches ran it: sum |g·w| as the L1 norm of g·w,
+    # two batched (foreach) kernels for all tensors rather than three small ones per tensor.
+    products = torch._foreach_mul([p.grad for p in union], [p.detach() for p in union])
+    norms = torch.stack(torch._foreach_norm(products, 1)).double()  # (parameters,)
+    index = {id(p): i for i, p in enumerate(union)}
     out: dict[Stitch, float] = {}
-    for stitch in dict.fromkeys(stitches):  # a stitch several ranks ran: once
-        sums, count = [], 0
-        for p in net.parameters_of(stitch):
-            if p.grad is None:
-                continue
-            if id(p) not in per_parameter:
-                per_parameter[id(p)] = (p.grad * p).abs().sum(dtype=torch.float64)
-            sums.append(per_parameter[id(p)])
-            count += p.numel()
-        if count:
-            out[stitch] = float(torch.stack(sums).sum()) / count
+    for stitch, params in ran.items():
+        if params:
+            picked = norms[[index[id(p)] for p in params]]
+            out[stitch] = float(picked.sum()) / sum(p.numel() for p in params)
     return out
 
 
