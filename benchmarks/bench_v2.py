@@ -182,6 +182,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
         found = agreement(load_ranking(run.importance), results)
         out["importance_tau"] = round(found.tau, 4)
+        out["importance_tau_within_cost_bands"] = round(found.band_tau, 4)
         out["importance_top5_overlap"] = found.top_overlap
     return out
 
@@ -261,7 +262,7 @@ def goals(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     ok = lambda v: v.get("status") == "done"  # noqa: E731
 
     def goal(text: str, measured: bool, met: bool, value: Any) -> dict[str, Any]:
-        status = ("met" if met else "not met") if measured else "n/a (variant not run)"
+        status = ("met" if met else "not met") if measured else "n/a (variant unavailable)"
         return {"goal": text, "status": status, "value": value if measured else None}
 
     both = ok(v1) and ok(peft)
@@ -342,7 +343,9 @@ def table(variants: dict[str, dict[str, Any]]) -> str:
             name, str(v["networks"]), str(v["pareto"]), f"{v['hypervolume']:.1f}",
             "/".join(f"{c:+.2f}" for c in v["anchor_change"]),
             f"{v['widest_ratio']:.2f}x" if v["widest_ratio"] else "-",
-            f"{v['trainable_params']:,}", f"{v['step_ms_median']:.1f}", f"{v['peak_rss_mib']:.0f}",
+            f"{v['trainable_params']:,}",
+            f"{v['step_ms_median']:.1f}" if v["step_ms_median"] else "-",
+            f"{v['peak_rss_mib']:.0f}",
             f"{v['checkpoint_bytes'] / 1e6:.2f}", f"{v['model_bytes'] / 1e6:.2f}",
             f"{v['importance_tau']:+.3f}" if "importance_tau" in v else "-",
         ])  # fmt: skip
@@ -405,7 +408,9 @@ def main() -> None:
     for v in variants.values():
         if "importance_tau" in v:
             print(
-                f"importance ranking vs top-1: Kendall tau {v['importance_tau']:+.3f}; "
+                f"importance ranking vs top-1: Kendall tau {v['importance_tau']:+.3f} "
+                f"({v.get('importance_tau_within_cost_bands', float('nan')):+.3f} inside cost "
+                "bands); "
                 f"the estimate costs {v.get('saliency_ms_median')} ms per step "
                 f"({100 * v.get('saliency_share_of_step', 0):.1f} % of a step)"
             )

@@ -311,3 +311,21 @@ def test_under_ddp_every_rank_keeps_the_same_estimate(tmp_path):
         assert r0 == r1, mode
         # 64 images, 2 ranks, 8 per batch: 4 steps, each observing both ranks' stitches
         assert r0["steps"] == 4 and sum(r0["observations"].values()) > 4
+
+
+def test_agreement_inside_cost_bands():
+    # Importance that favours the cheap stitches disagrees with top-1 overall, yet orders the
+    # stitches of each cost band exactly like their accuracy: what choosing per budget needs.
+    names = ["0", "0:1-1:2", "0:2-1:3", "1"]
+    costs, top1, value = [0.1, 0.11, 1.0, 1.01], [70.0, 71.0, 80.0, 81.0], [10.0, 11.0, 1.0, 2.0]
+    stitches = [Stitch.parse(n) for n in names]
+    results = Results(
+        [
+            Record(s, gmacs=c, params=1, top1=t)
+            for s, c, t in zip(stitches, costs, top1, strict=True)
+        ]
+    )
+    ranking = [Importance(s, v, 1) for s, v in zip(stitches, value, strict=True)]
+    found = agreement(ranking, results)
+    assert found.tau == pytest.approx(-1 / 3)
+    assert found.band_tau == 1.0 and found.bands == 2

@@ -235,14 +235,20 @@ def load_ranking(path: str | Path) -> list[Importance]:
 @dataclass(frozen=True)
 class RankAgreement:
     """How well the importance ranking predicts the evaluated one: Kendall's ``tau`` (tau-b)
-    between importance and ``metric`` over the ``count`` stitches that have both, and how many of
-    the ``top`` most important stitches are among the ``top`` best by ``metric``."""
+    between importance and ``metric`` over the ``count`` stitches that have both; ``band_tau``,
+    the same inside each of ``bands`` cost bands (SN-Netv2's bands, about 8 over the cost range)
+    averaged with each band's pairs as weights, which asks what deployment asks: among stitches of
+    about one cost, does importance pick the accurate one? (NaN: no band holds two stitches.)
+    ``top_overlap``: how many of the ``top`` most important stitches are among the ``top`` best
+    by ``metric``."""
 
     tau: float
     count: int
     metric: str
     top: int
     top_overlap: int
+    band_tau: float = float("nan")
+    bands: int = 0
 
 
 def agreement(
@@ -269,4 +275,23 @@ def agreement(
     k = min(top, len(both))
     by_metric = sorted(both, key=lambda i: (-measured[i.stitch], str(i.stitch)))[:k]
     overlap = len({i.stitch for i in both[:k]} & {i.stitch for i in by_metric})
-    return RankAgreement(tau, len(both), metric, k, overlap)
+    band_tau, bands = _tau_within_bands(both, measured, {r.stitch: r.gmacs for r in results})
+    return RankAgreement(tau, len(both), metric, k, overlap, band_tau, bands)
+
+
+def _tau_within_bands(
+    ranked: Sequence[Importance], measured: dict[Stitch, float], costs: dict[Stitch, float]
+) -> tuple[float, int]:
+    from snnet.results import kendall_tau
+    from snnet.sampling import default_gap, flops_groups
+
+    costs = {i.stitch: costs[i.stitch] for i in ranked}
+    value = {i.stitch: i.value for i in ranked}
+    groups = flops_groups(costs, default_gap(costs))
+    weighted, pairs = 0.0, 0
+    for band in groups:
+        tau = kendall_tau([value[s] for s in band], [measured[s] for s in band])
+        if len(band) > 1 and math.isfinite(tau):
+            n = len(band) * (len(band) - 1) // 2
+            weighted, pairs = weighted + n * tau, pairs + n
+    return (weighted / pairs if pairs else float("nan")), len(groups)

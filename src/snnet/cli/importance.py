@@ -62,12 +62,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     verdict = (
         "importance orders the stitches much like their accuracy"
-        if found.tau >= 0.5
+        if found.tau >= 0.5 and found.band_tau >= 0.5
         else "importance does not replace evaluating the stitches"
     )
     print(
         f"\nKendall tau (importance vs top-1) over {found.count} stitches: {found.tau:+.3f}; "
-        f"{found.top_overlap} of the {found.top} most important are among the {found.top} most "
-        f"accurate: {verdict}"
+        f"inside {found.bands} cost bands: {found.band_tau:+.3f}; {found.top_overlap} of the "
+        f"{found.top} most important are among the {found.top} most accurate: {verdict}"
     )
     return 0
