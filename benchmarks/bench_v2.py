@@ -180,11 +180,31 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if run.importance.is_file():
         from snnet.importance import agreement, load_ranking
 
-        found = agreement(load_ranking(run.importance), results)
+        ranking = load_ranking(run.importance)
+        found = agreement(ranking, results)
+        out["importance_loss_baseline_tau"] = round(loss_baseline_tau(run, results, ranking), 4)
         out["importance_tau"] = round(found.tau, 4)
         out["importance_tau_within_cost_bands"] = round(found.band_tau, 4)
         out["importance_top5_overlap"] = found.top_overlap
     return out
+
+
+def loss_baseline_tau(run: Any, results: Any, ranking: list) -> float:
+    """The simplest training-time statistic as a baseline for importance: Kendall tau between
+    minus each stitch's mean training loss (steps.csv, over the stitches importance ranks) and
+    its top-1. Importance is worth its cost where its tau beats this one."""
+    import csv
+
+    from snnet.results import kendall_tau
+
+    losses: dict[str, list[float]] = {}
+    with open(run.train_log) as f:
+        for row in csv.DictReader(f):
+            losses.setdefault(row["stitch"], []).append(float(row["loss"]))
+    names = [str(i.stitch) for i in ranking if str(i.stitch) in losses]
+    return kendall_tau(
+        [-statistics.mean(losses[n]) for n in names], [results[n].top1 for n in names]
+    )
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -410,7 +430,8 @@ def main() -> None:
             print(
                 f"importance ranking vs top-1: Kendall tau {v['importance_tau']:+.3f} "
                 f"({v.get('importance_tau_within_cost_bands', float('nan')):+.3f} inside cost "
-                "bands); "
+                f"bands; mean training loss as the ranking instead: "
+                f"{v.get('importance_loss_baseline_tau', float('nan')):+.3f}); "
                 f"the estimate costs {v.get('saliency_ms_median')} ms per step "
                 f"({100 * v.get('saliency_share_of_step', 0):.1f} % of a step)"
             )
