@@ -481,8 +481,8 @@ def _train(
                 # 5. clip, step; set_to_none: parameters no rank ran keep grad None, so
                 #    AdamW's decoupled weight decay and momentum leave them bit-identical
                 run.scaler.unscale_(run.optimizer)
-                # 5a. importance sampling: each stitch of this step's saliency, read from the
-                #     unscaled, unclipped gradients, which DDP made identical on every rank
+                # 5a. importance sampling: the saliency of every rank's stitch, read (never
+                #     changed) from the unscaled, unclipped gradients DDP made identical on all ranks
                 if run.sampler.importance is not None:
                     run.sampler.observe(saliencies(net, stitches))
                 if config.clip > 0:
