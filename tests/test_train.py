@@ -678,7 +678,16 @@ def test_validation_changes_no_weight_and_writes_val_csv_and_tensorboard(fmnist_
     assert [(r["epoch"], r["step"]) for r in rows] == [(1, 8)] * 5 + [(1, 12)] * 5
     assert [r["stitch"] for r in rows[:2]] == ["0", "1"]
     assert all(0 <= r["top1"] <= 100 and r["loss"] > 0 for r in rows)
-    assert any((run / "tb").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(run / "tb"))
+    board.Reload()
+    assert [e.value for e in board.Scalars("train/loss")] == pytest.approx(watched.losses)
+    assert [e.step for e in board.Scalars("train/lr")] == list(range(1, 13))
+    assert [(e.step, e.value) for e in board.Scalars(f"val/top1/{rows[-1]['stitch']}")] == [
+        (8, pytest.approx(rows[4]["top1"])),
+        (12, pytest.approx(rows[-1]["top1"])),
+    ]
     # a stitch scored alone, the same way, gives the same top-1
     net = watched.net.eval()
     with torch.no_grad():
@@ -708,6 +717,11 @@ def test_val_csv_of_a_resumed_run_equals_an_uninterrupted_runs(fmnist_slice, tmp
     whole = (tmp_path / "whole" / "val.csv").read_text()
     assert (run / "val.csv").read_text() == whole
     assert len(whole.splitlines()) == 1 + 3 * 5  # three epochs, anchors and three stitches
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(run / "tb"))  # two writers, one after the other: no step twice
+    board.Reload()
+    assert sorted(e.step for e in board.Scalars("train/loss")) == list(range(1, 13))
 
 
 def test_bad_validation_options_are_clear_errors(fmnist_slice):
