@@ -1,7 +1,9 @@
+import os
+
 import pytest
 import torch
 
-from snnet.threads import set_threads
+from snnet.threads import default_threads, set_threads
 
 
 def test_set_threads_sets_torch_threads_and_refuses_nonsense():
@@ -13,3 +15,75 @@ def test_set_threads_sets_torch_threads_and_refuses_nonsense():
             set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_default_threads_is_omp_num_threads_or_half_the_usable_cores(monkeypatch):
+    import snnet.threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    for cores, expected in ((1, 1), (2, 1), (3, 1), (16, 8)):
+        monkeypatch.setattr(snnet.threads, "usable_cores", lambda c=cores: c)
+        assert default_threads() == expected
+
+
+def test_every_computing_command_defaults_to_snnets_thread_count(monkeypatch):
+    from snnet.cli import build_parser
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")  # a value no machine default gives here
+    for name in ("train", "evaluate", "demo", "latency"):
+        sub = build_parser(name)._subparsers._group_actions[0].choices[name]
+        threads = next(a for a in sub._actions if a.dest == "threads")
+        assert threads.default == 5, name
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_command_line_makes_openmp_wait_passively_before_torch_loads(preset, expected):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset  # the user's choice wins
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    code = "import os, sys, snnet.cli; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == [expected, "False"], out.stderr
+
+
+def _train_cli(out, threads: int) -> dict[str, torch.Tensor]:
+    """``snnet train`` on the demo family for a few steps in a fresh process (the thread
+    settings of a real command), and the weights it saved."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["PYTHONPATH"] = str(root / "src")
+    args = ["fmnist", "--out", str(out), "--steps", "8", "--ls-init", "64", "--quiet"]
+    args += ["--lr", "2e-3", "--anchor-lr-scale", "0.2", "--threads", str(threads)]
+    subprocess.run([sys.executable, "-m", "snnet", "train", *args], env=env, check=True)
+    return load_file(str(out / "model" / "model.safetensors"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threads", [1, 2])
+def test_training_beside_a_cpu_hog_gives_the_weights_of_an_idle_run(threads, tmp_path):
+    import subprocess
+
+    idle = _train_cli(tmp_path / "idle", threads)
+    hogs = [subprocess.Popen(["bash", "-c", "while :; do :; done"]) for _ in range(2)]
+    try:
+        busy = _train_cli(tmp_path / "busy", threads)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert idle.keys() == busy.keys()
+    differ = [k for k in idle if not torch.equal(idle[k], busy[k])]
+    assert not differ, f"{len(differ)} of {len(idle)} tensors differ, e.g. {differ[:3]}"

@@ -592,3 +592,142 @@ def test_a_version_1_checkpoint_resumes_with_its_history(fmnist_slice, tmp_path)
     rest = train_loop(tiny_fmnist_net(), batches, config, run_dir=run, resume=True, progress=False)
     assert rest.losses == whole.losses and rest.stitches == whole.stitches
     assert state_equal(snnet.load(run / "model"), whole.net)
+
+
+# -- reproducible by default ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def augmented_folder(fmnist_slice, tmp_path_factory):
+    """64 Fashion-MNIST PNGs read with timm's augmenting train transform (random resized crop and
+    flip: timm draws them from Python's ``random``, torchvision from torch's generator)."""
+    from snnet.data import image_folder, write_image_folder
+
+    root = write_image_folder(fmnist_slice, tmp_path_factory.mktemp("images"), limit=64)
+    return image_folder(root, train=True, img_size=28, in_chans=1)
+
+
+def test_two_identical_image_folder_runs_give_identical_weights(augmented_folder, tmp_path):
+    import random
+
+    config = TrainConfig(epochs=1, batch_size=16, lr=3e-3, warmup=1, steps=3)
+    runs = []
+    for name in ("a", "b"):
+        random.seed(len(name) * 1234 if name == "a" else 99)  # whatever state the caller left
+        result = fit(tiny_fmnist_net(), augmented_folder, config, ls_init=16, progress=False)
+        runs.append(result)
+    assert runs[0].losses == runs[1].losses
+    assert state_equal(runs[0].net, runs[1].net)
+
+
+def test_a_resumed_augmented_image_folder_run_with_workers_equals_an_uninterrupted_one(
+    augmented_folder, tmp_path
+):
+    # The uninterrupted run loads in the main process; the interrupted one in 2 workers that
+    # restart mid-epoch on resume: an image's augmentation must depend on neither.
+    config = TrainConfig(epochs=2, batch_size=16, lr=3e-3, warmup=1)  # 4 steps per epoch
+    whole = train_loop(
+        tiny_fmnist_net(), EpochBatches(augmented_folder, 16), config, progress=False
+    )
+    batches = EpochBatches(augmented_folder, 16, num_workers=2)
+    run = tmp_path / "run"
+    first = train_loop(
+        tiny_fmnist_net(), SignalAfter(batches, 3), config, run_dir=run, progress=False
+    )
+    assert first.interrupted and first.steps == 3
+    rest = train_loop(tiny_fmnist_net(), batches, config, run_dir=run, resume=True, progress=False)
+    assert rest.steps == whole.steps == 8
+    assert rest.losses == whole.losses
+    assert state_equal(rest.net, whole.net)
+
+
+def test_an_images_augmentation_depends_on_seed_epoch_and_index_only(augmented_folder):
+    a = EpochBatches(augmented_folder, 16, seed=3)
+    x0 = next(iter(a(epoch=1, start=2)))[0]
+    torch.manual_seed(123)  # the caller's generators do not matter, and are not consumed
+    state = torch.get_rng_state()
+    x1 = list(EpochBatches(augmented_folder, 16, seed=3, num_workers=2)(epoch=1))[2][0]
+    assert torch.equal(x0, x1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(x0, next(iter(a(epoch=2, start=2)))[0])  # another epoch, new crops
+
+
+# -- validation during training ---------------------------------------------------------------------
+
+
+def test_validation_changes_no_weight_and_writes_val_csv_and_tensorboard(fmnist_slice, tmp_path):
+    from snnet.monitor import ValLog
+
+    val = FashionMNIST(fmnist_slice.images[:100], fmnist_slice.targets[:100])
+    config = TrainConfig(epochs=2, batch_size=64, lr=3e-3, warmup=2, steps=12)  # 8 per epoch
+    plain = fit(tiny_fmnist_net(drop_rate=0.1), fmnist_slice, config, ls_init=32, progress=False)
+    run = tmp_path / "run"
+    watched = fit(
+        tiny_fmnist_net(drop_rate=0.1),
+        fmnist_slice,
+        config,
+        ls_init=32,
+        run_dir=run,
+        val=val,
+        val_images=50,
+        progress=False,
+    )
+    assert watched.losses == plain.losses and state_equal(watched.net, plain.net)
+    rows = ValLog.read(run)
+    # the anchors plus three stitches, after epoch 1 (step 8) and at the end (step 12)
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 8)] * 5 + [(1, 12)] * 5
+    assert [r["stitch"] for r in rows[:2]] == ["0", "1"]
+    assert all(0 <= r["top1"] <= 100 and r["loss"] > 0 for r in rows)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(run / "tb"))
+    board.Reload()
+    assert [e.value for e in board.Scalars("train/loss")] == pytest.approx(watched.losses)
+    assert [e.step for e in board.Scalars("train/lr")] == list(range(1, 13))
+    assert [(e.step, e.value) for e in board.Scalars(f"val/top1/{rows[-1]['stitch']}")] == [
+        (8, pytest.approx(rows[4]["top1"])),
+        (12, pytest.approx(rows[-1]["top1"])),
+    ]
+    # a stitch scored alone, the same way, gives the same top-1
+    net = watched.net.eval()
+    with torch.no_grad():
+        images, labels = val.get_batch(snnet.monitor.Validation(net, val, max_images=50).indices)
+        top1 = 100 * float((net(images, stitch=rows[-1]["stitch"]).argmax(-1) == labels).sum()) / 50
+    assert top1 == pytest.approx(rows[-1]["top1"])
+
+
+def test_val_csv_of_a_resumed_run_equals_an_uninterrupted_runs(fmnist_slice, tmp_path):
+    from snnet.monitor import Validation
+
+    val_set = FashionMNIST(fmnist_slice.images[:64], fmnist_slice.targets[:64])
+    config = TrainConfig(epochs=3, batch_size=128, lr=3e-3, warmup=1)  # 4 steps per epoch
+    batches = EpochBatches(fmnist_slice, 128, seed=config.seed)
+
+    def val(net):
+        return Validation(net, val_set, max_images=None)
+
+    net = tiny_fmnist_net()
+    train_loop(net, batches, config, run_dir=tmp_path / "whole", val=val(net), progress=False)
+    run, net = tmp_path / "run", tiny_fmnist_net()
+    train_loop(net, SignalAfter(batches, 6), config, run_dir=run, val=val(net), progress=False)
+    with open(run / "val.csv", "a") as f:  # a validation after the checkpoint, as a kill leaves it
+        f.write("2,8,0,50.0,1.0\n")
+    net = tiny_fmnist_net()
+    train_loop(net, batches, config, run_dir=run, resume=True, val=val(net), progress=False)
+    whole = (tmp_path / "whole" / "val.csv").read_text()
+    assert (run / "val.csv").read_text() == whole
+    assert len(whole.splitlines()) == 1 + 3 * 5  # three epochs, anchors and three stitches
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(run / "tb"))  # two writers, one after the other: no step twice
+    board.Reload()
+    assert sorted(e.step for e in board.Scalars("train/loss")) == list(range(1, 13))
+
+
+def test_bad_validation_options_are_clear_errors(fmnist_slice):
+    net = tiny_fmnist_net()
+    with pytest.raises(ValueError, match="--val-every must be at least 1"):
+        fit(net, fmnist_slice, TrainConfig(), val=fmnist_slice, val_every=0, progress=False)
+    with pytest.raises(ValueError, match="the validation set is empty"):
+        empty = FashionMNIST(fmnist_slice.images[:0], fmnist_slice.targets[:0])
+        fit(net, fmnist_slice, TrainConfig(), val=empty, progress=False)

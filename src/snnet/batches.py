@@ -3,14 +3,64 @@
 A resumed run must see exactly the batches the interrupted one would have seen next, without
 loading the ones it already trained on: :class:`EpochBatches` computes the epoch's order from the
 seed and starts at any position.
+
+Random augmentation (timm's transforms draw from Python's ``random`` and torch) must not depend
+on which DataLoader worker loads an image, nor on how many images that worker loaded before: a
+resumed run starts fresh workers at another position. So each image is loaded with every random
+source (Python, NumPy, torch) seeded from ``(seed, epoch, index)`` (:func:`item_seed`), and the
+caller's states are restored afterwards; an image's augmentation is then the same whatever the
+worker count, rank or resume point.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
+from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+#: ``epoch`` of :func:`item_seed` for images read outside training's epochs (least squares).
+OUTSIDE_EPOCHS = -1
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed every random source gets before image ``index`` of ``epoch`` is loaded: a
+    63-bit mix of the three numbers (an index occurs once per epoch, so no two loads share it)."""
+    mixed = ((seed * 1_000_003 + epoch + 2) * 2_147_483_647 + index) * 0x9E3779B97F4A7C15
+    return mixed % (2**63 - 1)
+
+
+class SeededItems(Dataset):
+    """``dataset`` read with keys ``(index, seed)``: ``self[(i, s)]`` is ``dataset[i]`` with Python's
+    ``random``, NumPy's and torch's global generators seeded from ``s``; the caller's generator
+    states are put back afterwards, so reading consumes nothing from the training process's.
+
+    Example:
+        >>> items = SeededItems(image_folder("train", train=True))
+        >>> items[(5, item_seed(0, 2, 5))]   # image 5 as epoch 2 of seed 0 augments it
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        py, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        try:
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)
+            return self.dataset[index]
+        finally:
+            random.setstate(py)
+            np.random.set_state(np_state)
+            torch.set_rng_state(torch_state)
 
 
 class EpochBatches:
@@ -62,13 +112,14 @@ class EpochBatches:
             for row in rows:
                 yield get_batch(row)
             return
+        keys = [[(i, item_seed(self.seed, epoch, i)) for i in row] for row in rows.tolist()]
         loader = DataLoader(
-            self.dataset,
-            batch_sampler=rows.tolist(),
+            SeededItems(self.dataset),
+            batch_sampler=keys,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
-            # Workers' augmentations are seeded per (epoch, start), not continued across a resume.
-            generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch * 7919 + start),
+            # Only the workers' own start-up draws from this; every image is seeded by its key.
+            generator=torch.Generator().manual_seed(self.seed),
         )
         yield from loader
 
@@ -78,10 +129,12 @@ class EpochBatches:
 
 def first_images(dataset: Dataset, n: int, *, seed: int = 0) -> torch.Tensor:
     """``n`` images drawn without replacement with ``seed``, as one ``(n, C, H, W)`` tensor
-    (e.g. calibration images for least squares)."""
+    (e.g. calibration images for least squares); a random transform is seeded per image, so
+    the same call gives the same images."""
     n = min(n, len(dataset))
     idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
     get_batch = getattr(dataset, "get_batch", None)
     if get_batch is not None:
         return get_batch(idx)[0]
-    return torch.stack([dataset[int(i)][0] for i in idx])
+    items = SeededItems(dataset)
+    return torch.stack([items[(int(i), item_seed(seed, OUTSIDE_EPOCHS, int(i)))][0] for i in idx])

@@ -9,6 +9,8 @@ RUN afterwards (evaluate, latency, select, plot, export)::
       train.json          the run's progress, readable without torch
       steps.csv           per-step losses, learning rates and stitches of the training run
       importance.json     stitches ranked by estimated importance (--sampling importance)
+      val.csv             validation top-1 and loss of the anchors and a few stitches, per epoch
+      tb/                 TensorBoard logs: training loss and lr, validation per stitch
       results.json        accuracy, cost and latency of every stitch (results.csv beside it)
       pareto.png          accuracy against cost, Pareto front drawn (snnet demo)
       summary.json        what snnet demo found
@@ -29,6 +31,8 @@ MODEL = "model"
 CHECKPOINT = "checkpoint.pt"
 TRAIN_RECORD = "train.json"
 TRAIN_LOG = "steps.csv"
+VAL_LOG = "val.csv"
+TENSORBOARD = "tb"
 RESULTS = "results.json"
 PLOT = "pareto.png"
 SUMMARY = "summary.json"
@@ -50,7 +54,7 @@ class RunDir:
 
     path: Path  # results, plots and summaries go here
     model: Path  # the saved network (config.json + model.safetensors)
-    training: Path  # checkpoint.pt, train.json, steps.csv
+    training: Path  # checkpoint.pt, train.json, steps.csv, val.csv, tb/
 
     def __init__(
         self,
@@ -80,6 +84,14 @@ class RunDir:
     def importance(self) -> Path:
         """Stitches ranked by importance, written by a run with ``sampling="importance"``."""
         return self.training / IMPORTANCE
+
+    @property
+    def val_log(self) -> Path:
+        return self.training / VAL_LOG
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.training / TENSORBOARD
 
     @property
     def results(self) -> Path:

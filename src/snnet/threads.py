@@ -1,23 +1,59 @@
-"""CPU threads for torch: a fixed count, and results that do not depend on the machine's load.
+"""CPU threads for torch: a default that does not collapse on a shared machine, and results
+that depend on the thread count only.
 
-By default MKL may run a BLAS call on fewer threads than torch asked for when it judges the
-machine busy (``MKL_DYNAMIC``). A matrix product split over fewer threads sums in another order,
-so the same training command can give different weights on an idle and on a busy machine (seen
-with 2 threads: 428 of 500 weight tensors differed after 60 steps beside a CPU hog, and 0 of 500
-with dynamic adjustment off; the divergence does not happen on every busy run). :func:`set_threads` turns that adjustment off through
-``MKL_Set_Dynamic``, which PyTorch's CPU library exports: MKL is linked into it statically, and the
-``MKL_DYNAMIC`` variable is read once, at ``import torch``, so setting it later is too late. (The
-lower-case ``mkl_set_dynamic`` export is MKL's Fortran interface, which takes a pointer: calling it
-with 0 crashes.)
+Two things make multi-threaded CPU runs collapse when other jobs share the cores. libgomp's
+threads spin while they wait for each other (``OMP_WAIT_POLICY=ACTIVE``, the default), so a
+thread that is descheduled stalls the whole team: one demo training step (batch 128, 2 threads)
+took 14 s instead of 0.4 s with other jobs on the 2 cores (``benchmarks/bench_threads.py``).
+:func:`wait_passively` sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the user chose a policy), which
+libgomp reads once, when torch loads: the command line calls it before anything imports torch.
+And more threads than free cores only queue: :func:`default_threads` takes half the cores this
+process may use (1 on a 2-core machine, where 1 thread was the fastest whenever other jobs ran),
+or ``OMP_NUM_THREADS`` when set (torchrun sets it to 1 per process).
+
+MKL may also run a BLAS call on fewer threads than torch asked for when it judges the machine
+busy (``MKL_DYNAMIC``), and a product split over fewer threads sums in another order.
+:func:`set_threads` turns that off through ``MKL_Set_Dynamic``, which PyTorch's CPU library
+exports (MKL is linked into it statically and reads the ``MKL_DYNAMIC`` variable once, at
+``import torch``; the lower-case ``mkl_set_dynamic`` export is MKL's Fortran interface, which
+takes a pointer: calling it with 0 crashes). Measured beside a CPU hog, with or without it, the
+demo network trained to the same weights as on a quieter machine (0 of 500 tensors differed in
+21 runs of 40 steps at 1 and 2 threads; ``benchmarks/recipe/FINDINGS.md``, section C).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 from pathlib import Path
 
-import torch
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under a container's cpuset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """snnet's thread count when ``--threads`` is not given: ``OMP_NUM_THREADS`` if set, else
+    half the usable cores (at least 1), which leaves room for the other jobs of a shared machine.
+
+    Example:
+        >>> default_threads()   # on a 2-core machine
+        1
+    """
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    return max(1, usable_cores() // 2)
+
+
+def wait_passively() -> None:
+    """Idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``), unless the
+    user set a policy. Effective only before torch is imported: libgomp reads it once."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def set_threads(threads: int | None) -> int:
@@ -28,6 +64,8 @@ def set_threads(threads: int | None) -> int:
         >>> set_threads(2)
         2
     """
+    import torch
+
     if threads is not None:
         if threads < 1:
             raise ValueError(f"--threads must be at least 1, got {threads}")
@@ -37,6 +75,8 @@ def set_threads(threads: int | None) -> int:
 
 
 def _mkl_static_threads() -> None:
+    import torch
+
     lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     # On another platform, or a build without MKL, there is nothing to turn off.
     with contextlib.suppress(OSError, AttributeError):

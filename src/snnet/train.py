@@ -7,8 +7,14 @@ that ``snnet train`` runs. Launched by torchrun, both run data-parallel (see
 every ``save_every`` steps and on SIGTERM/SIGINT; ``resume=True`` continues exactly.
 
 What a run writes into ``run_dir`` (``checkpoint.pt``, ``steps.csv``, ``train.json``, ``model/``)
-and how it resumes lives in :mod:`snnet.checkpoint`; this module holds the knobs, the pieces of a
-step, the loop and the pipeline.
+and how it resumes lives in :mod:`snnet.checkpoint`; validation on a held-out split, ``val.csv``
+and TensorBoard logs in :mod:`snnet.monitor`; this module holds the knobs, the pieces of a step,
+the loop and the pipeline.
+
+Every random source is seeded from ``config.seed`` (and the rank): Python's ``random`` and NumPy,
+which augmentations may use, as well as torch; images loaded through :class:`EpochBatches` are
+seeded per (epoch, image) on top. Two runs of one command give the same weights on one machine
+and thread count, and a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import random
 import signal
 import threading
 import time
@@ -24,6 +31,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,6 +44,7 @@ from snnet.checkpoint import Diverged, Run, check_run, open_log, restore, save_s
 from snnet.distributed import World
 from snnet.importance import StitchImportance, saliencies
 from snnet.lstsq import init_least_squares
+from snnet.monitor import Monitor, Validation
 from snnet.network import SNNet
 from snnet.rundir import RunDir
 from snnet.sampling import POLICIES, RANK_SAMPLING, StitchSampler
@@ -401,6 +410,8 @@ def train_loop(
     save_every: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
+    val: Validation | None = None,
+    val_every: int = 1,
 ) -> TrainResult:
     """Train ``net`` on ``data``, one sampled stitch per step; checkpoints go to ``run_dir``.
 
@@ -408,6 +419,7 @@ def train_loop(
     :class:`~snnet.batches.EpochBatches` (exact order on resume without reloading skipped
     batches). Under torchrun each rank passes its own shard, with the same number of batches.
     A non-finite loss stops the run with :class:`Diverged` before anything saves it.
+    ``val`` (a :class:`~snnet.monitor.Validation`) runs every ``val_every`` epochs and at the end.
 
     Example:
         >>> batches = EpochBatches(fashion_mnist("train"), 128)
@@ -416,7 +428,9 @@ def train_loop(
     """
     world = distributed.setup(device)
     run_dir = check_run(run_dir, resume=resume, save_every=save_every)
-    return _train(net, data, config, world, teacher, run_dir, resume, save_every, progress)
+    return _train(
+        net, data, config, world, teacher, run_dir, resume, save_every, progress, val, val_every
+    )
 
 
 def _train(
@@ -429,6 +443,8 @@ def _train(
     resume: bool,
     save_every: int,
     progress: bool,
+    val: Validation | None = None,
+    val_every: int = 1,
 ) -> TrainResult:
     steps_per_epoch, total = _length(data, config)
     warmup = config.warmup if config.warmup is not None else total // 20
@@ -436,9 +452,20 @@ def _train(
     if teacher is not None:
         teacher.to(world.device).eval().requires_grad_(False)
     run = start_run(net, config, world, run_dir, total)
-    torch.manual_seed(config.seed + world.rank)  # dropout / drop-path differ per rank
+    # Dropout / drop-path differ per rank; Python's and NumPy's generators serve augmentations
+    # that draw from them (a resume restores all three from the checkpoint).
+    torch.manual_seed(config.seed + world.rank)
+    random.seed(config.seed + world.rank)
+    np.random.seed(config.seed + world.rank)
     old_log = restore(run) if resume else None
     losses, history = open_log(run, resume=resume, old_log=old_log)  # this rank's steps so far
+    monitor = Monitor(  # validation, val.csv and TensorBoard: the main rank only
+        val,
+        run_dir,
+        val_every=val_every,
+        resumed_at=run.step if resume else None,
+        enabled=world.is_main,
+    )
     if run_dir is not None and not resume:  # the starting point (least-squares init) is saved too
         save_state(run, with_model=True)
 
@@ -448,7 +475,7 @@ def _train(
     net.train()
     bar = tqdm(total=total, initial=run.step, unit="step", disable=not (progress and world.is_main))
     interrupted, started = 0, time.perf_counter()
-    with StopOnSignal() as stop, bar, run.log or contextlib.nullcontext():
+    with StopOnSignal() as stop, bar, run.log or contextlib.nullcontext(), monitor:
         while run.step < total and run.epoch < config.epochs:
             for images, labels in _epoch(data, run.epoch, run.position):
                 # 1. this step's learning rate, from the step alone
@@ -506,11 +533,13 @@ def _train(
                 history.append(str(stitch))
                 if run.log is not None:
                     run.log.append(run.step, [str(s) for s in stitches], step_losses, lr)
+                monitor.step(run.step, run.last_loss, lr)
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{run.last_loss:.4f}",
                     lr=f"{lr:.2e}",
                     stitch=str(stitch),
+                    **({"val": monitor.summary} if monitor.summary else {}),
                     refresh=False,
                 )
 
@@ -524,9 +553,13 @@ def _train(
                     save_state(run, with_model=False)
             if not interrupted and (run.step < total or run.position == steps_per_epoch):
                 run.epoch, run.position = run.epoch + 1, 0  # the epoch's batches ran out
+                if monitor.due(run.epoch, run.step, finished=run.step >= total):
+                    monitor.validate(net, run.epoch, run.step, autocast=autocast)
                 save_state(run, with_model=True)
             if interrupted or run.step >= total:
                 break
+        if not interrupted and run.step >= total and monitor.due(run.epoch, run.step, True):
+            monitor.validate(net, run.epoch, run.step, autocast=autocast)  # ended mid-epoch
     seconds = time.perf_counter() - started
     if run.saved_at != run.step or run.model_at != run.step:
         save_state(run, with_model=True)  # also mends a model/ older than the checkpoint
@@ -583,11 +616,18 @@ def fit(
     num_workers: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
+    val: Dataset | None = None,
+    val_every: int = 1,
+    val_images: int | None = 1000,
 ) -> TrainResult:
     """The whole training pipeline: least-squares init of the stitching layers on ``ls_init``
     training images (fresh runs only), then the training loop over epoch-seeded batches of
     ``dataset`` (sharded across ranks under torchrun). Every option and the data are checked
     before anything is computed or written.
+
+    With ``val`` (a held-out dataset), the anchors and three stitches spread over cost are
+    evaluated on up to ``val_images`` of its images every ``val_every`` epochs and at the end
+    (``val.csv``, TensorBoard, the progress bar); it changes no trained weight.
 
     Example:
         >>> from snnet.data import fashion_mnist
@@ -601,6 +641,14 @@ def fit(
         run_dir, resume=resume, save_every=save_every, ls_init=ls_init, num_workers=num_workers
     )
     check_data(net, dataset)
+    validation = None
+    if val is not None:
+        if val_every < 1:
+            raise ValueError(f"--val-every must be at least 1 epoch, got {val_every}")
+        validation = Validation(
+            net, val, max_images=val_images, num_workers=num_workers, seed=config.seed
+        )
+        check_data(net, val)
     batches = EpochBatches(
         dataset,
         config.batch_size,
@@ -616,4 +664,16 @@ def fit(
             first_images(dataset, ls_init, seed=config.seed),
             progress=progress and world.is_main,
         )
-    return _train(net, batches, config, world, teacher, run_dir, resume, save_every, progress)
+    return _train(
+        net,
+        batches,
+        config,
+        world,
+        teacher,
+        run_dir,
+        resume,
+        save_every,
+        progress,
+        validation,
+        val_every,
+    )

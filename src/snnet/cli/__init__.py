@@ -17,6 +17,10 @@ import importlib
 import sys
 from typing import NoReturn
 
+from snnet.threads import wait_passively
+
+wait_passively()  # before any command imports torch: libgomp reads OMP_WAIT_POLICY once
+
 #: Command name -> one-line help; the command lives in module ``snnet.cli.<name>``.
 COMMANDS = {
     "demo": "Run the whole pipeline offline on Fashion-MNIST: LS init, train, evaluate, plot.",

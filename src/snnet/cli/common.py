@@ -126,8 +126,23 @@ def add_threads_argument(
     p: argparse.ArgumentParser | argparse._ArgumentGroup,
     *,
     default: int | None = None,
-    help: str = "CPU threads for torch (default: torch's choice)",
+    help: str | None = None,
 ) -> None:
     """``--threads``, the one definition every computing command shares (whole numbers >= 1,
-    refused at parse time); the command passes it to :func:`snnet.threads.set_threads`."""
-    p.add_argument("--threads", type=positive_int, default=default, help=help)
+    refused at parse time); the command passes it to :func:`snnet.threads.set_threads`. Without
+    a command's own ``default``, snnet's: :func:`snnet.threads.default_threads` (half the usable
+    cores, or ``OMP_NUM_THREADS``)."""
+    from snnet.threads import default_threads  # no torch: --help stays fast
+
+    if default is None:
+        default = default_threads()
+        help = help or (
+            f"CPU threads for torch (default {default} here: OMP_NUM_THREADS if set, else half "
+            "the usable cores, which keeps a shared machine from stalling)"
+        )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=default,
+        help=help or f"CPU threads (default {default})",
+    )

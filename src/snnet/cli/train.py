@@ -13,7 +13,12 @@ import typing
 from pathlib import Path
 
 from snnet.checkpoint import check_run
-from snnet.cli.common import add_family_arguments, add_threads_argument, build_network
+from snnet.cli.common import (
+    add_family_arguments,
+    add_threads_argument,
+    build_network,
+    positive_int,
+)
 from snnet.rundir import RunDir
 from snnet.train import TrainConfig, fit
 
@@ -76,6 +81,21 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         default=None,
         help="hard-distillation teacher: a timm name, NAME=PATH or zoo=NAME",
     )
+    data.add_argument(
+        "--val-every",
+        type=positive_int,
+        default=1,
+        metavar="EPOCHS",
+        help="with a validation split: score the anchors and 3 stitches every EPOCHS epochs and "
+        "at the end (val.csv, tb/; default 1)",
+    )
+    data.add_argument(
+        "--val-images",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="validation images per check, a fixed seeded sample (default 1000)",
+    )
     data.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads_argument(data)
 
@@ -136,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         device=args.device,
         progress=not args.quiet,
+        val_every=args.val_every,
+        val_images=args.val_images,
     )
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
     main_rank = int(os.environ.get("RANK", "0")) == 0

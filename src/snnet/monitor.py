@@ -1,0 +1,293 @@
+"""Watching a training run: validation on a held-out split, and the logs a person reads.
+
+:class:`Validation` evaluates the anchors and a few stitches spread over cost on at most
+``max_images`` held-out images, in eval mode, without touching any random-number state the run
+trains with: a run trains to the same weights with and without it. :class:`ValLog` keeps every
+validation in ``run_dir/val.csv`` (cut back to the checkpoint on resume, like ``steps.csv``), and
+:class:`Board` writes TensorBoard logs to ``run_dir/tb/`` (training loss and learning rate per
+step, validation top-1 and loss per stitch). :class:`Monitor` bundles the three for the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from snnet.evaluate import StitchTree
+from snnet.files import atomic_write
+from snnet.network import SNNet
+from snnet.rundir import RunDir
+from snnet.stitch import Stitch
+
+logger = logging.getLogger(__name__)
+
+
+def spread_stitches(net: SNNet, n: int = 3) -> list[Stitch]:
+    """The anchors plus ``n`` stitches (not anchors) spread evenly over cost, cheapest first.
+
+    Example:
+        >>> spread_stitches(net, 3)      # e.g. [0, 1, 2, 0:3-1:4, 1:2-2:3, 1:8-2:9]
+    """
+    anchors = [s for s in net.stitches if s.is_anchor]
+    others = sorted((s for s in net.stitches if not s.is_anchor), key=lambda s: net.cost(s).macs)
+    if n <= 0 or not others:
+        return anchors
+    n = min(n, len(others))
+    # the middles of n equal slices of the cost order: none at the very ends, where anchors sit
+    picked = [others[(2 * k + 1) * len(others) // (2 * n)] for k in range(n)]
+    return anchors + list(dict.fromkeys(picked))
+
+
+@contextlib.contextmanager
+def untouched_rng() -> Iterator[None]:
+    """Python's, NumPy's and torch's (CPU and CUDA) generator states are as before, on exit."""
+    py, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(np_state)
+
+
+@dataclass(frozen=True)
+class Score:
+    """One stitch on the validation images: top-1 accuracy (%) and mean cross-entropy."""
+
+    top1: float
+    loss: float
+
+
+class Validation:
+    """The anchors and a few stitches (:func:`spread_stitches`) on up to ``max_images`` images
+    of ``dataset`` (a fixed sample drawn with ``seed``), all stitches in one pass
+    (:class:`~snnet.evaluate.StitchTree`).
+
+    Example:
+        >>> val = Validation(net, image_folder("data/val", train=False), max_images=1000)
+        >>> val(net)     # {Stitch('0'): Score(top1=85.1, loss=0.43), ...}
+    """
+
+    def __init__(
+        self,
+        net: SNNet,
+        dataset: Dataset,
+        *,
+        stitches: list[Stitch] | None = None,
+        max_images: int | None = 1000,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        if len(dataset) == 0:
+            raise ValueError("the validation set is empty")
+        if max_images is not None and max_images < 1:
+            raise ValueError(f"validation needs at least 1 image, got max_images={max_images}")
+        self.stitches = stitches if stitches is not None else spread_stitches(net)
+        n = len(dataset) if max_images is None else min(max_images, len(dataset))
+        if n < len(dataset):
+            perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+            self.indices = perm[:n].sort().values
+        else:
+            self.indices = torch.arange(n)
+        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        get_batch = getattr(self.dataset, "get_batch", None)
+        if get_batch is not None:
+            for chunk in self.indices.split(self.batch_size):
+                yield get_batch(chunk)
+            return
+        yield from DataLoader(
+            Subset(self.dataset, self.indices.tolist()),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(0),  # not the global generator
+        )
+
+    def __call__(self, net: SNNet, *, autocast: Any = None) -> dict[Stitch, Score]:
+        """Every chosen stitch's :class:`Score`; ``net`` is in eval mode meanwhile and gets its
+        mode back, and no generator state of the caller changes."""
+        device = next(net.parameters()).device
+        tree = StitchTree(net, self.stitches)
+        hits = torch.zeros(len(self.stitches), device=device)
+        losses = torch.zeros(len(self.stitches), device=device)
+        order = {s: i for i, s in enumerate(tree.stitches)}
+        was_training = net.training
+        net.eval()
+        try:
+            with untouched_rng(), torch.no_grad(), autocast or contextlib.nullcontext():
+                for images, labels in self._batches():
+                    images, labels = images.to(device), labels.to(device)  # (B, C, H, W), (B,)
+                    for stitch, logits in tree.run(images):  # (B, classes)
+                        i = order[stitch]
+                        hits[i] += (logits.argmax(-1) == labels).sum()
+                        losses[i] += F.cross_entropy(logits.float(), labels, reduction="sum")
+        finally:
+            net.train(was_training)
+        n = len(self)
+        return {
+            s: Score(100.0 * float(hits[order[s]]) / n, float(losses[order[s]]) / n)
+            for s in tree.stitches
+        }
+
+
+class ValLog:
+    """``run_dir/val.csv``: one row per validation and stitch (``epoch``, ``step``, ``stitch``,
+    ``top1``, ``loss``), written and synced as each validation ends. ``upto=step`` keeps the rows
+    of steps up to a checkpoint's (a resumed run's file equals an uninterrupted run's).
+
+    Example:
+        >>> log = ValLog("runs/a", upto=None)
+        >>> log.append(1, 468, {Stitch.anchor(0): Score(85.1, 0.43)})
+        >>> ValLog.read("runs/a")[-1]
+        {'epoch': 1, 'step': 468, 'stitch': '0', 'top1': 85.1, 'loss': 0.43}
+    """
+
+    COLUMNS = ("epoch", "step", "stitch", "top1", "loss")
+
+    def __init__(self, run_dir: str | Path, *, upto: int | None) -> None:
+        self.path = RunDir(run_dir).val_log
+        rows = [] if upto is None else [r for r in self._rows(self.path) if int(r[1]) <= upto]
+        atomic_write(self.path, lambda f: csv.writer(f).writerows([self.COLUMNS, *rows]))
+        self.last_step = int(rows[-1][1]) if rows else None
+        self.last = {r[2]: float(r[3]) for r in rows if int(r[1]) == self.last_step}
+
+    @staticmethod
+    def _rows(path: Path) -> list[list[str]]:
+        if not path.is_file():
+            return []
+        with open(path, newline="") as f:
+            return [r for r in list(csv.reader(f))[1:] if len(r) == len(ValLog.COLUMNS)]
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> list[dict[str, Any]]:
+        return [
+            {"epoch": int(e), "step": int(s), "stitch": st, "top1": float(t), "loss": float(lo)}
+            for e, s, st, t, lo in cls._rows(RunDir(run_dir).val_log)
+        ]
+
+    def append(self, epoch: int, step: int, scores: dict[Stitch, Score]) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerows(
+                [epoch, step, str(s), repr(sc.top1), repr(sc.loss)] for s, sc in scores.items()
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        self.last_step = step
+        self.last = {str(s): sc.top1 for s, sc in scores.items()}
+
+
+class Board:
+    """TensorBoard logs in ``run_dir/tb/``: ``train/loss`` and ``train/lr`` per step,
+    ``val/top1/STITCH`` and ``val/loss/STITCH`` per validation. A resumed run purges what the
+    interrupted one wrote after its checkpoint (``purge_step``). Without the tensorboard
+    package it logs nothing and says so once."""
+
+    def __init__(self, run_dir: str | Path, *, purge_step: int | None) -> None:
+        self.writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.warning("tensorboard is not installed: no TensorBoard logs in %s", run_dir)
+            return
+        self.writer = SummaryWriter(str(RunDir(run_dir).tensorboard), purge_step=purge_step)
+
+    def step(self, step: int, loss: float, lr: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/lr", lr, step)
+
+    def validation(self, step: int, scores: dict[Stitch, Score]) -> None:
+        if self.writer is not None:
+            for s, sc in scores.items():
+                self.writer.add_scalar(f"val/top1/{s}", sc.top1, step)
+                self.writer.add_scalar(f"val/loss/{s}", sc.loss, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class Monitor:
+    """What the loop reports to, on the main rank: validation every ``val_every`` epochs (and
+    at the run's last step), ``val.csv`` and TensorBoard when the run has a directory.
+    ``resumed_at``: the checkpoint's step of a resumed run (None: a new run)."""
+
+    def __init__(
+        self,
+        validation: Validation | None,
+        run_dir: Path | None,
+        *,
+        val_every: int = 1,
+        resumed_at: int | None = None,
+        enabled: bool = True,
+    ) -> None:
+        if val_every < 1:
+            raise ValueError(f"--val-every must be at least 1 epoch, got {val_every}")
+        self.validation = validation if enabled else None
+        self.val_every = val_every
+        self.log = self.board = None
+        self.validated_at: int | None = None
+        self.last: dict[str, float] = {}
+        if enabled and run_dir is not None:
+            if validation is not None or (RunDir(run_dir).val_log.is_file()):
+                self.log = ValLog(run_dir, upto=resumed_at)
+                self.validated_at, self.last = self.log.last_step, self.log.last
+            purge = resumed_at + 1 if resumed_at is not None else None
+            self.board = Board(run_dir, purge_step=purge)
+
+    def step(self, step: int, loss: float, lr: float) -> None:
+        if self.board is not None:
+            self.board.step(step, loss, lr)
+
+    def due(self, epoch: int, step: int, finished: bool) -> bool:
+        """Validate now: the run has a validation set, this step has none yet, and an epoch
+        that is a multiple of ``val_every`` just ended, or the run just finished."""
+        if self.validation is None or self.validated_at == step:
+            return False
+        return finished or epoch % self.val_every == 0
+
+    def validate(self, net: SNNet, epoch: int, step: int, *, autocast: Any = None) -> None:
+        scores = self.validation(net, autocast=autocast)
+        self.validated_at = step
+        self.last = {str(s): sc.top1 for s, sc in scores.items()}
+        if self.log is not None:
+            self.log.append(epoch, step, scores)
+        if self.board is not None:
+            self.board.validation(step, scores)
+
+    @property
+    def summary(self) -> str | None:
+        """The last validation's mean top-1 over its stitches, for the progress bar."""
+        if not self.last:
+            return None
+        return f"{sum(self.last.values()) / len(self.last):.2f}%"
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
