@@ -1,4 +1,6 @@
-"""Contracts every family must keep, run on tiny random-initialised anchors of each family."""
+"""Contracts every family must keep, run on tiny random-initialised anchors of each family, in
+the default space (small→large) and with two-way routes (``directions="both"``: large→small
+cuts and routes that return to an anchor, e.g. ``1:3-0:4:7-1:8``)."""
 
 import pytest
 import torch
@@ -6,28 +8,53 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import snnet
 from conftest import as_rgb
-from families import FAMILIES
+from families import FAMILIES, TWO_WAY
 from snnet.batchnorm import batchnorm_layers
 from snnet.cost import count_macs, count_params
 from snnet.distributed import average_over_users
 from snnet.evaluate import StitchTree
 from snnet.export import export_stitch
 from snnet.layers import to_rows
+from snnet.stitch import Stitch
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
+@pytest.fixture(
+    scope="module",
+    params=[(f, d) for f in sorted(FAMILIES) for d in ("up", "both")],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
 def family(request):
-    build, expected = FAMILIES[request.param]
+    name, directions = request.param
+    build, expected = FAMILIES[name]
     models = build()
-    net = snnet.SNNet(models).eval()
+    net = snnet.SNNet(models, directions=directions).eval()
     size = net.anchors[0].input_size
     x = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
-    return request.param, models, net, x, expected
+    return name, models, net, x, expected if directions == "up" else TWO_WAY[name]
 
 
 def test_count(family):
     _, _, net, _, expected = family
     assert len(net.stitches) == expected
+
+
+def test_two_way_routes_reuse_the_layers_of_their_hops(family):
+    _, _, net, _, _ = family
+    down = {p.layer for (f, e), ps in net.space.positions.items() if f > e for p in ps}
+    up = {p.layer for (f, e), ps in net.space.positions.items() if f < e for p in ps}
+    assert set(net.layers) == up | down and not up & down
+    if net.space.config.directions == "up":
+        assert not down and all(s.route == tuple(sorted(s.route)) for s in net.stitches)
+        return
+    returns = [s for s in net.stitches if len(s.route) == 3]
+    assert down and returns
+    for s in returns:
+        a, b, c = s.route
+        assert a == c and abs(a - b) == 1, s
+        # a hop of a return route is one of the pair's one-hop stitches: no new layer, no new cut
+        assert all(Stitch((f, e), (cut,)) in net.space for f, e, cut in s.hops), s
+        assert s.cuts[0].in_block <= s.cuts[1].out_block, s  # the middle anchor runs a block
+        assert s.cuts[1].in_block > s.cuts[0].out_block, s  # no block of anchor a runs twice
 
 
 def test_anchor_stitches_equal_the_original_models(family):
