@@ -9,12 +9,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import snnet
 from conftest import as_rgb
 from families import FAMILIES, TWO_WAY
-from snnet.batchnorm import batchnorm_layers
+from snnet.batchnorm import batchnorm_layers, batchnorm_stats, recalibrate_batchnorm
 from snnet.cost import count_macs, count_params
 from snnet.distributed import average_over_users
 from snnet.evaluate import StitchTree
-from snnet.export import export_stitch
+from snnet.export import export_stitch, load_stitch, save_stitch
 from snnet.layers import to_rows
+from snnet.results import Results
+from snnet.select import select
 from snnet.stitch import Stitch
 
 
@@ -180,6 +182,10 @@ def test_ddp_rescales_each_gradient_by_the_ranks_that_ran_it(family):
     _, _, net, x, _ = family
     pick = torch.randperm(len(net.stitches), generator=torch.Generator().manual_seed(1))[:4]
     stitches = [net.stitches[i] for i in pick]  # one per rank, W = 4
+    if net.space.config.directions == "both":  # a route back and a large→small stitch among them
+        stitches[2:] = [s for s in _one_of_each_kind(net) if len(s.route) == 3][:1]
+        stitches += [s for s in net.stitches if s.route == (1, 0)][: 4 - len(stitches)]
+        assert len(stitches) == 4
     ran = [_ran(net, x, s) for s in stitches]  # measured, not derived from parts
     for p in net.parameters():
         p.grad = torch.ones_like(p)
@@ -248,3 +254,58 @@ def test_evaluation_tree_runs_the_parts_of_each_stitch(family):
     with torch.no_grad():
         for stitch, logits in tree.run(x):
             assert torch.equal(logits, net(x, stitch=stitch)), stitch
+
+
+# -- the routes of each kind: anchors, small→large, large→small, and routes back ------------------
+def _one_of_each_kind(net) -> list:
+    """The first stitch of each kind of route the space holds (anchor, up, down, a-b-a both ways)."""
+    kinds = {}
+    for s in net.stitches:
+        kinds.setdefault(tuple(f < e for f, e, _ in s.hops), s)
+    return list(kinds.values())
+
+
+def test_exported_routes_save_and_load_identically(family, tmp_path):
+    name, _, net, x, _ = family
+    anchors = FAMILIES[name][0]() if any(a.source is None for a in net.anchors) else None
+    for k, stitch in enumerate(_one_of_each_kind(net)):
+        model = export_stitch(net, stitch)
+        # An anchor the route visits twice is kept as two copies of disjoint parts.
+        assert sum(p.numel() for p in model.parameters()) == net.cost(stitch).params, stitch
+        save_stitch(model, tmp_path / str(k))
+        loaded = load_stitch(tmp_path / str(k), anchors=anchors)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), net(x, stitch=stitch)), stitch
+
+
+def test_batchnorm_recalibration_of_each_kind_of_route(family, fmnist_images):
+    _, _, net, x, _ = family
+    c, h, _ = net.anchors[0].input_size
+    images = as_rgb(fmnist_images[:16], h)[:, :c]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    for stitch in _one_of_each_kind(net):
+        layers = batchnorm_layers(net, stitch)
+        stats = recalibrate_batchnorm(net, stitch, images, batch_size=8)
+        assert {k.rsplit(".", 1)[0] for k in stats} == set(layers), stitch
+        with torch.no_grad():
+            plain = net(x, stitch=stitch)
+            with batchnorm_stats(net, stats):
+                recalibrated = net(x, stitch=stitch)
+        assert torch.isfinite(recalibrated).all(), stitch
+        assert torch.equal(plain, recalibrated) == (not stats), stitch
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the network is left as it was
+
+
+def test_selection_over_every_route(family):
+    _, _, net, _, _ = family
+    results = Results.for_network(net)
+    for i, stitch in enumerate(net.stitches):  # a made-up accuracy that favours routes back
+        results.update(stitch, top1=float(len(stitch.route) * 1000 + i % 7))
+    costs = net.costs()
+    budget = max(c.macs for c in costs.values()) / 1e9
+    best = select(results, max_gmacs=budget)
+    assert best.stitch in net.space
+    assert len(best.stitch.route) == max(len(s.route) for s in net.stitches)
+    front = results.pareto("gmacs", "top1")
+    assert all(r.stitch in net.space for r in front)

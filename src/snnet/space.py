@@ -284,18 +284,14 @@ class StitchSpace:
                     else f"anchors {f} and {e} are not stitched together ({'nearest' if self.config.nearest else 'increasing'} pairs only)"
                 )
                 raise ValueError(f"stitch {s} is not in this network: {hint}")
-        if (
-            len(s.route) == 3
-            and s.route[0] == s.route[2]
-            and s.cuts[1].in_block <= s.cuts[0].out_block
-        ):
+        if any(p.in_block > q.out_block for p, q in itertools.pairwise(s.cuts)):
             raise ValueError(
-                f"stitch {s} is not in this network: it leaves anchor {s.route[0]} after block "
-                f"{s.cuts[0].out_block} and returns at block {s.cuts[1].in_block}, which would run "
-                "blocks twice; a return hop resumes past the block the route left"
+                f"stitch {s} is not in this network: each middle anchor must run at least one block"
             )
         raise ValueError(
-            f"stitch {s} is not in this network: each middle anchor must run at least one block"
+            f"stitch {s} is not in this network: it leaves anchor {s.route[0]} after block "
+            f"{s.cuts[0].out_block} and returns at block {s.cuts[-1].in_block}, which would run "
+            "blocks twice; a return hop resumes past the block the route left"
         )
 
     def _route_error(self, s: Stitch) -> str | None:
