@@ -114,6 +114,19 @@ def test_default_space_is_unchanged(deit_meta, options, digest):
     assert _stitch_list_hash(snnet.SNNet(deit_meta, **options)) == digest
 
 
+@pytest.mark.parametrize(
+    "options", [{}, {"nearest": False}, {"kernel_size": 3}, {"mode": "mapped"}, {"stride": 2}]
+)
+def test_two_way_space_extends_the_one_way_space(deit_meta, options):
+    up = StitchSpace.build(deit_meta, SpaceConfig(**options))
+    both = StitchSpace.build(deit_meta, SpaceConfig(directions="both", **options))
+    assert both.stitches[: len(up)] == up.stitches  # results of one line up with the other's
+    assert all(up.positions[k] == both.positions[k] for k in up.positions)
+    added = both.stitches[len(up) :]
+    assert added and all(any(f > e for f, e, _ in s.hops) for s in added)
+    assert both.layer_keys()[: len(up.layer_keys())] == up.layer_keys()
+
+
 def _kinds(space) -> Counter:
     """'anchor', 'SL', 'LS', 'LSL' or 'SLS' per stitch of a two-anchor space."""
     return Counter("anchor" if s.is_anchor else "".join("SL"[a] for a in s.route) for s in space)

@@ -235,11 +235,15 @@ class StitchSpace:
                 )
                 for j, k, g in raw
             )
+        # The "up" space first, in its own order, then what "both" adds: a two-way space holds
+        # the one-way space as its prefix, so results of one line up with the other's.
+        hops = [((f, e), Stitch((f, e), (p.cut,))) for (f, e), ps in positions.items() for p in ps]
         stitches = [Stitch.anchor(i) for i in range(len(anchors))]
-        stitches += [Stitch((f, e), (p.cut,)) for (f, e), ps in positions.items() for p in ps]
+        stitches += [s for (f, e), s in hops if f < e]
         if not config.nearest:
             stitches += _multi_hop(len(anchors), positions)
         if not up_only:
+            stitches += [s for (f, e), s in hops if f > e]
             stitches += _return_routes(len(anchors), positions)
         return cls(tuple(a.num_blocks for a in anchors), positions, tuple(stitches), config)
 
