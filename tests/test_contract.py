@@ -2,6 +2,12 @@
 the default space (small→large) and with two-way routes (``directions="both"``: large→small
 cuts and routes that return to an anchor, e.g. ``1:3-0:4:7-1:8``)."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -309,3 +315,23 @@ def test_selection_over_every_route(family):
     assert len(best.stitch.route) == max(len(s.route) for s in net.stitches)
     front = results.pareto("gmacs", "top1")
     assert all(r.stitch in net.space for r in front)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_routes_back(tmp_path):
+    """Real DDP (torchrun, gloo): two ranks on two routes back that share parts and layers."""
+    root = Path(__file__).parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    worker = str(root / "tests" / "ddp_routes_worker.py")
+    done = subprocess.run(
+        [*cmd, worker, str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"routes-rank{r}.json").read_text()) for r in range(2)]
+    for got in ranks:
+        assert got["max_error"] < 1e-6 and got["checked"] > 20 and got["none_mismatch"] == []
+        # Layer a0_a1_2 is rank 0's return hop (2:3) and rank 1's first hop (2:3).
+        assert "layers.a0_a1_2.weight" in got["shared"]
+        assert "layers.a1_a0_0.weight" not in got["shared"]  # rank 0's only
+    assert ranks[0]["grad_sum"] == ranks[1]["grad_sum"]  # the ranks stay identical
