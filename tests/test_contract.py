@@ -335,3 +335,19 @@ def test_two_process_ddp_on_routes_back(tmp_path):
         assert "layers.a0_a1_2.weight" in got["shared"]
         assert "layers.a1_a0_0.weight" not in got["shared"]  # rank 0's only
     assert ranks[0]["grad_sum"] == ranks[1]["grad_sum"]  # the ranks stay identical
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_mapped_two_way_space_runs_and_exports(name):
+    """SN-Netv2's own rule (mode="mapped") on every family, its cut into the head kept: every
+    stitch runs, and its export holds exactly its parameters and gives the same output."""
+    net = snnet.SNNet(
+        FAMILIES[name][0](), mode="mapped", directions="both", exclude_last=False
+    ).eval()
+    x = torch.randn(2, *net.anchors[0].input_size, generator=torch.Generator().manual_seed(0))
+    assert any(s.route == (1, 0, 1) for s in net.stitches)
+    with torch.no_grad():
+        for stitch in net.stitches:
+            model = export_stitch(net, stitch).eval()
+            assert sum(p.numel() for p in model.parameters()) == net.cost(stitch).params, stitch
+            assert torch.equal(model(x), net(x, stitch=stitch)), stitch
