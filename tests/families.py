@@ -186,3 +186,18 @@ FAMILIES: dict[str, tuple[Callable[[], list[nn.Module]], int]] = {
     "levit-conv": (levit_conv_family, 2 + 1 + 2),
     "own": (own_family, 2 + 1 + 3),  # every stage stitched: 2→2 (1 cut), 2→4 (3 cuts)
 }
+
+#: family -> expected number of networks with directions="both" (SN-Netv2's two-way routes):
+#: anchors + small→large cuts + large→small cuts + large→small→large + small→large→small routes
+#: (the middle anchor runs >= 1 block; the return resumes past the block the route left).
+#: Large→small cuts in stages follow the nearest-neighbour depth map (space.mapped_positions).
+TWO_WAY: dict[str, int] = {
+    "vit": 3 + 20 + 20 + 68 + 68,  # paired windows both ways: 10 + 10 cuts per pair
+    "sequential": 2 + 2 + 2 + 1 + 1,  # down (0,1), (2,3): 1:0-0:1:2-1:3 and 0:0-1:1:2-0:3
+    "swin": 3 + 14 + 10 + 35 + 26,  # down per pair: 2→2, 2→2, 6→2 (1 + 1 + 1); 1 + 1 + 5
+    "resnet": 2 + 5 + 2 + 6 + 4,  # down: stage 1 3→2 (1:1), stage 2 4→2 (1:1)
+    "resnet-swin": 2 + 6 + 2 + 8 + 3,  # down: stage 1 2→2, stage 2 6→2
+    "levit": 2 + 3 + 2 + 3 + 2,  # down: stage 0 2→2, stage 1 3→2
+    "levit-conv": 2 + 3 + 2 + 3 + 2,
+    "own": 2 + 4 + 2 + 5 + 2,  # down: stage 0 2→2, stage 1 4→2
+}

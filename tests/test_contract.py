@@ -1,4 +1,12 @@
-"""Contracts every family must keep, run on tiny random-initialised anchors of each family."""
+"""Contracts every family must keep, run on tiny random-initialised anchors of each family, in
+the default space (small→large) and with two-way routes (``directions="both"``: large→small
+cuts and routes that return to an anchor, e.g. ``1:3-0:4:7-1:8``)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,28 +14,55 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import snnet
 from conftest import as_rgb
-from families import FAMILIES
-from snnet.batchnorm import batchnorm_layers
+from families import FAMILIES, TWO_WAY
+from snnet.batchnorm import batchnorm_layers, batchnorm_stats, recalibrate_batchnorm
 from snnet.cost import count_macs, count_params
 from snnet.distributed import average_over_users
 from snnet.evaluate import StitchTree
-from snnet.export import export_stitch
+from snnet.export import export_stitch, load_stitch, save_stitch
 from snnet.layers import to_rows
+from snnet.results import Results
+from snnet.select import select
+from snnet.stitch import Stitch
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
+@pytest.fixture(
+    scope="module",
+    params=[(f, d) for f in sorted(FAMILIES) for d in ("up", "both")],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
 def family(request):
-    build, expected = FAMILIES[request.param]
+    name, directions = request.param
+    build, expected = FAMILIES[name]
     models = build()
-    net = snnet.SNNet(models).eval()
+    net = snnet.SNNet(models, directions=directions).eval()
     size = net.anchors[0].input_size
     x = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
-    return request.param, models, net, x, expected
+    return name, models, net, x, expected if directions == "up" else TWO_WAY[name]
 
 
 def test_count(family):
     _, _, net, _, expected = family
     assert len(net.stitches) == expected
+
+
+def test_two_way_routes_reuse_the_layers_of_their_hops(family):
+    _, _, net, _, _ = family
+    down = {p.layer for (f, e), ps in net.space.positions.items() if f > e for p in ps}
+    up = {p.layer for (f, e), ps in net.space.positions.items() if f < e for p in ps}
+    assert set(net.layers) == up | down and not up & down
+    if net.space.config.directions == "up":
+        assert not down and all(s.route == tuple(sorted(s.route)) for s in net.stitches)
+        return
+    returns = [s for s in net.stitches if len(s.route) == 3]
+    assert down and returns
+    for s in returns:
+        a, b, c = s.route
+        assert a == c and abs(a - b) == 1, s
+        # a hop of a return route is one of the pair's one-hop stitches: no new layer, no new cut
+        assert all(Stitch((f, e), (cut,)) in net.space for f, e, cut in s.hops), s
+        assert s.cuts[0].in_block <= s.cuts[1].out_block, s  # the middle anchor runs a block
+        assert s.cuts[1].in_block > s.cuts[0].out_block, s  # no block of anchor a runs twice
 
 
 def test_anchor_stitches_equal_the_original_models(family):
@@ -153,6 +188,10 @@ def test_ddp_rescales_each_gradient_by_the_ranks_that_ran_it(family):
     _, _, net, x, _ = family
     pick = torch.randperm(len(net.stitches), generator=torch.Generator().manual_seed(1))[:4]
     stitches = [net.stitches[i] for i in pick]  # one per rank, W = 4
+    if net.space.config.directions == "both":  # a route back and a large→small stitch among them
+        stitches[2:] = [s for s in _one_of_each_kind(net) if len(s.route) == 3][:1]
+        stitches += [s for s in net.stitches if s.route == (1, 0)][: 4 - len(stitches)]
+        assert len(stitches) == 4
     ran = [_ran(net, x, s) for s in stitches]  # measured, not derived from parts
     for p in net.parameters():
         p.grad = torch.ones_like(p)
@@ -221,3 +260,94 @@ def test_evaluation_tree_runs_the_parts_of_each_stitch(family):
     with torch.no_grad():
         for stitch, logits in tree.run(x):
             assert torch.equal(logits, net(x, stitch=stitch)), stitch
+
+
+# -- the routes of each kind: anchors, small→large, large→small, and routes back ------------------
+def _one_of_each_kind(net) -> list:
+    """The first stitch of each kind of route the space holds (anchor, up, down, a-b-a both ways)."""
+    kinds = {}
+    for s in net.stitches:
+        kinds.setdefault(tuple(f < e for f, e, _ in s.hops), s)
+    return list(kinds.values())
+
+
+def test_exported_routes_save_and_load_identically(family, tmp_path):
+    name, _, net, x, _ = family
+    anchors = FAMILIES[name][0]() if any(a.source is None for a in net.anchors) else None
+    for k, stitch in enumerate(_one_of_each_kind(net)):
+        model = export_stitch(net, stitch)
+        # An anchor the route visits twice is kept as two copies of disjoint parts.
+        assert sum(p.numel() for p in model.parameters()) == net.cost(stitch).params, stitch
+        save_stitch(model, tmp_path / str(k))
+        loaded = load_stitch(tmp_path / str(k), anchors=anchors)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), net(x, stitch=stitch)), stitch
+
+
+def test_batchnorm_recalibration_of_each_kind_of_route(family, fmnist_images):
+    _, _, net, x, _ = family
+    c, h, _ = net.anchors[0].input_size
+    images = as_rgb(fmnist_images[:16], h)[:, :c]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    for stitch in _one_of_each_kind(net):
+        layers = batchnorm_layers(net, stitch)
+        stats = recalibrate_batchnorm(net, stitch, images, batch_size=8)
+        assert {k.rsplit(".", 1)[0] for k in stats} == set(layers), stitch
+        with torch.no_grad():
+            plain = net(x, stitch=stitch)
+            with batchnorm_stats(net, stats):
+                recalibrated = net(x, stitch=stitch)
+        assert torch.isfinite(recalibrated).all(), stitch
+        assert torch.equal(plain, recalibrated) == (not stats), stitch
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the network is left as it was
+
+
+def test_selection_over_every_route(family):
+    _, _, net, _, _ = family
+    results = Results.for_network(net)
+    for i, stitch in enumerate(net.stitches):  # a made-up accuracy that favours routes back
+        results.update(stitch, top1=float(len(stitch.route) * 1000 + i % 7))
+    costs = net.costs()
+    budget = max(c.macs for c in costs.values()) / 1e9
+    best = select(results, max_gmacs=budget)
+    assert best.stitch in net.space
+    assert len(best.stitch.route) == max(len(s.route) for s in net.stitches)
+    front = results.pareto("gmacs", "top1")
+    assert all(r.stitch in net.space for r in front)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_routes_back(tmp_path):
+    """Real DDP (torchrun, gloo): two ranks on two routes back that share parts and layers."""
+    root = Path(__file__).parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    worker = str(root / "tests" / "ddp_routes_worker.py")
+    done = subprocess.run(
+        [*cmd, worker, str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"routes-rank{r}.json").read_text()) for r in range(2)]
+    for got in ranks:
+        assert got["max_error"] < 1e-6 and got["checked"] > 20 and got["none_mismatch"] == []
+        # Layer a0_a1_2 is rank 0's return hop (2:3) and rank 1's first hop (2:3).
+        assert "layers.a0_a1_2.weight" in got["shared"]
+        assert "layers.a1_a0_0.weight" not in got["shared"]  # rank 0's only
+    assert ranks[0]["grad_sum"] == ranks[1]["grad_sum"]  # the ranks stay identical
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_mapped_two_way_space_runs_and_exports(name):
+    """SN-Netv2's own rule (mode="mapped") on every family, its cut into the head kept: every
+    stitch runs, and its export holds exactly its parameters and gives the same output."""
+    net = snnet.SNNet(
+        FAMILIES[name][0](), mode="mapped", directions="both", exclude_last=False
+    ).eval()
+    x = torch.randn(2, *net.anchors[0].input_size, generator=torch.Generator().manual_seed(0))
+    assert any(s.route == (1, 0, 1) for s in net.stitches)
+    with torch.no_grad():
+        for stitch in net.stitches:
+            model = export_stitch(net, stitch).eval()
+            assert sum(p.numel() for p in model.parameters()) == net.cost(stitch).params, stitch
+            assert torch.equal(model(x), net(x, stitch=stitch)), stitch

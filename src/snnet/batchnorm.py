@@ -39,7 +39,9 @@ def batchnorm_layers(
 
     ``scope="after_stitch"`` (default) keeps those after the first stitching layer: the front
     anchor's layers see exactly the inputs they see in that anchor, so their statistics stay
-    right. ``scope="all"`` takes every one the stitch runs (an anchor on its own included).
+    right. A route back (``0:3-1:4:7-0:8``) re-enters its first anchor behind a stitching layer,
+    so that anchor's later layers are recalibrated too; no block runs twice on a route, so each
+    layer has one set of statistics per stitch. ``scope="all"`` takes every one the stitch runs (an anchor on its own included).
 
     Example:
         >>> sorted(batchnorm_layers(net, "0:3-1:5"))[:1]

@@ -137,7 +137,9 @@ def _copy_parts(anchor: Anchor, *, stem: bool, blocks: Sequence[int], head: bool
 
 def _route_parts(parts: Sequence[Part]) -> list[dict[str, Any]]:
     """What each anchor on the route keeps, in route order: the parts between two stitching
-    layers belong to one anchor."""
+    layers belong to one anchor. An anchor a route visits twice (``1:3-0:4:7-1:8``) is kept as
+    two copies holding disjoint parts (no block runs twice on a route), so the export still
+    holds each parameter the stitch runs exactly once."""
     kept: list[dict[str, Any]] = []
     new_anchor = True
     for p in parts:

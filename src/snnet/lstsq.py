@@ -1,7 +1,9 @@
 """Least-squares initialisation of the stitching layers (as in the SN-Net paper, Sec. 3.3).
 
 For a cut ``(j, k)`` from anchor ``f`` into anchor ``e``, X is what leaves block ``j`` of ``f`` and
-Y what enters block ``k`` of ``e`` on the same images, both as rows × channels. A layer solves
+Y what enters block ``k`` of ``e`` on the same images, both as rows × channels. Every cut of the
+space counts, in either direction: with two-way routes the large→small layers are solved the same
+way (routes back add no cuts of their own; their hops are one-hop cuts). A layer solves
 ``min ||[X, 1] A - Y||`` pooled over the rows of every cut it serves (one problem, not an average
 of separate solutions). The normal equations are accumulated in float64 batch by batch, so the
 number of calibration images is bounded by time, not memory.

@@ -19,30 +19,81 @@ class SpaceConfig:
         kernel_size, stride: the sliding window of paired stitching (equal-depth plain models).
         nearest: stitch only neighbouring anchors (0→1, 1→2, ...); otherwise every pair ``i < j``
             and every multi-hop route through increasing anchors.
-        mode: ``"paired"`` (sliding window), ``"unpaired"`` (within stages) or ``"auto"``: paired
-            when every anchor is one stage of equal depth, unpaired otherwise.
-        stages: stages to stitch in unpaired mode (None: the families' defaults).
+        mode: ``"paired"`` (sliding window), ``"unpaired"`` (within stages), ``"mapped"``
+            (SN-Netv2's nearest-neighbour depth map, within stages; see below) or ``"auto"``:
+            paired when every anchor is one stage of equal depth, unpaired otherwise.
+        stages: stages to stitch in unpaired / mapped mode (None: the families' defaults).
         layer_per_position: one stitching layer per cut instead of one per window / front block.
+        directions: ``"up"`` stitches small→large only (SN-Net). ``"both"`` (SN-Netv2's two-way
+            stitching) also stitches each pair of neighbouring anchors large→small, through
+            stitching layers of their own (keyed ``a{large}_a{small}_{n}``), and adds the routes
+            that visit two neighbours as ``a, b, a``: large→small→large and small→large→small
+            (``"1:3-0:4:7-1:8"``). Each hop of such a route is one of the pair's one-hop cuts, so
+            it reuses that cut's layer: no parameters beyond the large→small layers. The middle
+            anchor runs at least one block, and the return resumes past the block the route
+            left, so no block runs twice. Large→small cuts: paired mode mirrors the sliding
+            windows (they are symmetric); otherwise they follow the nearest-neighbour depth map
+            (:func:`mapped_positions`). Multi-hop increasing routes (``nearest=False``) stay
+            as they are; two-way routes join neighbours only.
+        exclude_last: in ``mode="mapped"``, leave out the last small→large position, the cut into
+            the end anchor's head (the small anchor runs all its blocks, the large one only its
+            head), as SN-Netv2 does; False keeps it (and the routes through it). No large→small
+            cut enters a head, as in SN-Netv2. The other modes never cut into a head; there it
+            must stay True.
+
+    ``mode="mapped"`` is SN-Netv2's rule: inside each stitched stage, front block ``j`` feeds the
+    first end block past ``j``'s counterpart under the nearest-neighbour depth map, one position
+    and one layer per front block (see :func:`mapped_positions`). With ``directions="both"`` it
+    reproduces SN-Netv2's 134 networks for two plain ViTs of depth 12 and 12, or 12 and 24
+    (2 anchors + 11 SL + 11 LS + 55 LSL + 55 SLS); ``exclude_last=False`` gives 146 (+1 SL,
+    +11 LSL). For equal depths ``mode="unpaired"`` gives the same 134.
+
+    DeiT-Ti/S/B (three anchors, depth 12) with ``directions="both"``: 2211 networks with the
+    default paired windows (3 anchors + 2 × (34 up + 34 down + 518 + 518 routes back), 44
+    layers), 267 with ``mode="mapped"`` (3 + 2 × 132). The default ``"up"`` space is unchanged:
+    71.
+
+    Example:
+        >>> net = SNNet([deit_s, deit_b], config=SpaceConfig(mode="mapped", directions="both"))
+        >>> len(net.stitches), len(net.layers), net.stitches[-1]
+        (134, 22, Stitch('0:9-1:10:10-0:11'))
     """
 
     kernel_size: int = 2
     stride: int = 1
     nearest: bool = True
-    mode: Literal["auto", "paired", "unpaired"] = "auto"
+    mode: Literal["auto", "paired", "unpaired", "mapped"] = "auto"
     stages: tuple[int, ...] | None = None
     layer_per_position: bool = False
+    directions: Literal["up", "both"] = "up"
+    exclude_last: bool = True
 
     def __post_init__(self) -> None:
         if self.kernel_size < 1 or self.stride < 1:
             raise ValueError("kernel_size and stride must be at least 1")
-        if self.mode not in ("auto", "paired", "unpaired"):
-            raise ValueError(f"mode must be 'auto', 'paired' or 'unpaired', not {self.mode!r}")
+        if self.mode not in ("auto", "paired", "unpaired", "mapped"):
+            raise ValueError(
+                f"mode must be 'auto', 'paired', 'unpaired' or 'mapped', not {self.mode!r}"
+            )
+        if self.directions not in ("up", "both"):
+            raise ValueError(f"directions must be 'up' or 'both', not {self.directions!r}")
+        if not self.exclude_last and self.mode != "mapped":
+            raise ValueError(
+                "exclude_last=False adds the cut into the end anchor's head, which only "
+                "mode='mapped' builds: pass mode='mapped' too, or keep exclude_last=True"
+            )
         if self.stages is not None:
             object.__setattr__(self, "stages", tuple(int(s) for s in self.stages))
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["stages"] = list(self.stages) if self.stages is not None else None
+        # Options added later are written only when set, so a network built with the defaults
+        # writes the same JSON as before they existed, and results files measured then still
+        # match its fingerprint. from_json reads an absent key as its default.
+        for key in _LATER_OPTIONS:
+            if d[key] == getattr(SpaceConfig, key):
+                del d[key]
         return d
 
     @classmethod
@@ -51,6 +102,9 @@ class SpaceConfig:
         if unknown:
             raise ValueError(f"unknown stitching options {sorted(unknown)}")
         return cls(**d)
+
+
+_LATER_OPTIONS = ("directions", "exclude_last")
 
 
 def sliding_windows(depth: int, kernel_size: int, stride: int) -> list[tuple[int, int, int]]:
@@ -87,6 +141,38 @@ def stage_positions(front_depth: int, end_depth: int) -> list[tuple[int, int]]:
     )
 
 
+def mapped_positions(front_depth: int, end_depth: int) -> list[tuple[int, int]]:
+    """SN-Netv2's positions inside one stage, as local ``(front block, end block)`` indices, in
+    either direction (a shallower or a deeper front).
+
+    The nearest-neighbour depth map gives block ``i`` of the deeper stage its counterpart
+    ``m(i) = floor(i * d_shallow / d_deep)`` in the shallower one (``F.interpolate(mode="nearest")``
+    of the shallow block ids to the deep length, as SN-Netv2 computes it). Every hop continues
+    where the front stopped, so no block's work is run twice or skipped:
+
+    - shallow → deep: block ``j`` feeds the first deep block whose counterpart is ``j + 1``;
+    - deep → shallow: the last deep block of each counterpart group ``m(i)`` feeds shallow block
+      ``m(i) + 1`` (the other blocks of the group would feed the same block).
+
+    The last position is always ``(d_f - 1, d_e)``: past the stage (or into the head).
+
+    Example:
+        >>> mapped_positions(2, 4), mapped_positions(4, 2), mapped_positions(3, 2)
+        ([(0, 2), (1, 4)], [(1, 1), (3, 2)], [(1, 1), (2, 2)])
+    """
+    deep, shallow = max(front_depth, end_depth), min(front_depth, end_depth)
+
+    def m(i: int) -> int:
+        return i * shallow // deep
+
+    if front_depth <= end_depth:
+        return [
+            (j, next((k for k in range(end_depth) if m(k) > j), end_depth))
+            for j in range(front_depth)
+        ]
+    return [(i, m(i) + 1) for i in range(front_depth) if i == front_depth - 1 or m(i + 1) != m(i)]
+
+
 @dataclass(frozen=True)
 class Position:
     cut: Cut
@@ -114,6 +200,7 @@ class StitchSpace:
         if len(anchors) < 2:
             raise ValueError(f"stitching needs at least 2 anchors, got {len(anchors)}")
         mode = config.mode
+        up_only = config.directions == "up"
         if mode == "auto":
             plain = all(len(a.stages()) == 1 for a in anchors)
             mode = "paired" if plain and len({a.num_blocks for a in anchors}) == 1 else "unpaired"
@@ -122,13 +209,18 @@ class StitchSpace:
             if config.nearest
             else list(itertools.combinations(range(len(anchors)), 2))
         )
+        if not up_only:  # large→small between neighbours, after the small→large pairs
+            pairs += [(i + 1, i) for i in range(len(anchors) - 1)]
         positions = {}
         for f, e in pairs:
-            raw = (
-                _paired(anchors[f], anchors[e], config)
-                if mode == "paired"
-                else _unpaired(anchors[f], anchors[e], config)
-            )
+            if mode == "paired":
+                raw = _paired(anchors[f], anchors[e], config)
+            else:
+                # Large→small pairs always take the mapped rule, and never cut into a head.
+                head = mode == "mapped" and not config.exclude_last and f < e
+                raw = _unpaired(
+                    anchors[f], anchors[e], config, mapped=mode == "mapped" or f > e, head=head
+                )
             if not raw:
                 raise ValueError(
                     f"anchors {anchors[f].name} and {anchors[e].name} have no cut to stitch"
@@ -143,10 +235,16 @@ class StitchSpace:
                 )
                 for j, k, g in raw
             )
+        # The "up" space first, in its own order, then what "both" adds: a two-way space holds
+        # the one-way space as its prefix, so results of one line up with the other's.
+        hops = [((f, e), Stitch((f, e), (p.cut,))) for (f, e), ps in positions.items() for p in ps]
         stitches = [Stitch.anchor(i) for i in range(len(anchors))]
-        stitches += [Stitch((f, e), (p.cut,)) for (f, e), ps in positions.items() for p in ps]
+        stitches += [s for (f, e), s in hops if f < e]
         if not config.nearest:
             stitches += _multi_hop(len(anchors), positions)
+        if not up_only:
+            stitches += [s for (f, e), s in hops if f > e]
+            stitches += _return_routes(len(anchors), positions)
         return cls(tuple(a.num_blocks for a in anchors), positions, tuple(stitches), config)
 
     # -- queries ------------------------------------------------------------------------------
@@ -194,6 +292,9 @@ class StitchSpace:
             raise ValueError(
                 f"stitch {s} names anchor {max(s.route)}, but this network has anchors 0..{n - 1}"
             )
+        route_error = self._route_error(s)
+        if route_error:
+            raise ValueError(f"stitch {s} is not in this network: {route_error}")
         for f, e, cut in s.hops:
             if (f, e, cut) not in self._layer_of:
                 cuts = [
@@ -206,9 +307,48 @@ class StitchSpace:
                     else f"anchors {f} and {e} are not stitched together ({'nearest' if self.config.nearest else 'increasing'} pairs only)"
                 )
                 raise ValueError(f"stitch {s} is not in this network: {hint}")
+        if any(p.in_block > q.out_block for p, q in itertools.pairwise(s.cuts)):
+            raise ValueError(
+                f"stitch {s} is not in this network: each middle anchor must run at least one block"
+            )
         raise ValueError(
-            f"stitch {s} is not in this network: each middle anchor must run at least one block"
+            f"stitch {s} is not in this network: it leaves anchor {s.route[0]} after block "
+            f"{s.cuts[0].out_block} and returns at block {s.cuts[-1].in_block}, which would run "
+            "blocks twice; a return hop resumes past the block the route left"
         )
+
+    def _route_error(self, s: Stitch) -> str | None:
+        """Why the route itself (which anchors, in which order) cannot be in this space."""
+        route, two_way = s.route, self.config.directions == "both"
+        if any(f == e for f, e in itertools.pairwise(route)):
+            return "it hops from an anchor into itself; each hop joins two different anchors"
+        down = [(f, e) for f, e in itertools.pairwise(route) if f > e]
+        if down and not two_way:
+            f, e = down[0]
+            return (
+                f"it goes from anchor {f} back to anchor {e}, but this space stitches small to "
+                "large only; large→small hops and routes like 1:3-0:4:7-1:8 need "
+                "directions='both' (snnet train --directions both)"
+            )
+        if down:
+            f, e = down[0]
+            if f - e != 1:
+                return (
+                    f"it goes from anchor {f} to anchor {e}; large→small hops join neighbouring "
+                    "anchors only (i+1 into i)"
+                )
+            if len(route) > 2 and not (len(route) == 3 and route[0] == route[2]):
+                return (
+                    "a route with a large→small hop visits at most three anchors, two "
+                    "neighbours as a-b-a (e.g. 1:3-0:4:7-1:8 or 0:3-1:4:7-0:8)"
+                )
+            return None
+        if len(route) > 2 and self.config.nearest:
+            return (
+                "routes through three or more increasing anchors need nearest=False "
+                "(snnet train --all-pairs)"
+            )
+        return None
 
 
 def _paired(front: Anchor, end: Anchor, config: SpaceConfig) -> list[tuple[int, int, int]]:
@@ -220,7 +360,13 @@ def _paired(front: Anchor, end: Anchor, config: SpaceConfig) -> list[tuple[int, 
     return sliding_windows(front.num_blocks, config.kernel_size, config.stride)
 
 
-def _unpaired(front: Anchor, end: Anchor, config: SpaceConfig) -> list[tuple[int, int, int]]:
+def _unpaired(
+    front: Anchor, end: Anchor, config: SpaceConfig, *, mapped: bool = False, head: bool = False
+) -> list[tuple[int, int, int]]:
+    """Positions inside the stitched stages: :func:`stage_positions` (small→large, SN-Net), or
+    with ``mapped`` :func:`mapped_positions` (SN-Netv2; every large→small pair uses it). The
+    mapped rule's last position leaves the stage; it is kept only with ``head`` and only where
+    it enters the end anchor's head."""
     fs, es = front.stages(), end.stages()
     if config.stages is not None:
         chosen = config.stages
@@ -243,7 +389,14 @@ def _unpaired(front: Anchor, end: Anchor, config: SpaceConfig) -> list[tuple[int
                 "Unpaired stitching joins stages of equal resolution; pick stages where the anchors "
                 "match with stages=[...], or give them matching input and patch sizes"
             )
-        for j, k in stage_positions(len(fs[s].blocks), len(es[s].blocks)):
+        df, de = len(fs[s].blocks), len(es[s].blocks)
+        if mapped:
+            last = f0 + df == front.num_blocks and e0 + de == end.num_blocks
+            local = mapped_positions(df, de)
+            local = local if last and head else local[:-1]
+        else:
+            local = stage_positions(df, de)
+        for j, k in local:
             # One layer per front block: positions of different front blocks never share (the
             # reference code shared one layer across front blocks and averaged their LS solutions).
             out.append((f0 + j, e0 + k, f0 + j))
@@ -259,6 +412,24 @@ def _check_shapes(front: Anchor, end: Anchor, j: int, k: int) -> None:
             "the anchors must see the same number of tokens / the same resolution there; give them "
             "the same img_size and patch size, or stitch other stages"
         )
+
+
+def _return_routes(n: int, positions: dict[tuple[int, int], tuple[Position, ...]]) -> list[Stitch]:
+    """Routes that visit neighbouring anchors ``a, b, a`` (SN-Netv2's LSL and SLS), each hop
+    through one of the pair's existing positions, so the return hop reuses a stitching layer.
+    The middle anchor runs at least one block, and the return resumes past the block the route
+    left ``a`` after, so no block runs twice. Per pair, large→small→large first."""
+    out = []
+    for s in range(n - 1):
+        for a, b in ((s + 1, s), (s, s + 1)):
+            back = positions[(b, a)]
+            for p in positions[(a, b)]:
+                out += [
+                    Stitch((a, b, a), (p.cut, q.cut))
+                    for q in back
+                    if p.cut.in_block <= q.cut.out_block and q.cut.in_block > p.cut.out_block
+                ]
+    return out
 
 
 def _multi_hop(n: int, positions: dict[tuple[int, int], tuple[Position, ...]]) -> list[Stitch]:

@@ -8,7 +8,13 @@ String form (shell-safe, stable, used by the CLI and in results files)::
 
     "1"            anchor 1 on its own
     "0:3-1:4"      anchor 0 runs blocks 0..3, its output enters anchor 1 at block 4
+    "1:3-0:4"      large→small: anchor 1 runs blocks 0..3, then anchor 0 from block 4
     "0:3-1:4:7-2:8"  ... anchor 1 runs blocks 4..7, then anchor 2 from block 8 to its head
+    "1:3-0:4:7-1:8"  a route back: anchor 1, anchor 0 (blocks 4..7), anchor 1 again from block 8
+
+Which routes a network holds is the stitching space's business (:mod:`snnet.space`); a stitch
+is any route, so the same value, string and JSON serve small→large, large→small and returning
+routes.
 """
 
 from __future__ import annotations

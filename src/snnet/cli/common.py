@@ -58,9 +58,23 @@ def add_family_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--mode",
-        choices=["auto", "paired", "unpaired"],
+        choices=["auto", "paired", "unpaired", "mapped"],
         default=None,
-        help="stitching rule (default auto)",
+        help="stitching rule (default auto; mapped: SN-Netv2's nearest-neighbour depth map)",
+    )
+    p.add_argument(
+        "--directions",
+        choices=["up", "both"],
+        default=None,
+        help="up: small→large stitches (default); both: also large→small stitches and routes "
+        "that return to an anchor (SN-Netv2's two-way stitching)",
+    )
+    p.add_argument(
+        "--exclude-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --mode mapped, leave out the small→large cut into the head, as SN-Netv2 does "
+        "(default); --no-exclude-last keeps it",
     )
     p.add_argument(
         "--stages", type=index, nargs="+", default=None, help="stages to stitch in unpaired mode"
@@ -96,6 +110,8 @@ def build_network(args: argparse.Namespace, *, device: str | None = None) -> SNN
         ("stride", args.stride),
         ("mode", args.mode),
         ("stages", args.stages),
+        ("directions", args.directions),
+        ("exclude_last", args.exclude_last),
     ):
         if value is not None:
             options[key] = value
