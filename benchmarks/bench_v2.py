@@ -1,11 +1,11 @@
 """Stitching v2 against v1 on the demo family (issue 11), every variant on the same budget.
 
-Variants: v1 as today; two-way routes (``SpaceConfig(directions="both")``); low-rank stitching
-layers (``SNNet(stitch_rank=4)``); parameter-efficient mode (``SNNet(lora_rank=8)``, anchors
-frozen); importance sampling (``TrainConfig(sampling="importance")``). Each trains from the shipped
-anchors with least-squares init on 512 images, the demo's recipe (AdamW, lr 2e-3, anchors ×0.2,
-batch 128), the same ``--steps`` and seed, and is evaluated on the same first ``--eval-images``
-test images. A variant whose option this checkout lacks is reported "unavailable" with the error.
+Variants: v1 as today; two-way routes (SN-Netv2's space: ``SpaceConfig(mode="mapped",
+directions="both")``); low-rank stitching layers (``SNNet(stitch_rank=4)``); parameter-efficient
+mode (``SNNet(lora_rank=8)``, anchors frozen); importance sampling
+(``TrainConfig(sampling="importance")``). Each trains from the shipped anchors with least-squares
+init on 512 images, the demo's recipe (AdamW, lr 2e-3, anchors ×0.2, batch 128), the same
+``--steps`` and seed, and is evaluated on the same first ``--eval-images`` test images. A variant whose option this checkout lacks is reported "unavailable" with the error.
 
 Each variant runs in its own process (so its peak memory is its own: ``ru_maxrss`` of that
 process, training and evaluation, in MiB), with ``--threads`` threads, into ``--work/VARIANT``;
@@ -45,7 +45,8 @@ PLOT = OUT.with_name("v2_fronts.png")
 #: name -> (what it is, SNNet keyword options, TrainConfig options)
 VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "v1": ("SN-Net v1 as today", {}, {}),
-    "two_way": ("two-way routes", {"directions": "both"}, {}),
+    # SN-Netv2's space: one cut per front block in both directions, plus a-b-a routes.
+    "two_way": ("two-way routes (SN-Netv2)", {"mode": "mapped", "directions": "both"}, {}),
     "low_rank": ("low-rank stitching layers, rank 4", {"stitch_rank": 4}, {}),
     "peft": ("parameter-efficient: frozen anchors, LoRA rank 8", {"lora_rank": 8}, {}),
     "importance": ("importance sampling (ESTA)", {}, {"sampling": "importance"}),
