@@ -13,7 +13,13 @@ import typing
 from pathlib import Path
 
 from snnet.checkpoint import check_run
-from snnet.cli.common import add_family_arguments, add_threads_argument, build_network
+from snnet.cli.common import (
+    add_data_arguments,
+    add_family_arguments,
+    add_threads_argument,
+    augment_from_args,
+    build_network,
+)
 from snnet.rundir import RunDir
 from snnet.train import TrainConfig, fit
 
@@ -45,12 +51,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def add_parser(p: argparse.ArgumentParser) -> None:
     add_family_arguments(p)
     data = p.add_argument_group("data and run")
-    data.add_argument(
-        "--data",
-        default="fmnist",
-        help="'fmnist' (Fashion-MNIST, offline; default), a folder of Fashion-MNIST idx files, or "
-        "an image folder root/<class>/<image> (root/train is used if present)",
-    )
+    add_data_arguments(data)
     data.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, model)")
     data.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     data.add_argument(
@@ -82,27 +83,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     add_config_options(p.add_argument_group("optimisation"))
 
 
-def load_data(spec: str, input_size: tuple[int, int, int], img_size: int | None):
-    """The training set ``--data`` names, for anchors taking ``input_size`` inputs."""
-    from snnet.data import fashion_mnist, image_folder
-
-    if spec == "fmnist":
-        return fashion_mnist("train")
-    root = Path(spec)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--data {spec}: no such folder (or use --data fmnist)")
-    if (root / "train-images-idx3-ubyte.gz").is_file():
-        return fashion_mnist("train", root=root)
-    if (root / "train").is_dir():
-        root = root / "train"
-    return image_folder(
-        root, train=True, img_size=img_size or input_size[1], in_chans=input_size[0]
-    )
-
-
 def run(args: argparse.Namespace) -> int:
+    from snnet.data import resolve_data
+    from snnet.preprocess import DataConfig
     from snnet.sources import resolve_anchors
     from snnet.threads import set_threads
+    from snnet.train import num_outputs
 
     set_threads(args.threads)
     config = config_from_args(args)
@@ -123,10 +109,18 @@ def run(args: argparse.Namespace) -> int:
         if len(teachers) != 1:
             raise ValueError(f"--teacher {args.teacher} names {len(teachers)} models; give one")
         teacher = teachers[0]
-    dataset = load_data(args.data, tuple(net.anchors[0].input_size), args.img_size)
+    data = resolve_data(
+        args.data,
+        DataConfig.for_anchors(net.anchors),
+        augment=augment_from_args(args),
+        val=args.val,
+        num_classes=num_outputs(net),
+    )
+    # data.val (root/val, --val, Fashion-MNIST's test split) is resolved and checked here, before
+    # training starts; fit does not validate during training yet.
     result = fit(
         net,
-        dataset,
+        data.train,
         config,
         teacher=teacher,
         run_dir=args.out,
@@ -136,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         device=args.device,
         progress=not args.quiet,
+        ls_dataset=data.plain,
+        data_config=data.config,
     )
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
     main_rank = int(os.environ.get("RANK", "0")) == 0
