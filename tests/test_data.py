@@ -438,3 +438,26 @@ def test_cli_trains_fashion_mnist_exactly_as_fit_on_the_plain_dataset(tmp_path):
     for (name, a), (_, b) in zip(cli.state_dict().items(), net.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert cli.data_config == net.data_config == FashionMNIST.data_config
+
+
+def test_augmentation_options_map_to_one_augment_value():
+    import argparse
+
+    from snnet.cli.common import add_data_arguments, augment_from_args
+    from snnet.preprocess import Augment
+
+    p = argparse.ArgumentParser()
+    add_data_arguments(p)
+
+    def parse(*argv: str):
+        return augment_from_args(p.parse_args(list(argv)))
+
+    assert parse() is None  # the data's default
+    assert parse("--augment", "light") == Augment("light")
+    assert parse("--hflip", "0.5") == Augment("auto", hflip=0.5)  # the default kind, flipped
+    assert parse("--scale", "0.5", "1") == Augment("timm", scale=(0.5, 1.0))
+    assert parse("--augment", "timm", "--auto-augment", "rand-m9") == Augment(
+        "timm", auto_augment="rand-m9"
+    )
+    with pytest.raises(ValueError, match="--scale apply to timm's augmentation only"):
+        parse("--augment", "light", "--scale", "0.5", "1")

@@ -115,7 +115,7 @@ def test_cli_trains_a_digits_folder_like_the_python_api_and_reproducibly(digits,
     ):
         assert torch.equal(a, b), name
     cli = Results.load(tmp_path / "cli" / "results.json")
-    assert cli.meta["accuracy"]["images"] == 359
+    assert cli.meta["accuracy"]["images"] == len(list((digits / "val").rglob("*.png")))  # 355
     assert "val" in cli.meta["accuracy"]["data"]
 
     # The same recipe through the Python API.

@@ -118,7 +118,8 @@ class DataConfig:
     training applied on top (inference never augments).
 
     Calling it on a PIL image gives the evaluation transform's ``(C, H, W)`` float tensor;
-    :meth:`transform` gives the torchvision transform itself, augmenting or not.
+    :meth:`transform` gives the torchvision transform itself, augmenting or not. Two configs are
+    equal when they preprocess alike (``classes`` and ``augment`` are records, not compared).
 
     Example:
         >>> cfg = DataConfig.for_anchors(net.anchors)

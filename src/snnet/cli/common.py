@@ -173,7 +173,11 @@ def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
         help="probability of a horizontal flip (default 0.5 with timm, 0 with light)",
     )
     p.add_argument(
-        "--color-jitter", type=float, default=None, help="timm: colour jitter (default 0.4)"
+        "--color-jitter",
+        type=float,
+        default=None,
+        metavar="S",
+        help="timm: colour jitter strength (default 0.4)",
     )
     p.add_argument(
         "--auto-augment",
