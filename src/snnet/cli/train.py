@@ -88,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
     from snnet.preprocess import DataConfig
     from snnet.sources import resolve_anchors
     from snnet.threads import set_threads
-    from snnet.train import num_outputs
 
     set_threads(args.threads)
     config = config_from_args(args)
@@ -114,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
         DataConfig.for_anchors(net.anchors),
         augment=augment_from_args(args),
         val=args.val,
-        num_classes=num_outputs(net),
-    )
+    )  # fit checks the training images against the network (size, then classes)
     # data.val (root/val, --val, Fashion-MNIST's test split) is resolved and checked here, before
     # training starts; fit does not validate during training yet.
     result = fit(
