@@ -199,9 +199,7 @@ def augment_from_args(args: argparse.Namespace) -> Any:
     }
     if args.augment is None and all(v is None for v in knobs.values()):
         return None
-    if (
-        args.augment is None
-    ):  # knobs alone: timm's knobs imply timm; --hflip alone keeps the default
+    if args.augment is None:  # knobs alone: timm's imply timm, --hflip keeps the default kind
         only_flip = all(v is None for k, v in knobs.items() if k != "hflip")
         return Augment("auto" if only_flip else "timm", **knobs)
     return Augment(args.augment, **knobs)
