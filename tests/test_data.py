@@ -265,10 +265,11 @@ def test_default_augmentation_follows_the_images():
 
     rgb = DataConfig(3, (224, 224), (0.5,) * 3, (0.5,) * 3)
     assert default_augment(rgb, [(500, 375, "RGB"), (256, 256, "RGB")]).kind == "timm"
-    assert default_augment(rgb, [(500, 375, "RGB"), (64, 64, "RGB")]).kind == "light"
-    assert default_augment(rgb, [(500, 375, "L")]).kind == "light"  # grey photos, made RGB
+    assert default_augment(rgb, [(500, 375, "RGB"), (64, 64, "RGB")]).kind == "none"
+    assert default_augment(rgb, [(500, 375, "L")]).kind == "none"  # grey photos, made RGB
     grey = DataConfig(1, (224, 224), (0.5,), (0.5,))
-    assert default_augment(grey, [(500, 375, "RGB")]).kind == "light"
+    assert default_augment(grey, [(500, 375, "RGB")]).kind == "none"
+    assert default_augment(grey, [(32, 32, "L")], hflip=0.5) == Augment("light", hflip=0.5)
     assert Augment("light").flip == 0.0 and Augment("timm").flip == 0.5
     with pytest.raises(ValueError, match="--augment timm"):
         Augment("light", scale=(0.5, 1.0))
@@ -313,7 +314,8 @@ def test_a_root_with_train_and_val_trains_on_train_and_holds_out_val(tmp_path):
     data = resolve_data(tmp_path / "d", cfg, num_classes=10)
     assert len(data.train) == len(data.plain) == 40 and len(data.val) == 20
     assert data.config.classes == tuple(f"c{i}" for i in range(10))
-    assert data.config.augment.kind == "light"  # small grey images
+    assert data.config.augment.kind == "none"  # small grey images
+    assert data.train is data.plain
     torch.testing.assert_close(
         data.plain[5][0], cfg.transform()(Image.open(data.plain.samples[5][0]))
     )

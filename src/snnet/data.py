@@ -575,7 +575,7 @@ def resolve_data(
         )
         cfg = replace(config, classes=tuple(plain.classes), augment=augment)
         plain.data_config = cfg
-        train = plain.with_transform(cfg.transform(augment))
+        train = plain if augment.kind == "none" else plain.with_transform(cfg.transform(augment))
         name = f"ImageFolder {source.train}"
     _check_classes(plain, name, num_classes)
 

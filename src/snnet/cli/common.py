@@ -154,8 +154,8 @@ def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
         choices=["none", "light", "timm"],
         default=None,
         help="training augmentation: none, light (random shifts; flips with --hflip) or timm "
-        "(ImageNet recipe: random resized crops, flips, colour jitter). Default: none for "
-        "Fashion-MNIST, timm for RGB images of at least 128 px, light otherwise",
+        "(ImageNet recipe: random resized crops, flips, colour jitter). Default for "
+        "RGB images of at least 128 px given to RGB anchors: timm; otherwise none",
     )
     p.add_argument(
         "--scale",
