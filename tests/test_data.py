@@ -149,3 +149,317 @@ def test_write_image_folder_round_trips_labels_and_pixels(fmnist_test, tmp_path)
     mtime = path.stat().st_mtime_ns
     write_image_folder(fmnist_test, root, limit=40)
     assert path.stat().st_mtime_ns == mtime
+
+
+# -- preprocessing that follows the model ---------------------------------------------------------
+def _vit_net(in_chans: int = 3):
+    import snnet
+
+    torch.manual_seed(0)
+    anchors = [
+        snnet.timm_anchor(
+            "vit_tiny_patch16_224",
+            img_size=32,
+            patch_size=8,
+            embed_dim=d,
+            depth=2,
+            num_heads=2,
+            num_classes=10,
+            in_chans=in_chans,
+        )
+        for d in (16, 32)
+    ]
+    return snnet.SNNet(anchors)
+
+
+def _grey_folder(root: Path, n: int = 40, size: int = 32, mode: str = "L") -> Path:
+    """n images of 10 classes (4 per class with n=40), random pixels, as PNG."""
+    g = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / f"c{i % 10}"
+        folder.mkdir(parents=True, exist_ok=True)
+        shape = (size, size) if mode == "L" else (size, size, 3)
+        Image.fromarray(g.integers(0, 256, shape, dtype=np.uint8), mode).save(
+            folder / f"{i:03d}.png"
+        )
+    return root
+
+
+def test_data_config_comes_from_timm_and_round_trips_through_json():
+    from timm.data import resolve_model_data_config
+
+    from snnet.preprocess import Augment, DataConfig
+
+    net = _vit_net()
+    cfg = DataConfig.for_anchors(net.anchors)
+    timm_cfg = resolve_model_data_config(net.anchors[0].model)
+    assert cfg.input_size == (3, 32, 32)  # the anchors' size, not the pretrained 224
+    assert cfg.mean == timm_cfg["mean"] and cfg.std == timm_cfg["std"]
+    assert cfg.crop_pct == timm_cfg["crop_pct"]
+    assert cfg.interpolation == timm_cfg["interpolation"]
+    full = DataConfig(1, (28, 28), (0.1,), (0.2,), classes=("a", "b"), augment=Augment("light"))
+    again = DataConfig.from_json(full.to_json())
+    assert again == full and again.classes == full.classes and again.augment == full.augment
+    # one-channel timm anchors: the RGB statistics averaged; the demo anchors: Fashion-MNIST's
+    grey = DataConfig.for_anchors(_vit_net(in_chans=1).anchors)
+    assert grey.channels == 1 and grey.mean == (pytest.approx(sum(timm_cfg["mean"]) / 3),)
+    from snnet.sources import from_source
+    from snnet.zoo import demo_family_names
+
+    zoo = [from_source({"kind": "zoo", "name": n}) for n in demo_family_names()[:2]]
+    assert DataConfig.for_anchors(zoo) == DataConfig.fashion_mnist()
+
+
+def test_the_saved_network_records_its_preprocessing_and_old_saves_load_as_before(tmp_path):
+    import json
+
+    import snnet
+    from snnet.cli.evaluate import open_data
+    from snnet.preprocess import DataConfig
+
+    folder = _grey_folder(tmp_path / "images")
+    net = _vit_net(in_chans=1)
+    # saved before snnet recorded preprocessing: no "data"; evaluated with 0.5/0.5 as before
+    old = snnet.save(net, tmp_path / "old")
+    assert "data" not in json.loads((old / "config.json").read_text())
+    loaded = snnet.load(old)
+    assert loaded.data_config is None
+    images, _ = open_data(loaded, folder)
+    cfg = net.anchors[0].model.pretrained_cfg  # evaluate's old call: timm's crop, 0.5/0.5
+    before = image_folder(
+        folder,
+        train=False,
+        img_size=32,
+        in_chans=1,
+        crop_pct=cfg["crop_pct"],
+        interpolation=cfg["interpolation"],
+    )
+    for i in (0, 7):
+        assert torch.equal(images[i][0], before[i][0])
+    # recorded: what training used comes back, and evaluation uses it
+    cfg = DataConfig(1, (32, 32), (0.25,), (0.5,), crop_pct=1.0, classes=tuple("0123456789"))
+    net.data_config = cfg
+    new = snnet.save(net, tmp_path / "new")
+    assert json.loads((new / "config.json").read_text())["data"]["mean"] == [0.25]
+    loaded = snnet.load(new)
+    assert loaded.data_config == cfg and loaded.data_config.classes == cfg.classes
+    images, _ = open_data(loaded, folder)
+    pixels = torch.from_numpy(np.array(Image.open(images.samples[0][0]))).float() / 255
+    torch.testing.assert_close(images[0][0][0], (pixels - 0.25) / 0.5)
+
+
+def test_serving_and_evaluation_preprocess_alike(tmp_path):
+    from snnet.cli.evaluate import open_data
+    from snnet.serve.model import preprocessing
+
+    folder = _grey_folder(tmp_path / "images", size=40)
+    for net in (_vit_net(), _vit_net(in_chans=1)):
+        images, _ = open_data(net, folder)
+        prep = preprocessing(net, {})
+        with Image.open(images.samples[3][0]) as im:
+            torch.testing.assert_close(prep(im), images[3][0])
+
+
+def test_default_augmentation_follows_the_images():
+    from snnet.preprocess import Augment, DataConfig, default_augment
+
+    rgb = DataConfig(3, (224, 224), (0.5,) * 3, (0.5,) * 3)
+    assert default_augment(rgb, [(500, 375, "RGB"), (256, 256, "RGB")]).kind == "timm"
+    assert default_augment(rgb, [(500, 375, "RGB"), (64, 64, "RGB")]).kind == "none"
+    assert default_augment(rgb, [(500, 375, "L")]).kind == "none"  # grey photos, made RGB
+    grey = DataConfig(1, (224, 224), (0.5,), (0.5,))
+    assert default_augment(grey, [(500, 375, "RGB")]).kind == "none"
+    assert default_augment(grey, [(32, 32, "L")], hflip=0.5) == Augment("light", hflip=0.5)
+    assert Augment("light").flip == 0.0 and Augment("timm").flip == 0.5
+    with pytest.raises(ValueError, match="--augment timm"):
+        Augment("light", scale=(0.5, 1.0))
+    with pytest.raises(ValueError, match="--augment light or timm"):
+        Augment("none", hflip=0.5)
+
+
+def test_light_augmentation_shifts_within_the_evaluation_crop_and_is_seeded():
+    from snnet.preprocess import Augment, DataConfig
+
+    cfg = DataConfig(1, (32, 32), (0.5,), (0.5,))
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32), np.uint8), "L")
+    plain = cfg.transform()(img)
+    light = cfg.transform(Augment("light"))
+    torch.manual_seed(3)
+    a = [light(img) for _ in range(8)]
+    torch.manual_seed(3)
+    b = [light(img) for _ in range(8)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert all(x.shape == plain.shape for x in a)
+    assert any(not torch.equal(x, plain) for x in a)
+    # a shift: the image moved by at most 2 px (1/16 of 32), zero padding at the border
+    x = a[0][0]
+    found = False
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            moved = torch.full_like(plain[0], -1.0)  # zero pixels, normalised
+            src = plain[0][max(0, -dy) : 32 - max(0, dy), max(0, -dx) : 32 - max(0, dx)]
+            moved[max(0, dy) : 32 - max(0, -dy), max(0, dx) : 32 - max(0, -dx)] = src
+            found = found or torch.equal(moved, x)
+    assert found
+
+
+# -- one resolver for --data ----------------------------------------------------------------------
+def test_a_root_with_train_and_val_trains_on_train_and_holds_out_val(tmp_path):
+    from snnet.data import resolve_data
+    from snnet.preprocess import DataConfig
+
+    _grey_folder(tmp_path / "d" / "train", 40)
+    _grey_folder(tmp_path / "d" / "val", 20)
+    cfg = DataConfig(1, (32, 32), (0.5,), (0.5,))
+    data = resolve_data(tmp_path / "d", cfg, num_classes=10)
+    assert len(data.train) == len(data.plain) == 40 and len(data.val) == 20
+    assert data.config.classes == tuple(f"c{i}" for i in range(10))
+    assert data.config.augment.kind == "none"  # small grey images
+    assert data.train is data.plain
+    torch.testing.assert_close(
+        data.plain[5][0], cfg.transform()(Image.open(data.plain.samples[5][0]))
+    )
+    # evaluating the same root reads val; an explicit --val replaces it
+    assert len(resolve_data(tmp_path / "d", cfg, split="eval").val) == 20
+    _grey_folder(tmp_path / "other", 30)
+    assert len(resolve_data(tmp_path / "d", cfg, val=tmp_path / "other").val) == 30
+    # clear errors naming the fix
+    with pytest.raises(ValueError, match="--num-classes 10"):
+        resolve_data(tmp_path / "d", cfg, num_classes=5)
+    _grey_folder(tmp_path / "few", 8)  # 8 classes
+    with pytest.raises(ValueError, match="same class folders"):
+        resolve_data(tmp_path / "d", cfg, val=tmp_path / "few")
+    _grey_folder(tmp_path / "t" / "train", 20)
+    with pytest.raises(ValueError, match="no val/"):
+        resolve_data(tmp_path / "t", cfg, split="eval")
+    with pytest.raises(FileNotFoundError, match="does not exist; give 'fmnist'"):
+        resolve_data(tmp_path / "missing", cfg)
+
+
+def test_fashion_mnist_trains_unaugmented_by_default_exactly_as_before():
+    from snnet.data import resolve_data
+    from snnet.preprocess import Augment, DataConfig
+
+    data = resolve_data("fmnist", DataConfig.fashion_mnist())
+    assert data.train is data.plain and not data.train.augment  # the demo's data, untouched
+    assert data.config == DataConfig.fashion_mnist() and data.config.augment == Augment("none")
+    assert len(data.val) == 10_000  # the test split is held out
+    light = resolve_data("fmnist", DataConfig.fashion_mnist(), augment=Augment("light"))
+    assert light.train.augment and not light.plain.augment
+    assert light.plain.images is light.train.images
+    with pytest.raises(ValueError, match="--augment light"):
+        resolve_data("fmnist", DataConfig.fashion_mnist(), augment=Augment("timm"))
+
+
+def test_augmentation_with_flip_probability_keeps_the_draws_of_flip_true(fmnist_test):
+    imgs = fmnist_test.images[:64]
+    a = augment_batch(imgs, flip=True, generator=torch.Generator().manual_seed(4))
+    b = augment_batch(imgs, flip=0.5, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
+    never = augment_batch(imgs, pad=0, flip=0.0, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(never, imgs)
+
+
+def test_least_squares_reads_the_unaugmented_images(tmp_path, monkeypatch):
+    import snnet.train
+    from snnet.batches import first_images
+    from snnet.data import resolve_data
+    from snnet.preprocess import Augment, DataConfig
+    from snnet.train import TrainConfig, fit
+
+    _grey_folder(tmp_path / "d", 40)
+    net = _vit_net(in_chans=1)
+    data = resolve_data(
+        tmp_path / "d", DataConfig.for_anchors(net.anchors), augment=Augment("light", hflip=1.0)
+    )
+    seen = []
+    monkeypatch.setattr(snnet.train, "init_least_squares", lambda net, x, **kw: seen.append(x))
+    config = TrainConfig(steps=1, batch_size=8)
+    fit(
+        net,
+        data.train,
+        config,
+        ls_dataset=data.plain,
+        data_config=data.config,
+        ls_init=8,
+        progress=False,
+    )
+    assert torch.equal(seen[0], first_images(data.plain, 8, seed=0))
+    torch.manual_seed(0)
+    assert not torch.equal(seen[0], first_images(data.train, 8, seed=0))  # flipped, shifted
+    assert net.data_config == data.config and net.data_config.augment.flip == 1.0
+    with pytest.raises(ValueError, match="without augmentation"):
+        fit(net, data.train, config, ls_dataset=data.plain.subset([0, 1]), progress=False)
+
+
+# -- a fixed share of the images ------------------------------------------------------------------
+def test_stratified_sample_is_proportional_seeded_and_covers_every_class():
+    from snnet.data import stratified_indices
+
+    targets = [0] * 50 + [1] * 30 + [2] * 15 + [3] * 5  # 100 images
+    idx = stratified_indices(targets, 20, seed=0)
+    counts = np.bincount([targets[i] for i in idx], minlength=4)
+    assert counts.tolist() == [10, 6, 3, 1] and len(set(idx)) == 20
+    assert stratified_indices(targets, 20, seed=0) == idx
+    assert stratified_indices(targets, 20, seed=1) != idx
+    small = stratified_indices(targets, 4, seed=0)  # the smallest class keeps one image
+    assert sorted(targets[i] for i in small) == [0, 1, 2, 3]
+    assert stratified_indices(targets, 500) == list(range(100))
+
+
+def test_evaluate_max_images_is_a_stratified_sample(tmp_path, capsys):
+    import snnet
+    from snnet.cli import main
+    from snnet.results import Results
+
+    folder = _grey_folder(tmp_path / "images", 60)  # 6 per class, in class order
+    model = snnet.save(_vit_net(in_chans=1), tmp_path / "run")
+    args = ["evaluate", str(model), "--data", str(folder), "--max-images", "20", "--workers", "0"]
+    assert main(args) == 0
+    meta = Results.load(model / "results.json").meta["accuracy"]
+    assert meta["images"] == 20 and "stratified sample of 20 (seed 0)" in meta["data"]
+    from snnet.data import sample
+
+    picked = sample(image_folder(folder, train=False, img_size=32, in_chans=1), 20, seed=0)
+    assert np.bincount(picked.targets).tolist() == [2] * 10  # the first 20 would be 4 classes
+
+
+def test_cli_trains_fashion_mnist_exactly_as_fit_on_the_plain_dataset(tmp_path):
+    # What `snnet train fmnist` ran before --data had a resolver: fit(net, fashion_mnist("train")).
+    import snnet
+    from snnet.cli import main
+    from snnet.train import TrainConfig, fit
+
+    args = ["--steps", "3", "--batch-size", "32", "--ls-init", "64", "--quiet"]
+    assert main(["train", "fmnist", "--out", str(tmp_path / "cli"), *args]) == 0
+    anchors, options = snnet.resolve_anchors("fmnist")
+    net = snnet.SNNet(anchors, **options)
+    config = TrainConfig(steps=3, batch_size=32)
+    fit(net, fashion_mnist("train"), config, ls_init=64, progress=False)
+    cli = snnet.load(tmp_path / "cli")
+    for (name, a), (_, b) in zip(cli.state_dict().items(), net.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert cli.data_config == net.data_config == FashionMNIST.data_config
+
+
+def test_augmentation_options_map_to_one_augment_value():
+    import argparse
+
+    from snnet.cli.common import add_data_arguments, augment_from_args
+    from snnet.preprocess import Augment
+
+    p = argparse.ArgumentParser()
+    add_data_arguments(p)
+
+    def parse(*argv: str):
+        return augment_from_args(p.parse_args(list(argv)))
+
+    assert parse() is None  # the data's default
+    assert parse("--augment", "light") == Augment("light")
+    assert parse("--hflip", "0.5") == Augment("auto", hflip=0.5)  # the default kind, flipped
+    assert parse("--scale", "0.5", "1") == Augment("timm", scale=(0.5, 1.0))
+    assert parse("--augment", "timm", "--auto-augment", "rand-m9") == Augment(
+        "timm", auto_augment="rand-m9"
+    )
+    with pytest.raises(ValueError, match="--scale apply to timm's augmentation only"):
+        parse("--augment", "light", "--scale", "0.5", "1")

@@ -7,37 +7,42 @@ of indices returns a whole batch at once, which avoids the per-item Python overh
 
 from __future__ import annotations
 
+import copy
 import gzip
+import itertools
 import logging
 import os
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+)
 from torch.utils.data.distributed import DistributedSampler
+
+from snnet.preprocess import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    Augment,
+    DataConfig,
+    default_augment,
+)
 
 logger = logging.getLogger(__name__)
 
 FASHION_MNIST_ENV = "SNNET_FASHION_MNIST"
 FASHION_MNIST_DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_MEAN = 0.2860  # of the 60k training images, pixels scaled to [0, 1]
-FASHION_MNIST_STD = 0.3530
-FASHION_MNIST_CLASSES = (
-    "t-shirt_top",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
-    "ankle_boot",
-)
 _FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -78,11 +83,13 @@ class FashionMNIST(Dataset):
     (1, 28, 28) tensor and an int label; ``ds[indices]`` (a list or 1-D tensor) gives a batch
     ((B, 1, 28, 28), (B,)) in one vectorised step.
 
-    Augmentation (random crop after zero padding, horizontal flip) is off unless ``augment=True`` and
-    draws from ``generator``, so a seeded generator makes it reproducible.
+    Augmentation (random crop after zero padding, horizontal flip with probability ``flip``,
+    ``True`` meaning 0.5) is off unless ``augment=True`` and draws from ``generator`` (torch's
+    global generator when None), so a seeded generator makes it reproducible.
     """
 
     classes = FASHION_MNIST_CLASSES
+    data_config = DataConfig.fashion_mnist()  # what get_batch applies (no resizing)
 
     def __init__(
         self,
@@ -91,7 +98,7 @@ class FashionMNIST(Dataset):
         *,
         augment: bool = False,
         pad: int = 2,
-        flip: bool = True,
+        flip: bool | float = True,
         generator: torch.Generator | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 3:
@@ -153,10 +160,11 @@ def augment_batch(
     images: torch.Tensor,
     *,
     pad: int = 2,
-    flip: bool = True,
+    flip: bool | float = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Random crop after zero padding by ``pad`` and random horizontal flip, per image, on (B, H, W)."""
+    """Random crop after zero padding by ``pad`` and random horizontal flip (probability
+    ``flip``; ``True`` is 0.5, ``False`` or 0 draws nothing), per image, on (B, H, W)."""
     b, h, w = images.shape
     out = images
     if pad > 0:
@@ -167,7 +175,8 @@ def augment_batch(
         cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
         out = padded[torch.arange(b)[:, None, None], rows, cols]
     if flip:
-        mask = torch.rand(b, generator=generator) < 0.5
+        p = 0.5 if flip is True else float(flip)
+        mask = torch.rand(b, generator=generator) < p
         out = torch.where(mask[:, None, None], out.flip(-1), out)
     return out
 
@@ -235,6 +244,7 @@ class ImageFolderDataset(Dataset):
         mode: str = "RGB",
         verify: bool = False,
         replace_unreadable: bool = True,
+        data_config: DataConfig | None = None,
     ) -> None:
         self.root = Path(root)
         if not self.root.exists():
@@ -271,7 +281,25 @@ class ImageFolderDataset(Dataset):
         self.transform = transform
         self.mode = mode
         self.replace_unreadable = replace_unreadable
+        self.data_config = data_config  # the preprocessing ``transform`` applies, when known
         self._bad: set[int] = set()
+
+    def with_transform(self, transform, *, replace_unreadable: bool | None = None):
+        """The same files and labels (not listed again) through another transform."""
+        other = copy.copy(self)
+        other.transform = transform
+        other._bad = set(self._bad)
+        if replace_unreadable is not None:
+            other.replace_unreadable = replace_unreadable
+        return other
+
+    def subset(self, indices: Sequence[int]) -> ImageFolderDataset:
+        """Only the images at ``indices`` (in that order), same classes and transform."""
+        other = copy.copy(self)
+        other.samples = [self.samples[i] for i in indices]
+        other.targets = [y for _, y in other.samples]
+        other._bad = set()
+        return other
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -322,7 +350,12 @@ def image_folder(
 
     Example: ``ds = image_folder("imagenet/val", train=False, img_size=224)``
     """
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+    from timm.data import (
+        DEFAULT_CROP_PCT,
+        IMAGENET_DEFAULT_MEAN,
+        IMAGENET_DEFAULT_STD,
+        create_transform,
+    )
 
     if in_chans not in (1, 3):
         raise ValueError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans}")
@@ -341,6 +374,14 @@ def image_folder(
     )
     if crop_pct is not None:
         kwargs["crop_pct"] = crop_pct
+    config = DataConfig(
+        in_chans,
+        (img_size, img_size),
+        tuple(mean),
+        tuple(std),
+        crop_pct=DEFAULT_CROP_PCT if crop_pct is None else crop_pct,  # timm's default
+        interpolation=interpolation,
+    )
     if train and in_chans == 1:
         kwargs.setdefault("color_jitter", None)  # timm's colour jitter assumes RGB
     kwargs.update(transform_kwargs)
@@ -353,6 +394,7 @@ def image_folder(
         mode="RGB" if in_chans == 3 else "L",
         verify=(not train) if verify is None else verify,
         replace_unreadable=train,
+        data_config=None if train else config,
     )
 
 
@@ -410,6 +452,281 @@ def write_image_folder(
         img.save(tmp, format="PNG")
         os.replace(tmp, path)
     return root
+
+
+# ---------------------------------------------------------------------------------------------------
+# --data: one resolver for train, evaluate and the benchmarks
+
+_KINDS_OF_DATA = (
+    "'fmnist' (Fashion-MNIST), a folder of the Fashion-MNIST idx .gz files, or an image folder "
+    "root/<class>/<image> (or root/train/<class>/<image> + root/val/<class>/<image>)"
+)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where ``--data`` points: Fashion-MNIST (``root``: its idx folder, None: the default place)
+    or an image folder with training images ``train`` and held-out images ``val`` (None: none)."""
+
+    kind: str  # "fmnist" or "folder"
+    root: Path | None = None
+    train: Path | None = None
+    val: Path | None = None
+
+
+def locate(spec: str | Path, *, option: str = "--data") -> DataSource:
+    """What ``spec`` names: ``fmnist``, a folder of Fashion-MNIST idx files, ``root/train`` +
+    ``root/val`` (either may be missing), or an image folder ``root/<class>/<image>``.
+
+    Example: ``locate("imagenet")  # DataSource('folder', train=imagenet/train, val=imagenet/val)``
+    """
+    if str(spec) == "fmnist":
+        return DataSource("fmnist")
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"{option} {spec} does not exist; give {_KINDS_OF_DATA}")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{option} {spec} is a file; give {_KINDS_OF_DATA}")
+    if any((path / files[0]).is_file() for files in _FASHION_MNIST_FILES.values()):
+        return DataSource("fmnist", root=path)
+    train, val = path / "train", path / "val"
+    if train.is_dir() or val.is_dir():
+        return DataSource(
+            "folder", train=train if train.is_dir() else None, val=val if val.is_dir() else None
+        )
+    return DataSource("folder", train=path, val=None)
+
+
+@dataclass(frozen=True, eq=False)
+class Data:
+    """What ``--data`` resolved to, for a network whose preprocessing is ``config`` (with the
+    training augmentation recorded in ``config.augment`` and the classes in ``config.classes``).
+
+    ``train``: the training images, augmented; ``plain``: the same images through the evaluation
+    transform (least squares must not see augmentation); ``val``: held-out images through the
+    evaluation transform (``root/val``, ``--val``, Fashion-MNIST's test split), or, when
+    resolved for evaluation, the images to evaluate. ``name`` and ``val_name`` describe them.
+    """
+
+    config: DataConfig
+    train: Dataset | None = None
+    plain: Dataset | None = None
+    val: Dataset | None = None
+    name: str = ""
+    val_name: str | None = None
+
+
+def resolve_data(
+    spec: str | Path,
+    config: DataConfig,
+    *,
+    split: str = "train",
+    augment: Augment | None = None,
+    val: str | Path | None = None,
+    num_classes: int | None = None,
+) -> Data:
+    """The data ``spec`` names, preprocessed with ``config`` (the network's
+    :class:`~snnet.preprocess.DataConfig`), for ``split="train"`` (training images augmented
+    with ``augment``, default :func:`~snnet.preprocess.default_augment`, their un-augmented view,
+    and held-out images if any) or ``split="eval"`` (the held-out images: ``root/val``, the
+    Fashion-MNIST test split, or ``spec`` itself). ``val`` names held-out images explicitly.
+    With ``num_classes``, data with another number of classes is refused.
+
+    Example:
+        >>> data = resolve_data("digits", DataConfig.for_anchors(net.anchors))
+        >>> fit(net, data.train, config, ls_dataset=data.plain, data_config=data.config)
+    """
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    source = locate(spec)
+    if split == "eval":
+        if val is not None:
+            raise ValueError("val is for training; to evaluate other images, pass them as spec")
+        images, name, cfg = _held_out(source, spec, config)
+        _check_classes(images, name, num_classes)
+        return Data(cfg, val=images, name=name, val_name=name)
+
+    auto = augment is None or augment.kind == "auto"
+    hflip = augment.hflip if augment is not None else None
+    if source.kind == "fmnist":
+        if auto:  # off by default: the demo's training stays what it always was
+            augment = Augment("light", hflip=hflip) if hflip else Augment("none")
+        if augment.kind == "timm":
+            raise ValueError(
+                "timm's augmentation works on image files: use --augment light (shifts, flips) "
+                "for Fashion-MNIST, or write it as an image folder (snnet.data.write_image_folder)"
+            )
+        plain = fashion_mnist("train", root=source.root)
+        train = plain
+        if augment.kind == "light":  # shifts by up to 2 px, as FashionMNIST's own augmentation
+            train = FashionMNIST(plain.images, plain.targets, augment=True, flip=augment.flip)
+        cfg = replace(DataConfig.fashion_mnist(), augment=augment)
+        name = "Fashion-MNIST train" + (f" ({source.root})" if source.root else "")
+    else:
+        if source.train is None:
+            raise ValueError(
+                f"--data {spec} has val/ but no train/: give the training images as "
+                "root/train/<class>/<image> (or a folder root/<class>/<image>)"
+            )
+        if auto:
+            augment = default_augment(config, _peek(source.train), hflip=hflip)
+        plain = ImageFolderDataset(
+            source.train, config.transform(), mode=config.mode, replace_unreadable=True
+        )
+        cfg = replace(config, classes=tuple(plain.classes), augment=augment)
+        plain.data_config = cfg
+        train = plain if augment.kind == "none" else plain.with_transform(cfg.transform(augment))
+        name = f"ImageFolder {source.train}"
+    _check_classes(plain, name, num_classes)
+
+    held_out, val_name = None, None
+    if val is not None:
+        held_out, val_name, _ = _held_out(locate(val, option="--val"), val, cfg)
+    elif source.kind == "fmnist" or source.val is not None:
+        held_out, val_name, _ = _held_out(source, spec, cfg)
+    if held_out is not None:
+        got = getattr(held_out, "classes", None)
+        if got is not None and tuple(got) != tuple(plain.classes):
+            raise ValueError(
+                f"{val_name} has classes {list(got)[:5]}... but the training images "
+                f"{list(plain.classes)[:5]}...: held-out images need the same class folders"
+            )
+    return Data(cfg, train=train, plain=plain, val=held_out, name=name, val_name=val_name)
+
+
+def _held_out(source: DataSource, spec: str | Path, config: DataConfig):
+    """Held-out images of ``source`` through ``config``'s evaluation transform, a name for them,
+    and the config they are read with."""
+    if source.kind == "fmnist":
+        if config.input_size != (1, 28, 28):
+            c, h, w = config.input_size
+            raise ValueError(
+                f"Fashion-MNIST gives 1×28×28 images but the network takes {c}×{h}×{w}: pass "
+                "--data PATH (an image folder root/<class>/<image>)"
+            )
+        name = "Fashion-MNIST test" + (f" ({source.root})" if source.root else "")
+        return fashion_mnist("test", root=source.root), name, DataConfig.fashion_mnist()
+    if source.val is not None:
+        root = source.val
+    elif source.train is not None and source.train != Path(spec):
+        raise ValueError(
+            f"{spec} has train/ but no val/: evaluate held-out images (root/val/<class>/<image>), "
+            f"or pass {source.train} itself to evaluate the training images"
+        )
+    else:
+        root = source.train
+    # Every file is checked up front and none is ever replaced by another: a replacement would
+    # be counted under the wrong label.
+    images = ImageFolderDataset(
+        root,
+        config.transform(),
+        mode=config.mode,
+        verify=True,
+        replace_unreadable=False,
+        data_config=config,
+    )
+    return images, f"ImageFolder {root}", config
+
+
+def _peek(root: Path, per_class: int = 1, max_classes: int = 16) -> list[tuple[int, int, str]]:
+    """(width, height, PIL mode) of a few images under ``root`` (headers only, nothing decoded)."""
+    seen = []
+    for folder in sorted(d for d in root.iterdir() if d.is_dir())[:max_classes]:
+        files = (p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMG_EXTENSIONS)
+        for path in itertools.islice(files, per_class):
+            try:
+                with Image.open(path) as im:
+                    seen.append((im.width, im.height, im.mode))
+            except Exception:
+                continue
+    return seen
+
+
+def _check_classes(dataset: Dataset, name: str, num_classes: int | None) -> None:
+    if num_classes is not None:
+        check_classes(dataset, num_classes, what=name)
+
+
+def check_classes(dataset: Dataset, num_outputs: int, *, what: str = "the data") -> None:
+    """Refuse ``dataset`` when its classes (``dataset.classes``) are not the ``num_outputs``
+    classes the network predicts, naming the fix."""
+    classes = getattr(dataset, "classes", None)
+    if classes is None or len(classes) == num_outputs:
+        return
+    kind = "class folders" if isinstance(dataset, ImageFolderDataset) else "classes"
+    raise ValueError(
+        f"{what} has {len(classes)} {kind} but the network predicts {num_outputs} classes: give "
+        f"data of all {num_outputs} classes (root/<class>/<image>; for root/train + root/val, "
+        f"give root), or train a network for {len(classes)} classes (--num-classes {len(classes)})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# A fixed share of the images
+
+
+def stratified_indices(
+    targets: Sequence[int] | torch.Tensor, n: int, *, seed: int = 0
+) -> list[int]:
+    """``n`` indices (sorted) drawn with ``seed``, every class in proportion to its share of
+    ``targets`` (largest remainders get the leftover places; with ``n`` at least the number of
+    classes, each class keeps at least one image). The same seed gives the same sample.
+
+    Example: ``stratified_indices([0, 0, 0, 1], 2)  # one image of each class``
+    """
+    labels = torch.as_tensor(targets, dtype=torch.long)
+    total = len(labels)
+    if n < 1:
+        raise ValueError(f"the sample needs at least 1 image, got {n}")
+    if n >= total:
+        return list(range(total))
+    classes, counts = labels.unique(return_counts=True)
+    share = counts.double() * n / total
+    take = share.floor().long()
+    leftover = n - int(take.sum())
+    order = sorted(range(len(classes)), key=lambda i: (-(share[i] - take[i]).item(), i))
+    for i in order[:leftover]:
+        take[i] += 1
+    if n >= len(classes):
+        for i in (take == 0).nonzero().flatten().tolist():  # tiny classes keep one image
+            take[int(take.argmax())] -= 1
+            take[i] = 1
+    g = torch.Generator().manual_seed(seed)
+    chosen: list[int] = []
+    for c, k in zip(classes.tolist(), take.tolist(), strict=True):
+        members = (labels == c).nonzero().flatten()
+        chosen += members[torch.randperm(len(members), generator=g)[:k]].tolist()
+    return sorted(chosen)
+
+
+def sample(dataset: Dataset, n: int, *, seed: int = 0) -> Dataset:
+    """A seeded stratified sample of ``n`` images of ``dataset`` (see
+    :func:`stratified_indices`); the dataset itself when it has ``n`` images or fewer.
+
+    Example: ``sample(image_folder("imagenet/val", train=False), 5000, seed=0)  # 5 per class``
+    """
+    if n >= len(dataset):
+        return dataset
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise ValueError(f"{type(dataset).__name__} has no targets: cannot sample by class")
+    idx = stratified_indices(targets, n, seed=seed)
+    if isinstance(dataset, FashionMNIST):
+        t = torch.tensor(idx)
+        return FashionMNIST(
+            dataset.images[t],
+            dataset.targets[t],
+            augment=dataset.augment,
+            pad=dataset.pad,
+            flip=dataset.flip,
+            generator=dataset.generator,
+        )
+    if isinstance(dataset, ImageFolderDataset):
+        return dataset.subset(idx)
+    out = Subset(dataset, idx)
+    out.targets = [int(targets[i]) for i in idx]
+    out.classes = getattr(dataset, "classes", None)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -68,6 +68,8 @@ class SNNet(nn.Module):
         config = config or SpaceConfig(**space_options)
         self.anchors = nn.ModuleList([as_anchor(a) for a in anchors])
         self.space = StitchSpace.build(list(self.anchors), config)
+        # The preprocessing training used (a snnet.preprocess.DataConfig), saved with the network.
+        self.data_config: Any = None
         self.layers = nn.ModuleDict()
         for (f, e), positions in self.space.positions.items():
             for p in positions:

@@ -20,6 +20,7 @@ from torch import nn
 from snnet.adapters import Anchor
 from snnet.files import CONFIG, WEIGHTS, read_json_config, save_unit, unit_file
 from snnet.network import SNNet
+from snnet.preprocess import DataConfig
 from snnet.rundir import RunDir
 from snnet.sources import from_source
 from snnet.space import SpaceConfig
@@ -45,6 +46,8 @@ def network_config(net: SNNet) -> dict[str, Any]:
         "space": net.space.config.to_json(),
         "layers": sorted(net.layers.keys()),
         "num_stitches": len(net.stitches),
+        # how images become inputs (what training used): read back by evaluate and serve
+        **({"data": net.data_config.to_json()} if net.data_config is not None else {}),
     }
 
 
@@ -109,6 +112,8 @@ def load(
             )
         anchors = [from_source(a["source"], pretrained=False) for a in config["anchors"]]
     net = SNNet(anchors, config=SpaceConfig.from_json(config["space"]))
+    if config.get("data") and "channels" in config["data"]:  # absent in networks saved before
+        net.data_config = DataConfig.from_json(config["data"])
     load_weights(net, weights, map_location=map_location, expected=config)
     return net
 

@@ -41,11 +41,13 @@ from tqdm.auto import tqdm
 from snnet import distributed
 from snnet.batches import EpochBatches, first_images
 from snnet.checkpoint import Diverged, Run, check_run, open_log, restore, save_state
+from snnet.data import check_classes
 from snnet.distributed import World
 from snnet.importance import StitchImportance, saliencies
 from snnet.lstsq import init_least_squares
 from snnet.monitor import Monitor, Validation
 from snnet.network import SNNet
+from snnet.preprocess import DataConfig
 from snnet.rundir import RunDir
 from snnet.sampling import POLICIES, RANK_SAMPLING, StitchSampler
 from snnet.stitch import Stitch
@@ -594,13 +596,7 @@ def check_data(net: SNNet, dataset: Dataset) -> None:
             f"the anchors take {expected} inputs but the data gives {tuple(images.shape)}: pick "
             "data of that size (--img-size for an image folder) or anchors that fit the data"
         )
-    classes = getattr(dataset, "classes", None)
-    outputs = num_outputs(net)
-    if classes is not None and len(classes) != outputs:
-        raise ValueError(
-            f"the anchors predict {outputs} classes but the data has {len(classes)}: "
-            f"pass --num-classes {len(classes)}"
-        )
+    check_classes(dataset, num_outputs(net), what="the training data")
 
 
 def fit(
@@ -619,6 +615,8 @@ def fit(
     val: Dataset | None = None,
     val_every: int = 1,
     val_images: int | None = 1000,
+    ls_dataset: Dataset | None = None,
+    data_config: DataConfig | None = None,
 ) -> TrainResult:
     """The whole training pipeline: least-squares init of the stitching layers on ``ls_init``
     training images (fresh runs only), then the training loop over epoch-seeded batches of
@@ -628,6 +626,10 @@ def fit(
     With ``val`` (a held-out dataset), the anchors and three stitches spread over cost are
     evaluated on up to ``val_images`` of its images every ``val_every`` epochs and at the end
     (``val.csv``, TensorBoard, the progress bar); it changes no trained weight.
+    Least squares reads ``ls_dataset`` (the same images as ``dataset`` without augmentation,
+    e.g. :attr:`snnet.data.Data.plain`; default ``dataset``). ``data_config``, the preprocessing
+    (default: ``dataset.data_config`` when the dataset has one, as snnet's datasets do), is
+    saved with the network, so evaluate and serve use what training used.
 
     Example:
         >>> from snnet.data import fashion_mnist
@@ -649,6 +651,15 @@ def fit(
             net, val, max_images=val_images, num_workers=num_workers, seed=config.seed
         )
         check_data(net, val)
+    ls_dataset = dataset if ls_dataset is None else ls_dataset
+    if len(ls_dataset) != len(dataset):
+        raise ValueError(
+            f"ls_dataset has {len(ls_dataset)} images, the training set {len(dataset)}: give "
+            "the training images without augmentation"
+        )
+    data_config = data_config or getattr(dataset, "data_config", None)
+    if data_config is not None:
+        net.data_config = data_config
     batches = EpochBatches(
         dataset,
         config.batch_size,
@@ -661,7 +672,7 @@ def fit(
     if not resume and ls_init > 0:
         init_least_squares(
             net,
-            first_images(dataset, ls_init, seed=config.seed),
+            first_images(ls_dataset, ls_init, seed=config.seed),
             progress=progress and world.is_main,
         )
     return _train(

@@ -162,3 +162,75 @@ def add_threads_argument(
         default=default,
         help=help or f"CPU threads (default {default})",
     )
+
+
+def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--data``, ``--val`` and the augmentation options of ``snnet train`` (resolved by
+    :func:`snnet.data.resolve_data`)."""
+    p.add_argument(
+        "--data",
+        default="fmnist",
+        help="'fmnist' (Fashion-MNIST, offline; default), a folder of Fashion-MNIST idx files, or "
+        "an image folder root/<class>/<image>; with root/train + root/val, trains on train and "
+        "holds val out",
+    )
+    p.add_argument(
+        "--val",
+        default=None,
+        metavar="PATH",
+        help="held-out images (an image folder root/<class>/<image>) instead of root/val",
+    )
+    p.add_argument(
+        "--augment",
+        choices=["none", "light", "timm"],
+        default=None,
+        help="training augmentation: none, light (random shifts; flips with --hflip) or timm "
+        "(ImageNet recipe: random resized crops, flips, colour jitter). Default for "
+        "RGB images of at least 128 px given to RGB anchors: timm; otherwise none",
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="timm: area range of the random resized crop (default 0.08 1)",
+    )
+    p.add_argument(
+        "--hflip",
+        type=float,
+        default=None,
+        metavar="P",
+        help="probability of a horizontal flip (default 0.5 with timm, 0 with light)",
+    )
+    p.add_argument(
+        "--color-jitter",
+        type=float,
+        default=None,
+        metavar="S",
+        help="timm: colour jitter strength (default 0.4)",
+    )
+    p.add_argument(
+        "--auto-augment",
+        default=None,
+        metavar="POLICY",
+        help="timm: an AutoAugment / RandAugment policy, e.g. rand-m9-mstd0.5-inc1",
+    )
+
+
+def augment_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`snnet.preprocess.Augment` the options ask for; None: the data's default."""
+    from snnet.preprocess import Augment
+
+    knobs = {
+        "scale": tuple(args.scale) if args.scale else None,
+        "hflip": args.hflip,
+        "color_jitter": args.color_jitter,
+        "auto_augment": args.auto_augment,
+    }
+    if args.augment is None and all(v is None for v in knobs.values()):
+        return None
+    if args.augment is None:  # knobs alone: timm's imply timm, --hflip keeps the default kind
+        only_flip = all(v is None for k, v in knobs.items() if k != "hflip")
+        return Augment("auto" if only_flip else "timm", **knobs)
+    return Augment(args.augment, **knobs)

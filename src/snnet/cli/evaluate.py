@@ -20,10 +20,18 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         default=None,
-        help="an ImageFolder of validation images (root/<class>/<image>), or a folder of the "
-        "Fashion-MNIST idx files (default for 1x28x28 anchors: the Fashion-MNIST test split)",
+        help="an ImageFolder of validation images (root/<class>/<image>, or root/val when root "
+        "has train/ and val/), 'fmnist' or a folder of the Fashion-MNIST idx files (its test "
+        "split; the default for 1x28x28 anchors)",
     )
-    p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a stratified sample of N images (every class in proportion), drawn with --seed",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the --max-images sample")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument(
         "--stitches", nargs="+", default=None, help="evaluate only these stitches, e.g. 0 0:5-1:6"
@@ -44,6 +52,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import snnet
+    from snnet.data import sample
     from snnet.evaluate import evaluate_all, progress_path
     from snnet.results import format_table
     from snnet.rundir import RunDir
@@ -53,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     run = RunDir.find(args.model)
     net = snnet.load(run.model)
     data, name = open_data(net, args.data, mean=args.mean, std=args.std)
+    if args.max_images is not None and 1 <= args.max_images < len(data):  # < 1: refused below
+        data = sample(data, args.max_images, seed=args.seed)
+        name = f"{name}, stratified sample of {args.max_images} (seed {args.seed})"
     out = Path(args.out) if args.out else run.results
     try:
         results = evaluate_all(
@@ -97,54 +109,36 @@ def open_data(
     mean: list[float] | None = None,
     std: list[float] | None = None,
 ) -> tuple[Dataset, str]:
-    """The evaluation dataset for ``net`` and a name for it: ``path`` as an ImageFolder (or the
-    Fashion-MNIST idx folder), preprocessed for the anchors' ``input_size``; without ``path``,
-    the Fashion-MNIST test split for 1x28x28 anchors (the demo family)."""
-    from snnet import data
+    """The evaluation images ``path`` names for ``net`` (see :func:`snnet.data.resolve_data`)
+    and a name for them, preprocessed as training recorded in the network (networks saved
+    before that was recorded: as evaluation did then); ``mean``/``std`` override the
+    normalisation. Without ``path``: the Fashion-MNIST test split for 1x28x28 anchors."""
+    from dataclasses import replace
+
+    from snnet.data import resolve_data
+    from snnet.preprocess import DataConfig
+    from snnet.train import num_outputs
 
     sizes = {tuple(a.input_size) for a in net.anchors}
     if len(sizes) > 1:
         raise ValueError(f"the anchors take different input sizes {sorted(sizes)}; cannot evaluate")
-    chans, height, width = next(iter(sizes))
-    fmnist = (chans, height, width) == (1, 28, 28)
+    config = DataConfig.of_network(net)
     if path is None:
-        if not fmnist:
+        if config.input_size != (1, 28, 28):
+            c, h, w = config.input_size
             raise ValueError(
-                f"no default data for anchors taking {chans}x{height}x{width} images: pass "
+                f"no default data for anchors taking {c}x{h}x{w} images: pass "
                 "--data PATH (an ImageFolder of validation images, root/<class>/<image>)"
             )
-        return data.fashion_mnist("test"), "Fashion-MNIST test"
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--data {path} does not exist")
-    if (path / "t10k-images-idx3-ubyte.gz").is_file():
-        return data.fashion_mnist("test", root=path), f"Fashion-MNIST test ({path})"
-    if (path / "val").is_dir() and (
-        path / "train"
-    ).is_dir():  # root/train + root/val: the val split
-        path = path / "val"
-    cfg = getattr(net.anchors[0].model, "pretrained_cfg", None) or {}
-    options: dict = {}
-    if fmnist:  # the demo family was trained on Fashion-MNIST's own normalisation, no resizing
-        options = dict(mean=(data.FASHION_MNIST_MEAN,), std=(data.FASHION_MNIST_STD,), crop_pct=1.0)
-    elif cfg:
-        options = {k: cfg[k] for k in ("mean", "std", "crop_pct", "interpolation") if k in cfg}
-        if len(options.get("mean", ())) != chans:
-            options.pop("mean", None), options.pop("std", None)
-    if mean is not None:
-        options["mean"] = mean
-    if std is not None:
-        options["std"] = std
-    if height != width:
-        raise ValueError(f"image folders need square inputs; the anchors take {height}x{width}")
-    dataset = data.image_folder(path, train=False, img_size=height, in_chans=chans, **options)
-    from snnet.train import num_outputs
-
-    outputs = num_outputs(net)
-    if len(dataset.classes) != outputs:
-        raise ValueError(
-            f"--data {path} has {len(dataset.classes)} class folders but the network predicts "
-            f"{outputs} classes: give the folder of all {outputs} classes (root/<class>/<image>; "
-            "for root/train + root/val, give root or root/val)"
+        path = "fmnist"
+    if config.size[0] != config.size[1]:
+        h, w = config.size
+        raise ValueError(f"image folders need square inputs; the anchors take {h}x{w}")
+    if mean is not None or std is not None:
+        config = replace(
+            config,
+            mean=tuple(mean) if mean is not None else config.mean,
+            std=tuple(std) if std is not None else config.std,
         )
-    return dataset, f"ImageFolder {path}"
+    data = resolve_data(path, config, split="eval", num_classes=num_outputs(net))
+    return data.val, data.name

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from snnet.checkpoint import check_run
 from snnet.cli.common import (
+    add_data_arguments,
     add_family_arguments,
     add_threads_argument,
+    augment_from_args,
     build_network,
     positive_int,
 )
@@ -50,12 +52,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def add_parser(p: argparse.ArgumentParser) -> None:
     add_family_arguments(p)
     data = p.add_argument_group("data and run")
-    data.add_argument(
-        "--data",
-        default="fmnist",
-        help="'fmnist' (Fashion-MNIST, offline; default), a folder of Fashion-MNIST idx files, or "
-        "an image folder root/<class>/<image> (root/train is used if present)",
-    )
+    add_data_arguments(data)
     data.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, model)")
     data.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     data.add_argument(
@@ -102,25 +99,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     add_config_options(p.add_argument_group("optimisation"))
 
 
-def load_data(spec: str, input_size: tuple[int, int, int], img_size: int | None):
-    """The training set ``--data`` names, for anchors taking ``input_size`` inputs."""
-    from snnet.data import fashion_mnist, image_folder
-
-    if spec == "fmnist":
-        return fashion_mnist("train")
-    root = Path(spec)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--data {spec}: no such folder (or use --data fmnist)")
-    if (root / "train-images-idx3-ubyte.gz").is_file():
-        return fashion_mnist("train", root=root)
-    if (root / "train").is_dir():
-        root = root / "train"
-    return image_folder(
-        root, train=True, img_size=img_size or input_size[1], in_chans=input_size[0]
-    )
-
-
 def run(args: argparse.Namespace) -> int:
+    from snnet.data import resolve_data
+    from snnet.preprocess import DataConfig
     from snnet.sources import resolve_anchors
     from snnet.threads import set_threads
 
@@ -143,10 +124,16 @@ def run(args: argparse.Namespace) -> int:
         if len(teachers) != 1:
             raise ValueError(f"--teacher {args.teacher} names {len(teachers)} models; give one")
         teacher = teachers[0]
-    dataset = load_data(args.data, tuple(net.anchors[0].input_size), args.img_size)
+    data = resolve_data(
+        args.data,
+        DataConfig.for_anchors(net.anchors),
+        augment=augment_from_args(args),
+        val=args.val,
+    )  # fit checks the training images against the network (size, then classes)
+    # data.val (root/val, --val, Fashion-MNIST's test split) is scored every --val-every epochs.
     result = fit(
         net,
-        dataset,
+        data.train,
         config,
         teacher=teacher,
         run_dir=args.out,
@@ -158,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         val_every=args.val_every,
         val_images=args.val_images,
+        val=data.val,
+        ls_dataset=data.plain,
+        data_config=data.config,
     )
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
     main_rank = int(os.environ.get("RANK", "0")) == 0

@@ -12,7 +12,6 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from snnet.controller import BudgetController
 from snnet.latency import measure_latency
 from snnet.network import SNNet
+from snnet.preprocess import DataConfig
 from snnet.results import Record, Results
 from snnet.rundir import RunDir
 from snnet.serialize import load, read_config
@@ -45,67 +45,15 @@ class ServeError(Exception):
 
 
 # -- preprocessing --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Preprocess:
-    """PIL image -> normalised (C, H, W) float tensor, as the anchors were trained.
-
-    The saved network does not record its normalisation yet, so :func:`preprocessing` derives it:
-    from ``config["data"]`` when present, the Fashion-MNIST statistics for snnet's demo family,
-    else the anchors' timm data config.
-    """
-
-    channels: int
-    size: tuple[int, int]  # (H, W)
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    crop_pct: float = 1.0  # resize the short side to size / crop_pct, then centre-crop
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        img = img.convert("L" if self.channels == 1 else "RGB")
-        h, w = self.size
-        if self.crop_pct < 1.0:
-            scale = max(h, w) / self.crop_pct / min(img.size)
-            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BILINEAR)
-            left, top = (img.width - w) // 2, (img.height - h) // 2
-            img = img.crop((left, top, left + w, top + h))
-        elif img.size != (w, h):
-            img = img.resize((w, h), Image.BILINEAR)
-        x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-        x = x.view(h, w, self.channels).permute(2, 0, 1).float().div_(255.0)
-        mean = torch.tensor(self.mean).view(-1, 1, 1)
-        std = torch.tensor(self.std).view(-1, 1, 1)
-        return (x - mean) / std
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "channels": self.channels,
-            "size": list(self.size),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "crop_pct": self.crop_pct,
-        }
+#: PIL image -> normalised (C, H, W) tensor: the network's :class:`~snnet.preprocess.DataConfig`,
+#: the one definition training, ``snnet evaluate`` and serving share.
+Preprocess = DataConfig
 
 
 def preprocessing(net: SNNet, config: dict[str, Any]) -> Preprocess:
-    """How to turn an image into the network's input (see :class:`Preprocess`)."""
-    c, h, w = net.anchors[0].input_size
-    cfg = config.get("data")
-    if not cfg and all((a.source or {}).get("kind") == "zoo" for a in net.anchors):
-        from snnet.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-
-        # snnet's demo anchors: grey 28×28 Fashion-MNIST, normalised as in snnet.data.normalize
-        return Preprocess(c, (h, w), (FASHION_MNIST_MEAN,) * c, (FASHION_MNIST_STD,) * c)
-    if not cfg:
-        from timm.data import resolve_data_config
-
-        cfg = resolve_data_config(model=net.anchors[0].model)
-    return Preprocess(
-        channels=c,
-        size=(h, w),
-        mean=tuple(cfg["mean"]),
-        std=tuple(cfg["std"]),
-        crop_pct=float(cfg.get("crop_pct", 1.0)),
-    )
+    """How to turn an image into the network's input: what training recorded in ``config["data"]``,
+    else what snnet used before it recorded it (:meth:`DataConfig.of_network`)."""
+    return DataConfig.of_network(net, config)
 
 
 def class_names(net: SNNet, config: dict[str, Any], num_classes: int) -> tuple[str, ...]:
