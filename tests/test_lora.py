@@ -275,6 +275,13 @@ def test_loading_onto_other_anchors_is_refused(tmp_path):
         snnet.load(tmp_path / "net", anchors=other)
 
 
+def test_anchors_carry_one_lora_only():
+    models = FAMILIES["vit"][0]()
+    snnet.SNNet(models, lora_rank=2)
+    with pytest.raises(ValueError, match="already carry LoRA"):
+        snnet.SNNet(models, lora_rank=2)
+
+
 def test_a_family_without_attention_says_what_trains():
     with pytest.warns(UserWarning, match="only the stitching layers"):
         snnet.SNNet(FAMILIES["resnet"][0](), lora_rank=2)

@@ -165,6 +165,11 @@ class LoRAConv1x1(nn.Conv2d, _LoRA):
 
 def _with_lora(base: nn.Module, rank: int, alpha: float) -> nn.Module:
     """``base`` as its LoRA subclass: a shallow copy sharing its parameters, plus ``A`` and ``B``."""
+    if is_lora(base):
+        raise ValueError(
+            "these anchors already carry LoRA (another parameter-efficient SNNet was built on "
+            "them): build fresh anchors for each network"
+        )
     if type(base) is nn.Linear:
         cls, d_in, d_out = LoRALinear, base.in_features, base.out_features
     elif (
