@@ -278,7 +278,7 @@ def test_loading_onto_other_anchors_is_refused(tmp_path):
 def test_anchors_carry_one_lora_only():
     models = FAMILIES["vit"][0]()
     snnet.SNNet(models, lora_rank=2)
-    with pytest.raises(ValueError, match="already carry LoRA"):
+    with pytest.raises(ValueError, match="already carries LoRA"):
         snnet.SNNet(models, lora_rank=2)
 
 

@@ -165,11 +165,6 @@ class LoRAConv1x1(nn.Conv2d, _LoRA):
 
 def _with_lora(base: nn.Module, rank: int, alpha: float) -> nn.Module:
     """``base`` as its LoRA subclass: a shallow copy sharing its parameters, plus ``A`` and ``B``."""
-    if is_lora(base):
-        raise ValueError(
-            "these anchors already carry LoRA (another parameter-efficient SNNet was built on "
-            "them): build fresh anchors for each network"
-        )
     if type(base) is nn.Linear:
         cls, d_in, d_out = LoRALinear, base.in_features, base.out_features
     elif (
@@ -204,6 +199,11 @@ def add_lora(anchor: Anchor, *, rank: int, alpha: float | None, targets: str) ->
     A family that names none (ResNet: no attention) gets none, with a warning: its stitches then
     adapt through the stitching layers and their biases only.
     """
+    if any(is_lora(m) for m in anchor.modules()):
+        raise ValueError(
+            f"{anchor.name} already carries LoRA (another parameter-efficient SNNet was built on "
+            "it): build fresh anchors for each network"
+        )
     paths = list(anchor.lora_targets(targets))
     if not paths:
         warnings.warn(
