@@ -328,7 +328,15 @@ def test_cli_builds_saves_and_reloads_the_options(tmp_path, capsys):
         ]
     )
     assert code == 0, capsys.readouterr().err
-    net = snnet.load(out)  # the zoo anchors are rebuilt from their shipped weights
+    net = snnet.load(out).eval()  # the zoo anchors are rebuilt from their shipped weights
+    stitch = next(s for s in net.stitches if s.hops)
+    assert main(["export", str(out), "--stitch", str(stitch), "--out", str(tmp_path / "s")]) == 0
+    x = _input(net)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            load_stitch(tmp_path / "s")(x), net(x, stitch=stitch), rtol=0, atol=1e-6
+        )
+    assert main(["evaluate", str(out), "--max-images", "64"]) == 0
     assert net.adapter_config.to_json() == {
         "stitch_rank": 2,
         "stitch_alpha": None,
