@@ -44,7 +44,7 @@ from torch import nn
 from snnet.layers import StitchingLayer
 
 if TYPE_CHECKING:
-    from snnet.adapters import Anchor
+    from snnet.adapters import Anchor, FeatureShape
     from snnet.network import SNNet
     from snnet.space import StitchSpace
 
@@ -282,11 +282,7 @@ def anchor_digest(anchor: Anchor) -> str:
         if name.endswith((".lora_A", ".lora_B")):
             continue
         h.update(name.encode())
-        h.update(
-            t.detach().cpu().contiguous().numpy().tobytes()
-            if t.dtype != torch.bfloat16
-            else t.detach().float().cpu().numpy().tobytes()
-        )
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -328,8 +324,9 @@ def _aliases(net: SNNet) -> set[str]:
 
 
 def stitching_layer(
-    src: Any, dst: Any, config: AdapterConfig, device: torch.device | str | None
+    src: FeatureShape, dst: FeatureShape, config: AdapterConfig, device: torch.device | str | None
 ) -> StitchingLayer:
+    """A stitching layer of the rank ``config`` asks for."""
     return StitchingLayer(
         src, dst, rank=config.stitch_rank, alpha=config.stitch_alpha, device=device
     )
