@@ -80,7 +80,9 @@ def test_merged_equals_unmerged(layout, rank):
     assert sum(p.numel() for p in merged.parameters()) == 10 * 6 + 10
     x = _input(src)
     with torch.no_grad():
-        torch.testing.assert_close(merged(x), layer(x), rtol=0, atol=1e-6)
+        # The forward runs the merged weight itself; only the kernels' paths may differ (a fresh
+        # tensor's memory alignment), by float rounding.
+        torch.testing.assert_close(merged(x), layer(x), rtol=1e-6, atol=1e-6)
     assert merged.weight is not layer.weight  # a copy: training the network leaves it alone
 
 

@@ -109,13 +109,15 @@ def test_export_merges_and_equals_the_network(case, tmp_path):
         assert all(layer.rank == 0 for layer in model.layers.values())
         assert sum(p.numel() for p in model.parameters()) == net.cost(stitch).params
         with torch.no_grad():
-            torch.testing.assert_close(model(x), net(x, stitch=stitch), rtol=0, atol=1e-6)
+            # The network runs the very merged weights an export holds: equal up to the kernels'
+            # rounding (which a tensor's memory alignment can change).
+            torch.testing.assert_close(model(x), net(x, stitch=stitch), rtol=1e-6, atol=1e-6)
     # And through the files: rebuilt as a plain model.
     stitch = _some(net.stitches)[-1]
     save_stitch(export_stitch(net, stitch), tmp_path / "s")
     loaded = load_stitch(tmp_path / "s", anchors=models)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), net(x, stitch=stitch), rtol=0, atol=1e-6)
+        torch.testing.assert_close(loaded(x), net(x, stitch=stitch), rtol=1e-6, atol=1e-6)
 
 
 def test_one_pass_evaluation_equals_one_by_one(case):
@@ -334,7 +336,7 @@ def test_cli_builds_saves_and_reloads_the_options(tmp_path, capsys):
     x = _input(net)
     with torch.no_grad():
         torch.testing.assert_close(
-            load_stitch(tmp_path / "s")(x), net(x, stitch=stitch), rtol=0, atol=1e-6
+            load_stitch(tmp_path / "s")(x), net(x, stitch=stitch), rtol=1e-6, atol=1e-6
         )
     assert main(["evaluate", str(out), "--max-images", "64"]) == 0
     assert net.adapter_config.to_json() == {

@@ -161,9 +161,9 @@ def export_stitch(net: SNNet, stitch: Stitch | str) -> StitchedModel:
     The network is not changed and not copied as a whole: only the parts on the stitch's route
     are copied, so exporting needs memory for the stitch, not for the family. The module's
     parameter count is ``net.cost(stitch).params`` and its output equals
-    ``net(x, stitch=stitch)`` exactly; with low-rank stitching layers or the anchors' LoRA
-    (PEFT mode) those updates are folded into plain weights, and the output agrees up to
-    float rounding (within 1e-6 on unit-scale activations).
+    ``net(x, stitch=stitch)`` exactly. Low-rank stitching layers and the anchors' LoRA (PEFT
+    mode) are folded into plain weights, the very weights the network runs for the stitch (only
+    the kernels' float rounding may differ, within 1e-6).
 
     Example:
         >>> model = export_stitch(net, "0:5-1:6")

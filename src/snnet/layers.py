@@ -33,7 +33,7 @@ class StitchingLayer(nn.Module):
     exactly the least-squares layer; ``A`` starts like a Linear's weight (LoRA's convention),
     so ``B`` gets gradients at once. ``alpha`` defaults to ``r`` (scale 1): the update's size
     then does not depend on the rank chosen. The forward uses the merged ``W`` itself, so
-    :meth:`merged` (one plain layer, for export) computes exactly what this layer computes.
+    :meth:`merged` (one plain layer, for export) holds the very weight this layer runs.
 
     Example:
         >>> layer = StitchingLayer(src, dst, rank=4)           # 4 · (C_front + C_end) + C_end trained

@@ -23,7 +23,8 @@ What trains, and why it is arranged so:
   stitch runs, and the price is one vector per cut.
 
 An exported stitch folds the LoRA into the weights of the anchors it runs after the cut
-(:func:`merge_lora`): a plain timm model again, with the same output.
+(:func:`merge_lora`): a plain timm model again, with the same output (a LoRA layer runs its
+merged weight itself; only the kernels' float rounding may differ).
 """
 
 from __future__ import annotations
@@ -138,29 +139,30 @@ class _LoRA:
         return self.scaling * (self.lora_B @ self.lora_A)
 
     def merged_weight(self) -> torch.Tensor:
+        """``W + (alpha / r) · B A`` in the base weight's shape: what the layer runs when adapting
+        and what an export holds."""
         w = self.weight  # type: ignore[attr-defined]
         return w + self._delta().reshape(w.shape).to(w.dtype)
 
 
 class LoRALinear(nn.Linear, _LoRA):
-    """An ``nn.Linear`` with a LoRA update, added only inside ``adapting(True)``."""
+    """An ``nn.Linear`` with a LoRA update, added only inside ``adapting(True)``.
+
+    The update runs folded into the weight (``W + (alpha / r) · B A``, one matmul), the very
+    weight an export holds, so an exported stitch computes what the network computes.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
-        if _ADAPTING.get():
-            y = y + self.scaling * F.linear(F.linear(x, self.lora_A), self.lora_B)
-        return y
+        weight = self.merged_weight() if _ADAPTING.get() else self.weight
+        return F.linear(x, weight, self.bias)
 
 
 class LoRAConv1x1(nn.Conv2d, _LoRA):
     """A 1×1 ``nn.Conv2d`` (a Linear over channels) with a LoRA update, as :class:`LoRALinear`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = super().forward(x)
-        if _ADAPTING.get():
-            h = F.conv2d(x, self.lora_A[:, :, None, None])
-            y = y + self.scaling * F.conv2d(h, self.lora_B[:, :, None, None])
-        return y
+        weight = self.merged_weight() if _ADAPTING.get() else self.weight
+        return self._conv_forward(x, weight, self.bias)
 
 
 def _with_lora(base: nn.Module, rank: int, alpha: float) -> nn.Module:
