@@ -29,6 +29,7 @@ import torch
 from snnet import distributed
 from snnet.distributed import World
 from snnet.files import atomic_write
+from snnet.peft import load_saved_state, saved_state
 from snnet.rundir import RunDir
 from snnet.serialize import save
 
@@ -276,7 +277,7 @@ def restore(run: Run) -> list[dict[str, list]] | None:
     state = load_checkpoint(run.run_dir)
     _check_resume(state, run.config, run.world.world_size)
     try:
-        run.net.load_state_dict(state["model"])
+        load_saved_state(run.net, state["model"])  # PEFT mode: the trained tensors only
     except RuntimeError as e:
         raise ValueError(
             f"the checkpoint in {run.run_dir} belongs to another network (other anchors or "
@@ -317,7 +318,7 @@ def save_state(run: Run, *, with_model: bool) -> None:
             run.run_dir,
             {
                 "config": run.config.to_json(),
-                "model": run.net.state_dict(),
+                "model": saved_state(run.net),
                 "optimizer": run.optimizer.state_dict(),
                 "scaler": run.scaler.state_dict(),
                 "sampler": run.sampler.state_dict(),

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from snnet.files import atomic_write, check_writable, read_json_config
 from snnet.network import SNNet
 from snnet.parts import Part, run_parts
+from snnet.peft import adapting
 from snnet.results import Results, fingerprint
 from snnet.stitch import Stitch
 
@@ -109,15 +110,19 @@ class StitchTree:
         """
         # A stack of (node, input): a node's output is referenced only by its pending children,
         # and freed once the last of them (the largest subtree) has run.
-        stack = [(c, x) for c in reversed(self.root.children)]
+        # The third item: whether a stitching layer ran before the node (the anchors' LoRA runs
+        # only after one, as in run_plan).
+        stack = [(c, x, False) for c in reversed(self.root.children)]
         del x
         while stack:
-            node, h = stack.pop()
-            out = run_parts(node.op, self.net.anchors, self.net.layers, h)
+            node, h, after = stack.pop()
+            with adapting(after):
+                out = run_parts(node.op, self.net.anchors, self.net.layers, h)
             del h
             for i in node.stitches:
                 yield self.stitches[i], out
-            stack.extend((c, out) for c in reversed(node.children))
+            after = after or any(p.kind == "layer" for p in node.op)
+            stack.extend((c, out, after) for c in reversed(node.children))
             del out
 
 

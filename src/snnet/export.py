@@ -40,6 +40,7 @@ from snnet.files import (
 from snnet.layers import StitchingLayer
 from snnet.network import SNNet, run_plan
 from snnet.parts import Part, Step
+from snnet.peft import merge_lora
 from snnet.serialize import read_state
 from snnet.sources import from_source
 from snnet.stitch import Stitch
@@ -162,7 +163,9 @@ def export_stitch(net: SNNet, stitch: Stitch | str) -> StitchedModel:
     The network is not changed and not copied as a whole: only the parts on the stitch's route
     are copied, so exporting needs memory for the stitch, not for the family. The module's
     parameter count is ``net.cost(stitch).params`` and its output equals
-    ``net(x, stitch=stitch)`` exactly.
+    ``net(x, stitch=stitch)`` exactly. Low-rank stitching layers and the anchors' LoRA (PEFT
+    mode) are folded into plain weights, the very weights the network runs for the stitch (only
+    the kernels' float rounding may differ, within 1e-6).
 
     Example:
         >>> model = export_stitch(net, "0:5-1:6")
@@ -172,13 +175,17 @@ def export_stitch(net: SNNet, stitch: Stitch | str) -> StitchedModel:
     steps = net.plan(stitch)
     parts = _route_parts(net.parts(stitch))
     anchors = [_copy_parts(net.anchors[s.anchor], **p) for s, p in zip(steps, parts, strict=True)]
+    for k, anchor in enumerate(anchors):
+        # The anchors' LoRA (PEFT mode) runs after the first stitching layer: folded into the
+        # weights there, dropped before it; either way the export is a plain model.
+        merge_lora(anchor, merge=k > 0)
     layers, new_steps, layer_info = [], [], []
     for k, s in enumerate(steps):
         idx = None
         if s.layer is not None:
             layer = net.layers[s.layer]
             idx = str(len(layers))
-            layers.append(copy.deepcopy(layer))
+            layers.append(layer.merged())  # a low-rank layer's update folded in
             layer_info.append(
                 {"name": s.layer, "src": _shape_json(layer.src), "dst": _shape_json(layer.dst)}
             )
@@ -294,7 +301,9 @@ def load_stitch(
                     f"the stitch uses anchor {entry['index']} ({entry['name']}) but only "
                     f"{len(anchors)} anchors were passed: pass the network's anchors in order"
                 )
-            parts.append(_copy_parts(as_anchor(anchors[entry["index"]]), **keep))
+            part = _copy_parts(as_anchor(anchors[entry["index"]]), **keep)
+            merge_lora(part, merge=False)  # anchors of a PEFT network: the file has the merge
+            parts.append(part)
             continue
         if entry.get("source") is None:
             raise ValueError(

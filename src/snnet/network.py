@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -12,8 +13,17 @@ from torch import nn
 
 from snnet.adapters import Anchor, as_anchor
 from snnet.cost import Cost, count_params, part_macs
-from snnet.layers import StitchingLayer
 from snnet.parts import Part, Step, parts_of
+from snnet.peft import (
+    AdapterConfig,
+    adapting,
+    add_lora,
+    freeze_anchors,
+    keep_statistics,
+    lora_parameters,
+    share_window_weights,
+    stitching_layer,
+)
 from snnet.space import SpaceConfig, StitchSpace
 from snnet.stitch import Stitch
 
@@ -27,11 +37,14 @@ def run_plan(
     """One stitch's forward: the first anchor's stem, each step's blocks then stitching layer,
     the last anchor's head. Shared by :class:`SNNet` and an exported stitch."""
     h = anchors[steps[0].anchor].forward_stem(x)
-    for step in steps:
-        h = anchors[step.anchor].forward_blocks(h, step.start, step.stop)
+    for i, step in enumerate(steps):
+        # Anchors' LoRA (PEFT mode) runs only after the first stitching layer; see snnet.peft.
+        with adapting(i > 0):
+            h = anchors[step.anchor].forward_blocks(h, step.start, step.stop)
         if step.layer is not None:
             h = layers[step.layer](h)
-    return anchors[steps[-1].anchor].forward_head(h)
+    with adapting(len(steps) > 1):
+        return anchors[steps[-1].anchor].forward_head(h)
 
 
 class SNNet(nn.Module):
@@ -53,6 +66,13 @@ class SNNet(nn.Module):
         >>> with net.using("2"):                             # temporarily the largest anchor
         ...     logits = net(images)
         >>> logits = net(images, stitch="1")                 # per call
+
+    Trainable parts (see :class:`snnet.peft.AdapterConfig`): ``stitch_rank=r`` makes every
+    stitching layer low-rank (frozen least-squares ``W0`` plus a trained ``B A``, scaled
+    ``stitch_alpha / r``); ``lora_rank=r`` is parameter-efficient mode: anchors frozen, shared
+    LoRA on their ``lora_targets`` layers (added to the anchors given, in place, as PEFT does),
+    one stitching layer per cut sharing its weight with its window's cuts (so one bias per cut).
+    Both default to 0: SN-Net v1, unchanged.
     """
 
     def __init__(
@@ -60,13 +80,32 @@ class SNNet(nn.Module):
         anchors: Sequence[nn.Module | Anchor],
         *,
         config: SpaceConfig | None = None,
+        stitch_rank: int = 0,
+        stitch_alpha: float | None = None,
+        lora_rank: int = 0,
+        lora_alpha: float | None = None,
+        lora_targets: str = "attn",
         **space_options: Any,
     ) -> None:
         super().__init__()
         if config is not None and space_options:
             raise ValueError("pass either config=SpaceConfig(...) or keyword options, not both")
         config = config or SpaceConfig(**space_options)
+        self.adapter_config = AdapterConfig(
+            stitch_rank, stitch_alpha, lora_rank, lora_alpha, lora_targets
+        )
+        #: The stitching options as given (what a save records); PEFT mode builds the space
+        #: with one layer per cut from them, sharing weights by the layers these options give.
+        self.space_config = config
+        windows = None
+        if self.adapter_config.frozen_anchors and not config.layer_per_position:
+            # Stitch-specific biases (ESTA): one stitching layer, so one bias, per cut.
+            windows, config = config, dataclasses.replace(config, layer_per_position=True)
         self.anchors = nn.ModuleList([as_anchor(a) for a in anchors])
+        if self.adapter_config.frozen_anchors:
+            for anchor in self.anchors:
+                add_lora(anchor, rank=lora_rank, alpha=lora_alpha, targets=lora_targets)
+            freeze_anchors(self)
         self.space = StitchSpace.build(list(self.anchors), config)
         # The preprocessing training used (a snnet.preprocess.DataConfig), saved with the network.
         self.data_config: Any = None
@@ -77,11 +116,13 @@ class SNNet(nn.Module):
                 dst = self.anchors[e].feature_shapes()[p.cut.in_block]
                 if p.layer not in self.layers:
                     device = next(self.anchors[e].parameters()).device
-                    self.layers[p.layer] = StitchingLayer(src, dst, device=device)
+                    self.layers[p.layer] = stitching_layer(src, dst, self.adapter_config, device)
                 elif (self.layers[p.layer].src, self.layers[p.layer].dst) != (src, dst):
                     raise ValueError(
                         f"cuts sharing layer {p.layer} see different shapes; set layer_per_position=True"
                     )
+        if windows is not None:
+            share_window_weights(self, StitchSpace.build(list(self.anchors), windows))
         self._plans: dict[Stitch, tuple[Step, ...]] = {}
         self._parts: dict[Stitch, tuple[Part, ...]] = {}
         self._part_macs: dict[Part, int] | None = None
@@ -200,9 +241,10 @@ class SNNet(nn.Module):
         c = self._costs.get(stitch)
         if c is None:
             macs = self._count_macs()
-            c = Cost(
-                sum(macs[p] for p in self.parts(stitch)), count_params(self.parameters_of(stitch))
-            )
+            # Low-rank updates and LoRA fold into weights on export: a deployed stitch lacks them.
+            merged = {id(p) for p in self.update_parameters()}
+            params = [p for p in self.parameters_of(stitch) if id(p) not in merged]
+            c = Cost(sum(macs[p] for p in self.parts(stitch)), count_params(params))
             self._costs[stitch] = c
         return c
 
@@ -247,11 +289,37 @@ class SNNet(nn.Module):
         return names & dict(self.named_parameters()).keys()
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """``{"anchors": [...], "layers": [...]}``: the two groups SN-Net trains at different rates."""
-        return {
-            "anchors": list(self.anchors.parameters()),
+        """``{"anchors": [...], "layers": [...]}``: the two groups SN-Net trains at different
+        rates; in PEFT mode also ``"lora"`` (the anchors' LoRA, out of ``"anchors"``)."""
+        lora = lora_parameters(self.anchors)
+        ids = {id(p) for p in lora}
+        groups = {
+            "anchors": [p for p in self.anchors.parameters() if id(p) not in ids],
             "layers": list(self.layers.parameters()),
         }
+        if lora:
+            groups["lora"] = lora
+        return groups
+
+    def trained_stitches(self) -> tuple[Stitch, ...]:
+        """The stitches training samples: all of them, but in PEFT mode not the anchors, which
+        run only frozen weights (nothing to train, and they must stay as they are)."""
+        if not self.adapter_config.frozen_anchors:
+            return self.stitches
+        return tuple(s for s in self.stitches if s.hops)
+
+    def update_parameters(self) -> list[nn.Parameter]:
+        """Parameters that an export folds into other weights (low-rank updates, LoRA)."""
+        out = lora_parameters(self.anchors)
+        for layer in self.layers.values():
+            out += layer.update_parameters()
+        return out
+
+    def train(self, mode: bool = True) -> SNNet:
+        super().train(mode)
+        if self.adapter_config.frozen_anchors:
+            keep_statistics(self)
+        return self
 
     def describe(self, stitch: Stitch | str) -> str:
         """A readable account of a stitch, e.g. ``deit_tiny[0:4] -> deit_small[4:12]``."""

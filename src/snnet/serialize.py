@@ -20,20 +20,30 @@ from torch import nn
 from snnet.adapters import Anchor
 from snnet.files import CONFIG, WEIGHTS, read_json_config, save_unit, unit_file
 from snnet.network import SNNet
+from snnet.peft import AdapterConfig, anchor_digest, load_saved_state, saved_state
 from snnet.preprocess import DataConfig
 from snnet.rundir import RunDir
 from snnet.sources import from_source
 from snnet.space import SpaceConfig
 
 FORMAT = "snnet"
-VERSION = 1
+#: 2: ``adapters`` (low-rank stitching layers, PEFT mode) and ``anchor_sha256``; a network with
+#: the default adapters is still written as version 1, byte for byte as before.
+VERSION = 2
 
 
 def network_config(net: SNNet) -> dict[str, Any]:
     """The JSON that rebuilds ``net``'s structure (weights go separately)."""
+    extra: dict[str, Any] = {}
+    if not net.adapter_config.is_default:
+        extra["adapters"] = net.adapter_config.to_json()
+    if net.adapter_config.frozen_anchors:
+        # The anchors are not in the weights file: loading checks it rebuilt these very ones.
+        extra["anchor_sha256"] = [anchor_digest(a) for a in net.anchors]
     return {
         "format": FORMAT,
-        "version": VERSION,
+        "version": 2 if extra else 1,
+        **extra,
         "anchors": [
             {
                 "name": a.name,
@@ -43,7 +53,7 @@ def network_config(net: SNNet) -> dict[str, Any]:
             }
             for a in net.anchors
         ],
-        "space": net.space.config.to_json(),
+        "space": net.space_config.to_json(),  # as given: PEFT mode derives per-cut layers
         "layers": sorted(net.layers.keys()),
         "num_stitches": len(net.stitches),
         # how images become inputs (what training used): read back by evaluate and serve
@@ -60,7 +70,8 @@ def save(net: SNNet, directory: str | Path) -> Path:
         >>> net2 = snnet.load("runs/deit-snnet")
     """
     directory = Path(directory)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    # PEFT mode: only what was trained (the anchors come back from their sources on load).
+    tensors = {k: v.detach().contiguous().cpu() for k, v in saved_state(net).items()}
     save_unit(
         directory,
         network_config(net),
@@ -95,7 +106,10 @@ def load(
     ``path`` is a directory written by :func:`save` or a run directory of ``snnet train`` /
     ``snnet demo`` (its ``model/``). Anchors recorded from timm (or snnet's demo family) are
     rebuilt without downloading; anchors that were your own modules must be passed again as
-    ``anchors``.
+    ``anchors``. A network saved in parameter-efficient mode holds no anchor weights: its
+    anchors are rebuilt with their pretrained weights (timm's hub or cache, the local
+    checkpoint file, the demo family's weights) or taken from ``anchors``, and must be the very
+    anchors it was trained on (checked by their sha256).
 
     Example:
         >>> net = snnet.load("runs/demo")            # the same as snnet.load("runs/demo/model")
@@ -103,6 +117,7 @@ def load(
     directory = RunDir.find(path).model
     config = read_config(directory)
     weights = unit_file(directory, config, WEIGHTS)  # checked before anything is built
+    adapters = AdapterConfig.from_json(config.get("adapters", {}))
     if anchors is None:
         missing = [a["name"] for a in config["anchors"] if a.get("source") is None]
         if missing:
@@ -110,12 +125,33 @@ def load(
                 f"anchors {missing} were given as modules, so snnet cannot rebuild them; pass "
                 "anchors=[...] to load() (build them as before; the weights come from the file)"
             )
-        anchors = [from_source(a["source"], pretrained=False) for a in config["anchors"]]
-    net = SNNet(anchors, config=SpaceConfig.from_json(config["space"]))
+        anchors = [
+            _rebuild(a, pretrained=adapters.frozen_anchors, path=directory)
+            for a in config["anchors"]
+        ]
+    net = SNNet(anchors, config=SpaceConfig.from_json(config["space"]), **adapters.to_json())
+    if "anchor_sha256" in config:
+        for anchor, digest in zip(net.anchors, config["anchor_sha256"], strict=True):
+            if anchor_digest(anchor) != digest:
+                raise ValueError(
+                    f"{directory} was trained on other weights of {anchor.name} than the ones "
+                    "rebuilt now (it holds only what was trained, not the anchors): pass the "
+                    "anchors it was trained on as anchors=[...]"
+                )
     if config.get("data") and "channels" in config["data"]:  # absent in networks saved before
         net.data_config = DataConfig.from_json(config["data"])
     load_weights(net, weights, map_location=map_location, expected=config)
     return net
+
+
+def _rebuild(entry: dict[str, Any], *, pretrained: bool, path: Path) -> Anchor:
+    try:
+        return from_source(entry["source"], pretrained=pretrained)
+    except (RuntimeError, OSError) as e:
+        raise ValueError(
+            f"{path} holds only what was trained on top of {entry['name']}, and its pretrained "
+            f"weights could not be rebuilt ({e}); pass the anchors as anchors=[...]"
+        ) from e
 
 
 def load_weights(
@@ -134,12 +170,12 @@ def load_weights(
         )
     state = read_state(
         path,
-        net.state_dict(),
+        saved_state(net),
         map_location=map_location,
         misfit="does not fit this network",
         why="it was saved from other anchors or stitching options",
     )
-    net.load_state_dict(state)
+    load_saved_state(net, state)
 
 
 def read_state(

@@ -263,13 +263,21 @@ def parameter_groups(
 
 def network_groups(net: SNNet, config: TrainConfig) -> list[dict[str, Any]]:
     """An SN-Net's groups: ``anchors/...`` at ``anchor_lr_scale`` × the learning rate, and
-    ``layers/...`` (the stitching layers) at the full rate."""
+    ``layers/...`` (the stitching layers) at the full rate. Frozen parameters (PEFT mode's
+    anchors, low-rank layers' ``W0``) are in no group; PEFT mode's LoRA trains in ``lora/...``
+    at the full rate (new weights, like the stitching layers)."""
     skip = net.no_weight_decay()
+    named = dict(net.named_parameters())
+    by_group = {k: {id(p) for p in ps} for k, ps in net.parameter_groups().items()}
     return [
         group
-        for part, lr_scale in (("anchors", config.anchor_lr_scale), ("layers", 1.0))
+        for part, lr_scale in (
+            ("anchors", config.anchor_lr_scale),
+            ("layers", 1.0),
+            ("lora", 1.0),
+        )
         for group in parameter_groups(
-            getattr(net, part).named_parameters(prefix=part),
+            [(n, p) for n, p in named.items() if id(p) in by_group.get(part, ())],
             weight_decay=config.weight_decay,
             no_weight_decay=skip,
             lr_scale=lr_scale,
@@ -365,16 +373,17 @@ def start_run(
 ) -> Run:
     """A fresh run: the optimizer, the grad scaler (fp16 only) and the stitch sampler."""
     dtype = amp_dtype(config.amp, world.device)
+    stitches = net.trained_stitches()  # PEFT mode: the anchors have nothing to train
     sampler = StitchSampler(
-        net.stitches,
-        {s: net.cost(s).gmacs for s in net.stitches},
+        stitches,
+        {s: net.cost(s).gmacs for s in stitches},
         policy=config.sampling,
         gap=config.gap,
         rank_sampling=config.rank_sampling,
         world_size=world.world_size,
         seed=config.seed,
         importance=StitchImportance(
-            net.stitches,
+            stitches,
             momentum=config.importance_momentum,
             warmup=config.importance_warmup,
             floor=config.importance_floor,

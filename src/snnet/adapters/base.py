@@ -71,6 +71,26 @@ def downsample_then_blocks(container: str, stages: Sequence[nn.Module]) -> list[
     return names
 
 
+def linear_layers(model: nn.Module, container: str, kinds: Collection[str]) -> tuple[str, ...]:
+    """Paths of the ``nn.Linear`` and 1×1 ``nn.Conv2d`` layers under ``container`` whose path
+    passes through a module named one of ``kinds`` (e.g. ``"attn"``, ``"mlp"``)."""
+    out = []
+    for name, m in model.named_modules():
+        if not name.startswith(container + "."):
+            continue
+        pointwise = type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1)
+        if (type(m) is nn.Linear or pointwise) and set(name.split(".")) & set(kinds):
+            out.append(name)
+    return tuple(out)
+
+
+def lora_kinds(targets: str, attention: tuple[str, ...], mlp: tuple[str, ...]) -> tuple[str, ...]:
+    """The module names ``targets`` (``"attn"`` / ``"attn+mlp"``) selects in a family."""
+    if targets not in ("attn", "attn+mlp"):
+        raise ValueError(f"LoRA targets are 'attn' or 'attn+mlp', not {targets!r}")
+    return attention + (mlp if targets == "attn+mlp" else ())
+
+
 class Anchor(nn.Module):
     """A pretrained model wrapped as ``stem -> blocks -> head`` without changing the model.
 
@@ -136,6 +156,13 @@ class Anchor(nn.Module):
 
     def stages(self) -> tuple[Stage, ...]:
         raise NotImplementedError
+
+    def lora_targets(self, targets: str) -> tuple[str, ...]:
+        """Attribute paths of the layers parameter-efficient training puts LoRA on:
+        ``"attn"`` (the attention's projections) or ``"attn+mlp"`` (also the MLP's). Only the
+        family knows which layers those are; the default, for families without attention (a
+        CNN), is none, and then only the stitching layers train."""
+        return ()
 
     def _infer_input_size(self) -> tuple[int, int, int]:
         cfg = getattr(self.model, "pretrained_cfg", None) or {}

@@ -7,7 +7,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from snnet.adapters.base import Anchor, Stage, consecutive_stages, downsample_then_blocks
+from snnet.adapters.base import (
+    Anchor,
+    Stage,
+    consecutive_stages,
+    downsample_then_blocks,
+    linear_layers,
+    lora_kinds,
+)
 
 
 def _clear_attention_bias_caches(module: nn.Module, *_: Any) -> None:
@@ -83,3 +90,8 @@ class LevitAnchor(Anchor):
     def stages(self) -> tuple[Stage, ...]:
         depths = [len(stage.blocks) for stage in self.model.stages]
         return consecutive_stages(depths, self.layout, self.default_stages)
+
+    def lora_targets(self, targets: str) -> tuple[str, ...]:
+        # The attention's projections (and the MLP's Linears) inside the blocks.
+        kinds = lora_kinds(targets, ("attn", "attn_downsample"), ("mlp",))
+        return linear_layers(self.model, "stages", kinds)

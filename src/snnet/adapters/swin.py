@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from snnet.adapters.base import Anchor, Stage, consecutive_stages, downsample_then_blocks
+from snnet.adapters.base import (
+    Anchor,
+    Stage,
+    consecutive_stages,
+    downsample_then_blocks,
+    linear_layers,
+    lora_kinds,
+)
 
 
 class SwinAnchor(Anchor):
@@ -32,3 +39,8 @@ class SwinAnchor(Anchor):
     def stages(self) -> tuple[Stage, ...]:
         depths = [len(stage.blocks) for stage in self.model.layers]
         return consecutive_stages(depths, "nhwc", self.default_stages)
+
+    def lora_targets(self, targets: str) -> tuple[str, ...]:
+        # The attention's projections (and the MLP's Linears) inside the blocks.
+        kinds = lora_kinds(targets, ("attn",), ("mlp",))
+        return linear_layers(self.model, "layers", kinds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from snnet.adapters.base import Anchor, Stage
+from snnet.adapters.base import Anchor, Stage, linear_layers, lora_kinds
 
 
 class ViTAnchor(Anchor):
@@ -54,3 +54,8 @@ class ViTAnchor(Anchor):
 
     def stages(self) -> tuple[Stage, ...]:
         return (Stage(range(len(self.model.blocks)), "tokens"),)
+
+    def lora_targets(self, targets: str) -> tuple[str, ...]:
+        # The attention's projections (and the MLP's Linears) inside the blocks.
+        kinds = lora_kinds(targets, ("attn",), ("mlp",))
+        return linear_layers(self.model, "blocks", kinds)

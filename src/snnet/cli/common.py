@@ -90,6 +90,66 @@ def add_family_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="load timm's pretrained weights (needs the hub or its cache)",
     )
+    add_adapter_arguments(p)
+
+
+def _non_negative(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 (0: off), got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def add_adapter_arguments(p: argparse.ArgumentParser) -> None:
+    """What trains: low-rank stitching layers and parameter-efficient (LoRA) mode. Saved in the
+    network's config, so load / evaluate / export / serve rebuild the same network."""
+    g = p.add_argument_group("trainable parts (see the README: low-rank, parameter-efficient)")
+    g.add_argument(
+        "--stitch-rank",
+        type=_non_negative,
+        default=0,
+        metavar="R",
+        help="low-rank stitching layers: frozen least-squares W0 plus a trained rank-R update "
+        "(default 0: full-rank layers)",
+    )
+    g.add_argument(
+        "--stitch-alpha",
+        type=_positive_float,
+        default=None,
+        metavar="A",
+        help="scale of the stitching layers' update is A/R (default A=R)",
+    )
+    g.add_argument(
+        "--lora-rank",
+        type=_non_negative,
+        default=0,
+        metavar="R",
+        help="parameter-efficient mode: anchors frozen, shared rank-R LoRA on their attention, "
+        "one stitching layer (bias) per cut; saves only what trains (default 0: off)",
+    )
+    g.add_argument(
+        "--lora-alpha",
+        type=_positive_float,
+        default=None,
+        metavar="A",
+        help="scale of the LoRA update is A/R (default A=R)",
+    )
+    g.add_argument(
+        "--lora-targets",
+        choices=["attn", "attn+mlp"],
+        default="attn",
+        help="the anchors' layers that get LoRA (default attn)",
+    )
 
 
 def build_network(args: argparse.Namespace, *, device: str | None = None) -> SNNet:
@@ -117,7 +177,15 @@ def build_network(args: argparse.Namespace, *, device: str | None = None) -> SNN
             options[key] = value
     if args.all_pairs:
         options["nearest"] = False
-    return SNNet(anchors, **options)
+    return SNNet(
+        anchors,
+        stitch_rank=args.stitch_rank,
+        stitch_alpha=args.stitch_alpha,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        lora_targets=args.lora_targets,
+        **options,
+    )
 
 
 def load_results_for(net: SNNet, path: str | Path, *, create: bool) -> Results:
