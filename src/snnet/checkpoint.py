@@ -361,7 +361,8 @@ def open_log(
 
 
 def _check_resume(state: dict[str, Any], config: TrainConfig, world_size: int) -> None:
-    saved = state["config"]
+    # A key the checkpoint lacks is an option added after it was written: the run used its default.
+    saved = {**type(config)().to_json(), **state["config"]}
     diff = [k for k, v in config.to_json().items() if saved.get(k) != v]
     if diff:
         shown = ", ".join(f"{k}={saved.get(k)!r} (now {getattr(config, k)!r})" for k in diff)
