@@ -54,7 +54,7 @@ def test_a_demo_run_of_the_earlier_layout_is_continued_in_it(tmp_path, capsys):
     args = ["demo", "--out", str(out), "--steps", "4", "--eval-images", "64", "--quiet"]
     assert main([*args, "--threads", "1"]) == 0
     (out / "train").mkdir()
-    for name in ("model", "checkpoint.pt", "train.json", "steps.csv"):
+    for name in ("model", "checkpoint.pt", "train.json", "steps.csv", "teacher.safetensors"):
         if (out / name).exists():
             (out / name).rename(out / "train" / name)
     (out / "results.json").unlink()

@@ -8,6 +8,7 @@ RUN afterwards (evaluate, latency, select, plot, export)::
       checkpoint.pt       everything a resumed run needs (snnet.checkpoint)
       train.json          the run's progress, readable without torch
       steps.csv           per-step losses, learning rates and stitches of the training run
+      teacher.safetensors the anchors as training started (runs with --distill: its teachers)
       results.json        accuracy, cost and latency of every stitch (results.csv beside it)
       pareto.png          accuracy against cost, Pareto front drawn (snnet demo)
       summary.json        what snnet demo found
