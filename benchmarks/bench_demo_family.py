@@ -284,7 +284,9 @@ def main() -> None:
     ]
     if args.eval_images is not None:
         base += ["--eval-images", str(args.eval_images)]
-    pending, running = list(args.seeds), []
+    # a seed whose figures exist (a finished worker) is not run again: delete RUN_ROOT to rerun
+    pending = [s for s in args.seeds if not (args.run_root / f"seed{s}.json").is_file()]
+    running = []
     t0 = time.perf_counter()
     while pending or running:
         while pending and len(running) < args.jobs:
