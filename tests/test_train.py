@@ -3,7 +3,9 @@
 import copy
 import itertools
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -731,3 +733,167 @@ def test_bad_validation_options_are_clear_errors(fmnist_slice):
     with pytest.raises(ValueError, match="the validation set is empty"):
         empty = FashionMNIST(fmnist_slice.images[:0], fmnist_slice.targets[:0])
         fit(net, fmnist_slice, TrainConfig(), val=empty, progress=False)
+
+
+# -- soft distillation from the anchors and anchor-path sampling -----------------------------------
+
+
+def test_soft_distillation_loss_on_hand_made_logits():
+    from snnet.train import loss_fn
+
+    s = torch.tensor([[0.0, 0.0]])  # student: p = (1/2, 1/2)
+    t = torch.tensor([[2 * math.log(3.0), 0.0]])  # teacher at T = 2: p = (3/4, 1/4)
+    y = torch.tensor([0])
+    kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    config = TrainConfig(distill="end", distill_weight=0.5, label_smoothing=0.0)
+    expected = 0.5 * math.log(2.0) + 0.5 * 4.0 * kl  # (1-w)·CE + w·T²·KL
+    assert loss_fn(s, y, t, config).item() == pytest.approx(expected, rel=1e-6)
+    # the same teacher logits under distill="none" (an external teacher) distil hard: its argmax
+    hard = TrainConfig(distill_weight=0.5, label_smoothing=0.0)
+    assert loss_fn(s, y, t, hard).item() == pytest.approx(math.log(2.0), rel=1e-6)
+    # a teacher that agrees with the student adds nothing; no teacher: the plain cross-entropy
+    assert loss_fn(s, y, s, config).item() == pytest.approx(0.5 * math.log(2.0), rel=1e-6)
+    assert loss_fn(s, y, None, config).item() == pytest.approx(math.log(2.0), rel=1e-6)
+
+
+def test_each_stitch_is_taught_by_its_end_anchor_or_the_largest():
+    from snnet.stitch import Stitch
+    from snnet.train import teacher_anchor
+
+    end, largest = TrainConfig(distill="end"), TrainConfig(distill="largest")
+    assert teacher_anchor(Stitch.parse("0:3-1:4"), end, 3) == 1
+    assert teacher_anchor(Stitch.parse("0:3-1:4:7-2:8"), end, 3) == 2
+    assert teacher_anchor(Stitch.anchor(0), end, 3) == 0  # an anchor: its own starting self
+    assert teacher_anchor(Stitch.parse("0:3-1:4"), largest, 3) == 2
+    assert teacher_anchor(Stitch.anchor(0), largest, 3) == 2
+
+
+def test_recipe_options_default_to_the_behaviour_before_them():
+    config = TrainConfig()
+    assert (config.distill, config.distill_temperature, config.anchor_probability) == (
+        "none",
+        2.0,
+        None,
+    )
+    # a checkpoint's config written before these options existed still resumes (checked below)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"distill": "teacher"}, "unknown distill 'teacher'"),
+        ({"distill_temperature": 0.0}, "distill_temperature must be positive"),
+        ({"anchor_probability": 1.5}, "anchor_probability must lie in [0, 1]"),
+    ],
+)
+def test_bad_recipe_values_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(**kwargs)
+
+
+def test_anchor_probability_sets_how_often_anchor_paths_train():
+    net = tiny_fmnist_net()
+    stitches = net.stitches
+    anchors = [s for s in stitches if s.is_anchor]
+    p, n = 0.25, 20_000
+    sampler = StitchSampler(stitches, seed=3, anchor_probability=p)
+    draws = [sampler.draw()[0] for _ in range(n)]
+    # p anchor paths, plus the anchors among the policy's (uniform) draws
+    expected = p + (1 - p) * len(anchors) / len(stitches)
+    share = sum(s.is_anchor for s in draws) / n
+    assert abs(share - expected) < 4 * math.sqrt(expected * (1 - expected) / n), (share, expected)
+    counts = [draws.count(a) for a in anchors]
+    assert max(counts) - min(counts) < 0.1 * max(counts)  # anchors equally often
+    assert len(set(draws)) == len(stitches)  # every stitch still trains
+    always = StitchSampler(stitches, seed=3, anchor_probability=1.0)
+    assert all(always.draw()[0].is_anchor for _ in range(200))
+
+
+def test_no_anchor_probability_draws_exactly_as_before_the_option():
+    from snnet.sampling import sample_stitch
+
+    stitches = tiny_fmnist_net().stitches
+    sampler = StitchSampler(stitches, seed=5)
+    old = torch.Generator().manual_seed(5 + 1_000_003)  # rank 0's generator, as it always was
+    assert [sampler.draw()[0] for _ in range(300)] == [
+        sample_stitch(stitches, old) for _ in range(300)
+    ]
+
+
+def test_resume_with_distillation_and_anchor_paths_equals_an_uninterrupted_run(
+    fmnist_slice, tmp_path
+):
+    from safetensors.torch import load_file
+
+    config = TrainConfig(
+        epochs=2,
+        batch_size=64,
+        lr=3e-3,
+        anchor_lr_scale=0.5,
+        warmup=2,
+        distill="end",
+        anchor_probability=0.3,
+    )
+    batches = EpochBatches(fmnist_slice, 64, seed=config.seed)
+    start = tiny_fmnist_net(drop_rate=0.1)
+    start_anchors = {k: v.clone() for k, v in start.anchors.state_dict().items()}
+    whole = train_loop(start, batches, config, progress=False)
+    plain = train_loop(
+        tiny_fmnist_net(drop_rate=0.1),
+        batches,
+        TrainConfig(**{**config.to_json(), "distill": "none"}),
+        progress=False,
+    )
+    assert whole.losses != plain.losses  # the teachers took part
+
+    run = tmp_path / "run"
+    first = train_loop(
+        tiny_fmnist_net(drop_rate=0.1),
+        SignalAfter(batches, 11),
+        config,
+        run_dir=run,
+        progress=False,
+    )
+    assert first.interrupted == signal.SIGTERM and first.steps == 11
+    # the frozen teachers are not in the checkpoint; the anchors as they started are beside it
+    assert load_checkpoint(run)["model"].keys() == whole.net.state_dict().keys()
+    teacher = load_file(str(run / "teacher.safetensors"))
+    assert teacher.keys() == start_anchors.keys()
+    assert all(torch.equal(teacher[k], start_anchors[k]) for k in teacher)
+
+    other_init = tiny_fmnist_net(drop_rate=0.1)
+    with torch.no_grad():
+        for p in other_init.parameters():
+            p.add_(
+                1.0
+            )  # neither the construction nor the anchors at resume may decide the teachers
+    rest = train_loop(other_init, batches, config, run_dir=run, resume=True, progress=False)
+    assert rest.losses == whole.losses and rest.stitches == whole.stitches
+    assert state_equal(rest.net, whole.net)
+
+
+def test_distillation_from_the_anchors_and_an_external_teacher_exclude_each_other(fmnist_slice):
+    batches = EpochBatches(fmnist_slice, 64)
+    with pytest.raises(ValueError, match="drop the external teacher"):
+        train_loop(
+            tiny_fmnist_net(),
+            batches,
+            TrainConfig(distill="largest", steps=1),
+            teacher=copy.deepcopy(tiny_fmnist_net().anchors[1]),
+            progress=False,
+        )
+
+
+def test_a_checkpoint_from_before_the_recipe_options_resumes(fmnist_slice, tmp_path):
+    config = TrainConfig(epochs=1, batch_size=64, lr=3e-3, warmup=2, steps=6)
+    batches = EpochBatches(fmnist_slice, 64, seed=config.seed)
+    whole = train_loop(tiny_fmnist_net(), batches, config, progress=False)
+    run = tmp_path / "run"
+    train_loop(tiny_fmnist_net(), SignalAfter(batches, 4), config, run_dir=run, progress=False)
+    state = load_checkpoint(run)
+    for key in ("distill", "distill_temperature", "anchor_probability"):
+        del state["config"][key]
+    del state["format"], state["version"]
+    snnet.checkpoint.save_checkpoint(run, state)
+    rest = train_loop(tiny_fmnist_net(), batches, config, run_dir=run, resume=True, progress=False)
+    assert rest.losses == whole.losses and state_equal(rest.net, whole.net)

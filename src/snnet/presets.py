@@ -23,5 +23,5 @@ PRESETS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "resnet-swin": (("resnet18", "swin_tiny_patch4_window7_224"), {}),
     "levit": (("levit_192", "levit_256"), {}),
     # snnet's shipped Fashion-MNIST ViTs (snnet.zoo), offline: 1×28×28 inputs, 10 classes.
-    "fmnist": (("zoo=fmnist_vit_s", "zoo=fmnist_vit_m", "zoo=fmnist_vit_l"), {}),
+    "fmnist": (("zoo=fmnist_vit_xs", "zoo=fmnist_vit_sm", "zoo=fmnist_vit_l"), {}),
 }

@@ -11,6 +11,7 @@ RUN afterwards (evaluate, latency, select, plot, export)::
       importance.json     stitches ranked by estimated importance (--sampling importance)
       val.csv             validation top-1 and loss of the anchors and a few stitches, per epoch
       tb/                 TensorBoard logs: training loss and lr, validation per stitch
+      teacher.safetensors the anchors as training started (runs with --distill: its teachers)
       results.json        accuracy, cost and latency of every stitch (results.csv beside it)
       pareto.png          accuracy against cost, Pareto front drawn (snnet demo)
       summary.json        what snnet demo found

@@ -71,6 +71,9 @@ class StitchSampler:
       no rank waits for one much larger. The band is chosen so that each rank's stitch still
       follows ``policy`` (for ``uniform``, a band with probability proportional to its size).
 
+    ``anchor_probability`` p makes every draw an anchor's own path with probability p, else the
+    policy's stitch (None: the policy alone, as before the option existed).
+
     Every rank draws the whole world's stitches from generators seeded the same everywhere, so
     each rank knows which stitch every other rank runs (gradient averaging needs it), and the
     sampler state is the same on every rank (one checkpoint restores them all).
@@ -91,7 +94,10 @@ class StitchSampler:
         world_size: int = 1,
         seed: int = 0,
         importance: StitchImportance | None = None,
+        anchor_probability: float | None = None,
     ) -> None:
+        if anchor_probability is not None and not 0 <= anchor_probability <= 1:
+            raise ValueError(f"anchor_probability must lie in [0, 1], got {anchor_probability}")
         if policy not in POLICIES:
             raise ValueError(f"unknown sampling policy {policy!r}; choose {' or '.join(POLICIES)}")
         if rank_sampling not in RANK_SAMPLING:
@@ -119,6 +125,14 @@ class StitchSampler:
             self.importance = importance or StitchImportance(self.stitches)
             if self.importance.stitches != self.stitches:
                 raise ValueError("the importance estimate is for other stitches than the sampler's")
+        # With anchor_probability p, a draw is an anchor's own path (uniformly among the anchors)
+        # with probability p, else the policy's stitch: the shared blocks keep training on the
+        # anchors' own paths instead of serving stitches almost every step. None draws nothing
+        # extra from the generators, so runs from before this option reproduce bit for bit.
+        self.anchor_probability = anchor_probability
+        self.anchors = [s for s in self.stitches if s.is_anchor]
+        if anchor_probability and not self.anchors:
+            raise ValueError("anchor_probability needs anchor paths among the stitches")
         # One generator shared by the world, one per rank; all of them live on every rank.
         self.shared = torch.Generator().manual_seed(seed)
         self.per_rank = [
@@ -126,6 +140,9 @@ class StitchSampler:
         ]
 
     def _pick(self, g: torch.Generator) -> Stitch:
+        p = self.anchor_probability
+        if p is not None and float(torch.rand((), generator=g)) < p:
+            return sample_stitch(self.anchors, g)
         if self.policy == "grouped":
             return sample_grouped(self.groups, g)
         if self.policy == "importance":

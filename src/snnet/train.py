@@ -20,6 +20,7 @@ and thread count, and a resumed run equals an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import math
 import random
@@ -43,6 +44,7 @@ from snnet.batches import EpochBatches, first_images
 from snnet.checkpoint import Diverged, Run, check_run, open_log, restore, save_state
 from snnet.data import check_classes
 from snnet.distributed import World
+from snnet.files import atomic_write
 from snnet.importance import StitchImportance, saliencies
 from snnet.lstsq import init_least_squares
 from snnet.monitor import Monitor, Validation
@@ -54,6 +56,10 @@ from snnet.stitch import Stitch
 
 OPTIMIZERS = ("adamw", "sgd")
 AMP = ("auto", "off", "bf16", "fp16")
+#: Soft distillation from the network's own anchors (see TrainConfig.distill).
+DISTILL = ("none", "end", "largest")
+#: The anchors' weights at the start of a run with soft distillation: the teachers' source on resume.
+TEACHER_FILE = "teacher.safetensors"
 
 
 def _knob(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -100,7 +106,9 @@ class TrainConfig:
         RANK_SAMPLING,
     )
     distill_weight: float = _knob(
-        0.5, "with a teacher: loss = (1-w)·CE(labels) + w·CE(teacher's argmax)"
+        0.5,
+        "with a teacher: loss = (1-w)·CE(labels) + w·CE(teacher's argmax) for --teacher, "
+        "+ w·T²·KL(teacher/T ‖ student/T) for --distill",
     )
     amp: str = _knob(
         "auto", "mixed precision: auto (bf16, or fp16 with a grad scaler, on GPUs only)", AMP
@@ -117,6 +125,16 @@ class TrainConfig:
     )
     importance_temperature: float = _knob(
         1.0, "importance sampling: > 1 flattens, < 1 sharpens the importance weights"
+    )
+    distill: str = _knob(
+        "none",
+        "soft distillation from the anchors as they were before training: end (each stitch from "
+        "the anchor it ends in, each anchor from itself) or largest (from the last anchor)",
+        DISTILL,
+    )
+    distill_temperature: float = _knob(2.0, "temperature T of --distill's soft targets")
+    anchor_probability: float | None = _knob(
+        None, "draw an anchor's own path with this probability, else the sampling policy's stitch"
     )
 
     def __post_init__(self) -> None:
@@ -178,6 +196,18 @@ class TrainConfig:
         need(
             self.importance_temperature > 0,
             f"importance_temperature must be positive, got {self.importance_temperature}",
+        )
+        need(
+            self.distill in DISTILL,
+            f"unknown distill {self.distill!r}; choose one of {', '.join(DISTILL)}",
+        )
+        need(
+            self.distill_temperature > 0,
+            f"distill_temperature must be positive, got {self.distill_temperature}",
+        )
+        need(
+            self.anchor_probability is None or 0 <= self.anchor_probability <= 1,
+            f"anchor_probability must lie in [0, 1], got {self.anchor_probability}",
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -314,13 +344,63 @@ def loss_fn(
     teacher_logits: torch.Tensor | None,
     config: TrainConfig,
 ) -> torch.Tensor:
-    """Cross-entropy with label smoothing; with a teacher, mixed with hard distillation
-    (cross-entropy against the teacher's argmax, as DeiT and SN-Net do)."""
+    """Cross-entropy with label smoothing, mixed with distillation when there are teacher logits:
+    ``(1 - w)·CE + w·D``, ``w = config.distill_weight``. ``D`` is hard distillation (cross-entropy
+    against the teacher's argmax, as DeiT and SN-Net do) for an external teacher
+    (``config.distill == "none"``), and soft distillation ``T²·KL(softmax(t/T) ‖ softmax(s/T))``
+    (Hinton et al.; T² keeps its gradients on the scale of the CE's) for the anchors' own teachers.
+
+    Example:
+        >>> loss = loss_fn(net(x, stitch=s), y, teacher(x, stitch=Stitch.anchor(s.route[-1])),
+        ...                TrainConfig(distill="end"))
+    """
     ce = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
     if teacher_logits is None:
         return ce
-    distill = F.cross_entropy(logits, teacher_logits.argmax(dim=-1))
+    if config.distill == "none":
+        distill = F.cross_entropy(logits, teacher_logits.argmax(dim=-1))
+    else:
+        t = config.distill_temperature
+        distill = (
+            t
+            * t
+            * F.kl_div(
+                F.log_softmax(logits.float() / t, dim=-1),
+                F.log_softmax(teacher_logits.float() / t, dim=-1),
+                reduction="batchmean",
+                log_target=True,
+            )
+        )
     return (1 - config.distill_weight) * ce + config.distill_weight * distill
+
+
+def teacher_anchor(stitch: Stitch, config: TrainConfig, num_anchors: int) -> int:
+    """The anchor whose frozen copy teaches ``stitch`` under soft distillation: the anchor the
+    stitch ends in (``"end"``; an anchor's own path is taught by its starting self, which holds
+    it near its pretrained function), or the largest, last anchor (``"largest"``)."""
+    return stitch.route[-1] if config.distill == "end" else num_anchors - 1
+
+
+def make_teachers(net: SNNet, world: World, run_dir: Path | None, *, resume: bool) -> SNNet:
+    """A frozen copy of ``net`` whose anchors are the anchors as this run started (after
+    least-squares init, which moves only the stitching layers). A fresh run writes those weights
+    to ``run_dir/teacher.safetensors``; a resumed run reads them back, so its teachers are the
+    ones the interrupted run used. The copy never enters the checkpoint."""
+    from safetensors.torch import load_file, save_file
+
+    teachers = copy.deepcopy(net)
+    path = RunDir(run_dir).training / TEACHER_FILE if run_dir is not None else None
+    if resume and path is not None:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--resume with --distill needs the run's {path} (the anchors as the run started); "
+                "it is missing: start a new run"
+            )
+        teachers.anchors.load_state_dict(load_file(str(path)))
+    elif path is not None and world.is_main:
+        state = {k: v.detach().cpu().contiguous() for k, v in net.anchors.state_dict().items()}
+        atomic_write(path, lambda tmp: save_file(state, tmp), mode="path")
+    return teachers.eval().requires_grad_(False)
 
 
 class StopOnSignal:
@@ -391,6 +471,7 @@ def start_run(
         )
         if config.sampling == "importance"
         else None,
+        anchor_probability=config.anchor_probability,
     )
     scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
     return Run(config, world, net, make_optimizer(net, config), scaler, sampler, run_dir, total)
@@ -460,8 +541,16 @@ def _train(
     steps_per_epoch, total = _length(data, config)
     warmup = config.warmup if config.warmup is not None else total // 20
     net.to(world.device)
+    if teacher is not None and config.distill != "none":
+        raise ValueError(
+            f"distill={config.distill!r} distils from the anchors themselves: drop the external "
+            "teacher (--teacher), or set distill to 'none' to distil from it"
+        )
     if teacher is not None:
         teacher.to(world.device).eval().requires_grad_(False)
+    teachers = None
+    if config.distill != "none":  # before restore(): the anchors as they started
+        teachers = make_teachers(net, world, run_dir, resume=resume)
     run = start_run(net, config, world, run_dir, total)
     # Dropout / drop-path differ per rank; Python's and NumPy's generators serve augmentations
     # that draw from them (a resume restores all three from the checkpoint).
@@ -508,6 +597,10 @@ def _train(
                     if teacher is not None:
                         with torch.no_grad():
                             teacher_logits = teacher(images)
+                    elif teachers is not None:
+                        own = teacher_anchor(stitch, config, len(net.anchors))
+                        with torch.no_grad():
+                            teacher_logits = teachers(images, stitch=Stitch.anchor(own))
                     loss = loss_fn(logits, labels, teacher_logits, config)
 
                 # 4. backward; DDP averaged over all ranks, rescaled to the ranks that ran

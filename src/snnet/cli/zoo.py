@@ -10,7 +10,7 @@ from snnet.cli.common import add_threads_argument
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="zoo_command", metavar="{list,train}")
-    p_list = sub.add_parser("list", help="show the demo anchors and their recorded results")
+    p_list = sub.add_parser("list", help="show the shipped anchors and their recorded results")
     p_list.add_argument(
         "--weights",
         type=Path,
@@ -19,7 +19,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     )
     p_train = sub.add_parser("train", help="train demo anchors on Fashion-MNIST")
     which = p_train.add_mutually_exclusive_group(required=True)
-    which.add_argument("--all", action="store_true", help="train every demo anchor")
+    which.add_argument("--all", action="store_true", help="train every anchor of the demo family")
     # Defaults are resolved in run(): the parser must not import torch (snnet zoo --help).
     which.add_argument("--name", action="append", help="a demo anchor (repeatable)")
     p_train.add_argument("--epochs", type=int, default=None, help="default: the shipped recipe's")
@@ -37,23 +37,25 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def markdown_table(weights_dir: Path) -> str:
-    """The demo anchors' JSON records as the table of ``snnet/weights/README.md``."""
+    """The shipped anchors' JSON records as the table of ``snnet/weights/README.md`` (the demo's
+    anchors marked *demo*; the others stay shipped for networks saved with them)."""
     from snnet import zoo
 
     rows = [
-        "| anchor | width | heads | params | GMACs | test acc (fp16 file) | fp32 acc | train s | "
+        "| anchor | demo | width | heads | params | GMACs | test acc (fp16 file) | fp32 acc | train s | "
         "train img/s | infer img/s | file KB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name in zoo.demo_family_names():
+    for name in zoo.ZOO_ANCHORS:
+        demo = "demo" if name in zoo.DEMO_FAMILY else ""
         try:
             r = zoo.demo_anchor_record(name, weights_dir)
         except FileNotFoundError:
-            rows.append(f"| {name} | not trained | | | | | | | | | |")
+            rows.append(f"| {name} | {demo} | not trained | | | | | | | | | |")
             continue
         a = r["architecture"]
         rows.append(
-            f"| {name} | {a['embed_dim']} | {a['num_heads']} | {r['params']:,} | {r['gmacs']:.5f} | "
+            f"| {name} | {demo} | {a['embed_dim']} | {a['num_heads']} | {r['params']:,} | {r['gmacs']:.5f} | "
             f"{r['test_acc']:.2f} % | {r['test_acc_fp32']:.2f} % | {r['train_seconds']:.0f} | "
             f"{r['train_img_per_s']:.0f} | {r['infer_img_per_s']:.0f} | {r['file_bytes'] / 1024:.0f} |"
         )
@@ -68,9 +70,11 @@ def run(args: argparse.Namespace) -> int:
         print(markdown_table(getattr(args, "weights", None) or zoo.WEIGHTS_DIR))
         return 0
     names = zoo.demo_family_names()
-    unknown = sorted(set(args.name or ()) - set(names))
+    unknown = sorted(set(args.name or ()) - set(zoo.ZOO_ANCHORS))
     if unknown:
-        raise ValueError(f"unknown demo anchor {unknown[0]!r}; choose from {', '.join(names)}")
+        raise ValueError(
+            f"unknown demo anchor {unknown[0]!r}; choose from {', '.join(zoo.ZOO_ANCHORS)}"
+        )
     args.epochs = zoo.TrainRecipe.epochs if args.epochs is None else args.epochs
     args.seed = zoo.TrainRecipe.seed if args.seed is None else args.seed
     args.out = zoo.WEIGHTS_DIR if args.out is None else args.out
