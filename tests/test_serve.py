@@ -169,6 +169,41 @@ def test_predictions_equal_the_network_for_the_stitch_it_reports(server, run_dir
     assert len(cases[2].json()["predictions"]) == 3
 
 
+def _metric_sum(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_latency_counts_from_arrival_so_a_slow_body_shows(server):
+    """The server's latency starts when the request reaches the app, before its body is read:
+    a client that takes 1 s to send the body sees (and the SLO controller and /metrics count)
+    at least 1 s, not only the time from queue entry to the end of compute."""
+    get = lambda path: httpx.get(f"{server.url}{path}", headers=AUTH, timeout=60)  # noqa: E731
+    before = _metric_sum(get("/metrics").text, "snnet_request_latency_seconds_sum")
+    body = png(3)
+    head = (
+        f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+        f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(head.encode())
+        time.sleep(1.0)  # the headers arrived; the body comes a second later
+        sock.sendall(body)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    status, _, payload = raw.partition(b"\r\n\r\n")
+    assert status.split()[1] == b"200", raw
+    import json
+
+    answer = json.loads(payload)
+    assert answer["latency_ms"] >= 1000
+    pred = answer["predictions"][0]
+    assert pred["queue_ms"] + pred["compute_ms"] < answer["latency_ms"] - 900  # outside the batcher
+    after = _metric_sum(get("/metrics").text, "snnet_request_latency_seconds_sum")
+    assert after - before >= 1.0
+
+
 def test_a_budget_caps_the_stitch(server, run_dir):
     res = Results.load(run_dir / "results.json")
     r = predict(server.url, png(), max_gmacs=0.002)

@@ -75,13 +75,12 @@ class SNNetDeployment:
             if self.settings.slo_ms is not None and stitch == self.model.net.stitch:
                 self.ctrl.observe_batch(stitch, len(idx), compute_ms)
             for i, p in zip(idx, probs, strict=True):
-                latency = (done - items[i][2]) * 1e3
-                if self.settings.slo_ms is not None:
-                    self.ctrl.observe_request(done, latency)
-                out[i] = Prediction(p, stitch, len(idx), max(0.0, latency - compute_ms), compute_ms)
+                waited = (done - items[i][2]) * 1e3 - compute_ms
+                out[i] = Prediction(p, stitch, len(idx), max(0.0, waited), compute_ms)
         return out
 
     async def __call__(self, request: Request) -> JSONResponse:
+        arrived = time.monotonic()  # latency counts from here: reading and decoding included
         try:
             req = await read_request(request, self.settings)
             want = resolve_want(
@@ -91,11 +90,21 @@ class SNNetDeployment:
                 self.model.preprocess(decode_image(b, max_pixels=self.settings.max_pixels))
                 for b in req.images
             ]
-            now = time.monotonic()
-            preds = await asyncio.gather(*(self.infer((x, want, now)) for x in xs))
+            queued = time.monotonic()
+            preds = await asyncio.gather(*(self.infer((x, want, queued)) for x in xs))
         except ServeError as e:
             return _error_response(e)
-        return JSONResponse({**answer(self.model, list(preds), req.top_k), "replica": self.replica})
+        body = answer(self.model, list(preds), req.top_k, lambda: self._finish(preds, arrived))
+        return JSONResponse({**body, "replica": self.replica})
+
+    def _finish(self, preds: list[Prediction], arrived: float) -> float:
+        """End-to-end latency (ms) of a request answered now, told to the controller."""
+        now = time.monotonic()
+        latency = (now - arrived) * 1e3
+        if self.settings.slo_ms is not None:
+            for p in preds:
+                self.ctrl.observe_request(now, latency, p.queue_ms + p.compute_ms)
+        return latency
 
 
 _TYPES = {
