@@ -154,6 +154,25 @@ def queue_limit(settings: ServeSettings, ctrl: BudgetController) -> int:
     return max(s.max_batch, batches * s.max_batch)
 
 
+def overloaded(
+    model: ServedModel, settings: ServeSettings, ctrl: BudgetController, waiting: int
+) -> ServeError:
+    """The 503 for a full queue, with ``Retry-After`` of a few full batches of the cheapest
+    stitch (with an SLO) or the running one."""
+    b = settings.max_batch
+    if settings.slo_ms is not None:
+        full_ms = ctrl.batch_time(0, b)
+    else:
+        full_ms = model.results[model.net.stitch].latency_ms * b
+    return ServeError(
+        503,
+        "overloaded",
+        f"the queue is full ({waiting} images waiting; the cheapest stitch cannot answer more "
+        "within the latency target): retry later",
+        retry_after=max(1, math.ceil(4 * full_ms / 1e3)),
+    )
+
+
 class Batcher:
     """The serving loop of one replica (create it inside a running event loop).
 
@@ -245,14 +264,7 @@ class Batcher:
             raise ServeError(503, "shutting_down", "the server is shutting down", retry_after=1)
         if len(self._queue) + len(images) > self.max_queue():
             self._refuse("overload")
-            wait_s = max(1, math.ceil(4 * self._full_batch_ms() / 1e3))  # a few batches
-            raise ServeError(
-                503,
-                "overloaded",
-                f"the queue is full ({len(self._queue)} images waiting; the cheapest stitch "
-                "cannot answer more within the latency target): retry later",
-                retry_after=wait_s,
-            )
+            raise overloaded(self.model, self.settings, self.ctrl, len(self._queue))
         loop = asyncio.get_running_loop()
         now = self.clock()
         items = [_Item(x, want, now, loop.create_future()) for x in images]
@@ -261,13 +273,6 @@ class Batcher:
             self.ctrl.observe_arrival(now, len(items))
         self._wake.set()
         return list(await asyncio.gather(*(i.future for i in items)))
-
-    def _full_batch_ms(self) -> float:
-        """Predicted time of a full batch of the cheapest stitch (SLO) or the running one."""
-        b = self.settings.max_batch
-        if self.settings.slo_ms is not None:
-            return self.ctrl.batch_time(0, b)
-        return self.model.results[self.model.net.stitch].latency_ms * b
 
     def _refuse(self, reason: str) -> None:
         self.refused[reason] += 1
