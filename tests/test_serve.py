@@ -6,6 +6,7 @@ made certain by a long batching window, not by racing the clock."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import signal
 import socket
@@ -224,6 +225,19 @@ def test_a_latency_budget_counts_todays_speed(run_dir):
     with pytest.raises(ServeError, match="cheapest") as e:
         batcher.resolve(max_latency_ms=0.1)
     assert e.value.status == 422
+
+
+def test_the_queue_bound_leaves_room_for_the_time_outside_the_batcher(run_dir):
+    from snnet.serve.batcher import Batcher, ServeSettings
+    from snnet.serve.model import ServedModel
+
+    model = ServedModel.load(run_dir)
+    batch_ms = {r.stitch: 8 * r.latency_ms for r in model.front}
+    b = Batcher(model, ServeSettings(slo_ms=200, max_batch=8, max_wait_ms=5), batch_ms=batch_ms)
+    full = b.ctrl.batch_time(0, 8)
+    assert b.max_queue() == 8 * math.floor((200 - 5 - full) / full)
+    b.ctrl.overhead_ms = 100.0  # requests spend 100 ms outside the batcher
+    assert b.max_queue() == 8 * math.floor((200 - 5 - 100 - full) / full)
 
 
 def test_preprocessing_of_the_demo_family_matches_training():
