@@ -100,7 +100,9 @@ class SNNetDeployment:
         return out
 
     async def __call__(self, request: Request) -> JSONResponse:
-        arrived = time.monotonic()  # latency counts from here: reading and decoding included
+        # latency counts from here (reading and decoding included); time in Ray's proxy and
+        # router before the replica got the request is outside it
+        arrived = time.monotonic()
         try:
             self._admit(0)  # a full replica refuses before reading the body
             req = await read_request(request, self.settings)
