@@ -115,7 +115,7 @@ def prepare_compute_run(run: Path) -> Path:
         res.update(r.stitch, top1=proxy_top1(r.stitch, depth=12))
     res.meta["top1"] = PROXY
     print("measuring latency of every stitch (batch 1, 1 thread, interleaved) ...", flush=True)
-    res = measure_interleaved(net, res, rounds=7)
+    res = measure_interleaved(net, res, rounds=9, fastest=True)
     res.save(results_path)
     return run
 
@@ -156,9 +156,13 @@ def prepare_run(run: Path, *, eval_images: int | None) -> Path:
     return run
 
 
-def measure_interleaved(net: snnet.SNNet, res: Results, *, rounds: int = 21) -> Results:
+def measure_interleaved(
+    net: snnet.SNNet, res: Results, *, rounds: int = 21, fastest: bool = False
+) -> Results:
     """Batch-1 latency of every stitch, robust to a machine whose load drifts: each round times
-    every stitch once (best of 3 calls), and a stitch's latency is its median over the rounds.
+    every stitch once (best of 3 calls), and a stitch's latency is its median over the rounds
+    (``fastest``: its fastest round, which on a heavily shared machine keeps the order that the
+    stitches' compute implies; the server scales the table by the slowdown it observes).
     (Timing stitch after stitch, as ``snnet latency`` does, let a load change between stitches
     reorder the front on the shared machine this was developed on.)"""
     import statistics
@@ -180,10 +184,12 @@ def measure_interleaved(net: snnet.SNNet, res: Results, *, rounds: int = 21) -> 
                     best = min(best, (time.perf_counter() - t0) * 1e3)
                 times[s].append(best)
     for s, ts in times.items():
-        res.update(s, latency_ms=statistics.median(ts), latency_p90_ms=percentile(ts, 90))
+        value = min(ts) if fastest else statistics.median(ts)
+        res.update(s, latency_ms=value, latency_p90_ms=percentile(ts, 90))
     res.meta["latency"] = {
         "batch_size": 1,
-        "method": f"interleaved: {rounds} rounds over every stitch, best of 3 calls per round",
+        "method": f"interleaved: {rounds} rounds over every stitch, best of 3 calls per round, "
+        f"{'fastest' if fastest else 'median'} round",
         **machine_info(),
     }
     return res
