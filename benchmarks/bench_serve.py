@@ -21,7 +21,7 @@ Two families (``--family``):
   are so small that HTTP and decoding dominate a request, so switching changes the server's
   capacity little.
 - ``compute``: three random-initialised timm ViTs at 112×112 px (depth 12, widths 96 / 192 /
-  384), where compute dominates: the front spans about 8× in batch-1 latency at CPU speed. They
+  384), where compute dominates: the front spans 6-8× in batch-1 latency at CPU speed. They
   are untrained, so "top-1" is a stand-in (anchors 70 / 75 / 80, a stitch interpolating by the
   share of blocks it runs from its larger anchor) and served accuracy is not reported: this
   family is for the latency goals only.
