@@ -136,6 +136,25 @@ def test_slo_steps_down_one_stitch_when_observed_p99_breaks_it():
     assert ctrl._index == start - 1
 
 
+def test_slo_adds_the_time_spent_outside_the_batcher_to_every_prediction():
+    """Reading, decoding and waiting for the event loop count against the SLO: the controller
+    learns that overhead from end-to-end latencies and steps down when it leaves no room."""
+    ctrl = _slo_controller(min_samples=1000)  # decisions on predictions only
+    start = ctrl._index
+    base = [ctrl.predict_p99(i, 0.0, 0) for i in range(len(ctrl.front))]
+    ctrl.update(0.0, queue_depth=0)
+    assert ctrl._index == start and ctrl.overhead_ms == 0.0
+    for k in range(50):  # 22 ms end to end, of which the batcher saw 2
+        ctrl.observe_request(1.0 + k * 0.01, 22.0, batcher_ms=2.0)
+    ctrl.update(1.5, queue_depth=0)
+    assert ctrl.overhead_ms == pytest.approx(20.0)
+    assert ctrl.predict_p99(start, 0.0, 0) == pytest.approx(base[start] + 20.0)
+    assert ctrl._index < start  # the stitch that fitted idle no longer leaves room for 20 ms
+    assert ctrl.predict_p99(ctrl._index, 0.0, 0) <= ctrl.slo.down_at * ctrl.slo.slo_ms
+    ctrl.update(1.5 + ctrl.slo.latency_window_s + 1, queue_depth=0)  # the window forgets
+    assert ctrl.overhead_ms == 0.0
+
+
 def test_slo_beyond_the_cheapest_runs_it_and_says_it_does_not_fit():
     ctrl = _slo_controller()
     _arrive(ctrl, 0.0, 2.0, 2 * ctrl.capacity(0))

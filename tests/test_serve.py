@@ -6,6 +6,7 @@ made certain by a long batching window, not by racing the clock."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import signal
 import socket
@@ -169,6 +170,41 @@ def test_predictions_equal_the_network_for_the_stitch_it_reports(server, run_dir
     assert len(cases[2].json()["predictions"]) == 3
 
 
+def _metric_sum(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_latency_counts_from_arrival_so_a_slow_body_shows(server):
+    """The server's latency starts when the request reaches the app, before its body is read:
+    a client that takes 1 s to send the body sees (and the SLO controller and /metrics count)
+    at least 1 s, not only the time from queue entry to the end of compute."""
+    get = lambda path: httpx.get(f"{server.url}{path}", headers=AUTH, timeout=60)  # noqa: E731
+    before = _metric_sum(get("/metrics").text, "snnet_request_latency_seconds_sum")
+    body = png(3)
+    head = (
+        f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+        f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(head.encode())
+        time.sleep(1.0)  # the headers arrived; the body comes a second later
+        sock.sendall(body)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    status, _, payload = raw.partition(b"\r\n\r\n")
+    assert status.split()[1] == b"200", raw
+    import json
+
+    answer = json.loads(payload)
+    assert answer["latency_ms"] >= 1000
+    pred = answer["predictions"][0]
+    assert pred["queue_ms"] + pred["compute_ms"] < answer["latency_ms"] - 900  # outside the batcher
+    after = _metric_sum(get("/metrics").text, "snnet_request_latency_seconds_sum")
+    assert after - before >= 1.0
+
+
 def test_a_budget_caps_the_stitch(server, run_dir):
     res = Results.load(run_dir / "results.json")
     r = predict(server.url, png(), max_gmacs=0.002)
@@ -189,6 +225,19 @@ def test_a_latency_budget_counts_todays_speed(run_dir):
     with pytest.raises(ServeError, match="cheapest") as e:
         batcher.resolve(max_latency_ms=0.1)
     assert e.value.status == 422
+
+
+def test_the_queue_bound_leaves_room_for_the_time_outside_the_batcher(run_dir):
+    from snnet.serve.batcher import Batcher, ServeSettings
+    from snnet.serve.model import ServedModel
+
+    model = ServedModel.load(run_dir)
+    batch_ms = {r.stitch: 8 * r.latency_ms for r in model.front}
+    b = Batcher(model, ServeSettings(slo_ms=200, max_batch=8, max_wait_ms=5), batch_ms=batch_ms)
+    full = b.ctrl.batch_time(0, 8)
+    assert b.max_queue() == 8 * math.floor((200 - 5 - full) / full)
+    b.ctrl.overhead_ms = 100.0  # requests spend 100 ms outside the batcher
+    assert b.max_queue() == 8 * math.floor((200 - 5 - 100 - full) / full)
 
 
 def test_preprocessing_of_the_demo_family_matches_training():

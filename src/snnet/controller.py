@@ -2,9 +2,10 @@
 
 Two kinds of budget share one controller and one Pareto front. A *cost budget* (``set_budget``)
 maps to a stitch by a binary search. A *latency SLO* (``set_slo``) is for serving: the controller
-predicts each front stitch's end-to-end p99 (forming a batch + the queue ahead + computing it) from
-the arrival rate, the queue and the compute times it observes, and runs the most accurate stitch
-whose prediction stays under the SLO; it steps down at once and steps up one stitch at a time.
+predicts each front stitch's end-to-end p99 (forming a batch + the queue ahead + computing it + the
+time a request spends in the server outside the batcher) from the arrival rate, the queue and the
+times it observes, and runs the most accurate stitch whose prediction stays under the SLO; it steps
+down at once and steps up one stitch at a time.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class SloPolicy:
     latency_window_s: float = 10.0  # observed p99 over this window
     min_samples: int = 30
     smoothing: float = 0.2  # of the compute slowdown factor
+    overhead_quantile: float = 90.0  # of the time outside the batcher, added to every prediction
 
     def __post_init__(self) -> None:
         if self.slo_ms <= 0 or self.max_batch < 1 or self.max_wait_ms < 0:
@@ -99,6 +101,7 @@ class BudgetController:
         self.fits = True
         self.slo: SloPolicy | None = None
         self.switches = 0
+        self.overhead_ms = 0.0  # with an SLO: recent time outside the batcher (ms)
 
     # -- latency SLO ------------------------------------------------------------------------
     def set_slo(
@@ -132,6 +135,8 @@ class BudgetController:
         self._tb = [full[r.stitch] for r in self.front]
         self._arrivals: deque[float] = deque()
         self._latencies: deque[tuple[float, float]] = deque()  # (finished at, ms)
+        self._overheads: deque[tuple[float, float]] = deque()  # (finished at, ms outside batcher)
+        self.overhead_ms = 0.0
         self._index, self._switched_at, self._up_since = 0, float("-inf"), None
         self.slowdown = 1.0
         idle = [
@@ -163,9 +168,25 @@ class BudgetController:
             ratio = compute_ms / predicted
             self.slowdown += self.slo.smoothing * (ratio - self.slowdown)
 
-    def observe_request(self, now: float, latency_ms: float) -> None:
-        """A request finished at ``now`` after ``latency_ms`` end to end."""
+    def observe_request(
+        self, now: float, latency_ms: float, batcher_ms: float | None = None
+    ) -> None:
+        """A request finished at ``now`` after ``latency_ms`` end to end: from its arrival at
+        the server (before its body was read) to its answer being ready. ``batcher_ms`` is the
+        part the batcher saw (queue + compute); the rest (reading, decoding, waiting for the
+        event loop, answering) is overhead that every stitch pays alike, and the controller adds
+        its recent ``overhead_quantile`` to each prediction."""
         self._latencies.append((now, latency_ms))
+        if batcher_ms is not None:
+            self._overheads.append((now, max(0.0, latency_ms - batcher_ms)))
+
+    def _update_overhead(self, now: float) -> float:
+        while self._overheads and self._overheads[0][0] < now - self.slo.latency_window_s:
+            self._overheads.popleft()
+        xs = sorted(ms for _, ms in self._overheads)
+        q = self.slo.overhead_quantile / 100
+        self.overhead_ms = xs[min(len(xs) - 1, math.ceil(q * len(xs)) - 1)] if xs else 0.0
+        return self.overhead_ms
 
     def arrival_rate(self, now: float) -> float:
         """Requests per second over the last ``rate_window_s``."""
@@ -189,7 +210,8 @@ class BudgetController:
         """Predicted end-to-end p99 (ms) on ``stitch`` at ``rate`` requests/s with
         ``queue_depth`` requests waiting: forming the batch, clearing the queue ahead, waiting
         as in an M/M/1 queue of batches (p99 wait = ln(100 ρ) / (μ − λ), conservative next to
-        the near-constant service time of a batch), and computing its own batch."""
+        the near-constant service time of a batch), computing its own batch, and the recent
+        overhead outside the batcher (``overhead_ms``, see :meth:`observe_request`)."""
         p = self.slo
         lam = rate / 1e3  # per ms
         # batch size in steady state: what arrives while one batch waits and runs
@@ -202,7 +224,7 @@ class BudgetController:
         ahead = math.ceil(queue_depth / p.max_batch) * self.batch_time(stitch, p.max_batch)
         rho = lam / mu
         wait = max(0.0, math.log(100 * rho)) / (mu - lam) if rho > 0 else 0.0
-        return form + ahead + wait + tb
+        return form + ahead + wait + tb + self.overhead_ms
 
     def capacity(self, stitch: Stitch | int | None = None) -> float:
         """Requests per second ``stitch`` (default: the cheapest) carries at full batches."""
@@ -215,6 +237,7 @@ class BudgetController:
         if p is None:
             raise ValueError("call set_slo first")
         rate = self.arrival_rate(now)
+        self._update_overhead(now)
         preds = [self.predict_p99(i, rate, queue_depth) for i in range(len(self.front))]
         fit = [i for i, v in enumerate(preds) if v <= p.down_at * p.slo_ms]
         target = fit[-1] if fit else 0

@@ -4,12 +4,19 @@ Errors are JSON ``{"error": {"code", "message"}}`` with their status code. Healt
 (``/healthz``: the process answers), readiness (``/readyz``: the model is loaded and the server
 is not draining) and metrics (``/metrics``: Prometheus text) are separate endpoints; the live
 page at ``/`` is static HTML + JS that polls ``/v1/status``.
+
+A prediction's latency counts from its arrival at the app (``Gate`` stamps ``scope[ARRIVED]``
+before anything else runs, so reading the body, decoding and any wait for the event loop count)
+to its answer being ready; the SLO controller, ``/v1/status``, ``/metrics`` and the answer's
+``latency_ms`` all use it.
 """
 
 from __future__ import annotations
 
 import hmac
 import math
+import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -30,6 +37,7 @@ from snnet.serve.model import ServedModel, ServeError, decode_image
 
 STATIC = resources.files("snnet.serve") / "static"
 IMAGE_TYPES = ("image/", "application/octet-stream")
+ARRIVED = "snnet.arrived"  # scope key: clock reading when a request reached the app
 
 
 class BodyLimit:
@@ -74,18 +82,27 @@ class BodyLimit:
 
 
 class Gate:
-    """Checks before a request is read: the API key (for ``/v1/*`` and ``/metrics``), and
+    """The outermost layer: stamps each request's arrival (``scope[ARRIVED]``, from ``clock``),
+    then checks before a request is read: the API key (for ``/v1/*`` and ``/metrics``), and
     admission of predictions (``admit`` returns the refusal, or None); counts predictions in
     flight in ``state["inflight"]``. Plain ASGI, so a refusal costs no body read and no
     framework machinery."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, admit, state: dict[str, Any]) -> None:
-        self.app, self.state, self.admit = app, state, admit
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_key: str | None,
+        admit,
+        state: dict[str, Any],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.app, self.state, self.admit, self.clock = app, state, admit, clock
         self.expected = f"Bearer {api_key}".encode() if api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        scope[ARRIVED] = self.clock()
         path = scope["path"]
         if self.expected and (path.startswith("/v1/") or path == "/metrics"):
             given = dict(scope["headers"]).get(b"authorization", b"")
@@ -188,13 +205,16 @@ async def read_request(request: Request, settings: ServeSettings) -> PredictRequ
     )
 
 
-def answer(model: ServedModel, preds: list[Prediction], top_k: int) -> dict[str, Any]:
-    """The JSON answer: top-k classes per image, the stitch that ran and the latency."""
+def answer(
+    model: ServedModel, preds: list[Prediction], top_k: int, latency_ms: Callable[[], float]
+) -> dict[str, Any]:
+    """The JSON answer: top-k classes per image, the stitch that ran and the latency
+    (``latency_ms()`` is called last, once the rest of the answer is built)."""
     tops = model.top_k(torch.stack([p.probs for p in preds]), top_k)
     stitches = {str(p.stitch) for p in preds}
-    return {
+    body = {
         "stitch": stitches.pop() if len(stitches) == 1 else None,
-        "latency_ms": max(p.queue_ms + p.compute_ms for p in preds),
+        "latency_ms": None,
         "predictions": [
             {
                 "top": top,
@@ -206,6 +226,8 @@ def answer(model: ServedModel, preds: list[Prediction], top_k: int) -> dict[str,
             for top, p in zip(tops, preds, strict=True)
         ],
     }
+    body["latency_ms"] = round(latency_ms(), 3)
+    return body
 
 
 def create_app(
@@ -215,6 +237,7 @@ def create_app(
     api_key: str | None = None,
     max_body_bytes: int = 16 * 2**20,
     batch_ms: dict | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """The ASGI app serving ``model``; the batcher starts with the app and drains on shutdown.
 
@@ -227,7 +250,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher = Batcher(model, settings, hooks=metrics, batch_ms=batch_ms)
+        batcher = Batcher(model, settings, hooks=metrics, batch_ms=batch_ms, clock=clock)
         await batcher.start()
         state["batcher"] = app.state.batcher = batcher
         try:
@@ -280,7 +303,7 @@ def create_app(
         return None
 
     state["inflight"] = 0
-    app.add_middleware(Gate, api_key=api_key, admit=admit, state=state)
+    app.add_middleware(Gate, api_key=api_key, admit=admit, state=state, clock=clock)
 
     @app.post("/v1/predict", summary="Classify one or several images")
     async def predict(request: Request) -> dict[str, Any]:
@@ -288,13 +311,15 @@ def create_app(
         ``multipart/form-data`` with files in any field (``image``/``images``). Options as query
         or form fields: ``stitch``, ``max_gmacs``, ``max_latency_ms``, ``top_k``."""
         b = batcher()
+        arrived = request.scope.get(ARRIVED, b.clock())
         req = await read_request(request, settings)
         want = b.resolve(req.stitch, req.max_gmacs, req.max_latency_ms)
         xs = [
             model.preprocess(decode_image(blob, max_pixels=settings.max_pixels))
             for blob in req.images
         ]
-        return answer(model, await b.submit(xs, want), req.top_k)
+        preds = await b.submit(xs, want)
+        return answer(model, preds, req.top_k, lambda: b.finish(preds, arrived))
 
     @app.get("/v1/stitches", summary="The Pareto front of latency against top-1, and all stitches")
     async def stitches() -> dict[str, Any]:

@@ -7,6 +7,11 @@ the network computes. Before each batch the :class:`~snnet.controller.BudgetCont
 stitch (``net(x, stitch=s)``: a value, no weights move). Admission is decided at once: a request
 the queue cannot take within the SLO even on the cheapest stitch is refused with a retry hint,
 and every request that was accepted gets an answer, also while draining for shutdown.
+
+Latency is end to end inside the server: from the moment the request reached the app (stamped
+before its body is read, see ``app.Gate``) to its answer being ready. The batcher sees only the
+part from queue entry to the end of compute; :meth:`Batcher.finish` records the whole, so that a
+slow upload, decoding, or an event loop busy with other requests counts against the SLO too.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 
 import torch
 
-from snnet.controller import SloPolicy
+from snnet.controller import BudgetController, SloPolicy
 from snnet.latency import percentile
 from snnet.results import Record
 from snnet.serve.model import ServedModel, ServeError
@@ -64,7 +69,7 @@ class Want:
 class _Item:
     x: torch.Tensor  # (C, H, W)
     want: Want
-    arrived: float
+    queued: float  # entered the queue: the batch deadline counts from here
     future: asyncio.Future = field(repr=False)
 
 
@@ -75,7 +80,7 @@ class Prediction:
     probs: torch.Tensor  # (classes,)
     stitch: Stitch
     batch_size: int
-    queue_ms: float
+    queue_ms: float  # queue entry to the start of compute
     compute_ms: float
 
 
@@ -83,7 +88,7 @@ class Hooks:
     """What the batcher reports (the app turns these into Prometheus metrics)."""
 
     def batch(self, stitch: Stitch, size: int, compute_ms: float) -> None: ...
-    def request(self, stitch: Stitch, latency_ms: float) -> None: ...
+    def request(self, stitch: Stitch, latency_ms: float) -> None: ...  # end to end
     def refused(self, reason: str) -> None: ...
     def switched(self, old: Stitch, new: Stitch) -> None: ...
 
@@ -135,13 +140,48 @@ def stitch_for(model: ServedModel, want: Want, chosen: Stitch) -> Stitch:
     return chosen
 
 
+def queue_limit(settings: ServeSettings, ctrl: BudgetController) -> int:
+    """Images one replica's queue takes: ``max_queue``, else what the cheapest stitch clears
+    within the SLO at today's speed and overhead (without an SLO: 32 batches)."""
+    s = settings
+    if s.max_queue is not None:
+        return s.max_queue
+    if s.slo_ms is None:
+        return 32 * s.max_batch
+    full = ctrl.batch_time(0, s.max_batch)
+    room = s.slo_ms - s.max_wait_ms - ctrl.overhead_ms - full
+    batches = math.floor(room / full) if full > 0 else 0
+    return max(s.max_batch, batches * s.max_batch)
+
+
+def overloaded(
+    model: ServedModel, settings: ServeSettings, ctrl: BudgetController, waiting: int
+) -> ServeError:
+    """The 503 for a full queue, with ``Retry-After`` of a few full batches of the cheapest
+    stitch (with an SLO) or the running one."""
+    b = settings.max_batch
+    if settings.slo_ms is not None:
+        full_ms = ctrl.batch_time(0, b)
+    else:
+        full_ms = model.results[model.net.stitch].latency_ms * b
+    return ServeError(
+        503,
+        "overloaded",
+        f"the queue is full ({waiting} images waiting; the cheapest stitch cannot answer more "
+        "within the latency target): retry later",
+        retry_after=max(1, math.ceil(4 * full_ms / 1e3)),
+    )
+
+
 class Batcher:
     """The serving loop of one replica (create it inside a running event loop).
 
     Example:
         >>> batcher = Batcher(ServedModel.load("runs/demo"), ServeSettings(slo_ms=50))
         >>> await batcher.start()
+        >>> arrived = batcher.clock()
         >>> [pred] = await batcher.submit([model.preprocess(img)], Want())
+        >>> latency_ms = batcher.finish([pred], arrived)
         >>> await batcher.drain()
     """
 
@@ -205,16 +245,8 @@ class Batcher:
         return len(self._queue)
 
     def max_queue(self) -> int:
-        """Images the queue takes: ``max_queue``, else what the cheapest stitch clears within
-        the SLO at today's speed (without an SLO: 32 batches)."""
-        s = self.settings
-        if s.max_queue is not None:
-            return s.max_queue
-        if s.slo_ms is None:
-            return 32 * s.max_batch
-        full = self.ctrl.batch_time(0, s.max_batch)
-        batches = math.floor((s.slo_ms - s.max_wait_ms - full) / full) if full > 0 else 0
-        return max(s.max_batch, batches * s.max_batch)
+        """Images the queue takes now (see :func:`queue_limit`)."""
+        return queue_limit(self.settings, self.ctrl)
 
     def resolve(
         self,
@@ -232,14 +264,7 @@ class Batcher:
             raise ServeError(503, "shutting_down", "the server is shutting down", retry_after=1)
         if len(self._queue) + len(images) > self.max_queue():
             self._refuse("overload")
-            wait_s = max(1, math.ceil(4 * self._full_batch_ms() / 1e3))  # a few batches
-            raise ServeError(
-                503,
-                "overloaded",
-                f"the queue is full ({len(self._queue)} images waiting; the cheapest stitch "
-                "cannot answer more within the latency target): retry later",
-                retry_after=wait_s,
-            )
+            raise overloaded(self.model, self.settings, self.ctrl, len(self._queue))
         loop = asyncio.get_running_loop()
         now = self.clock()
         items = [_Item(x, want, now, loop.create_future()) for x in images]
@@ -248,13 +273,6 @@ class Batcher:
             self.ctrl.observe_arrival(now, len(items))
         self._wake.set()
         return list(await asyncio.gather(*(i.future for i in items)))
-
-    def _full_batch_ms(self) -> float:
-        """Predicted time of a full batch of the cheapest stitch (SLO) or the running one."""
-        b = self.settings.max_batch
-        if self.settings.slo_ms is not None:
-            return self.ctrl.batch_time(0, b)
-        return self.model.results[self.model.net.stitch].latency_ms * b
 
     def _refuse(self, reason: str) -> None:
         self.refused[reason] += 1
@@ -272,7 +290,7 @@ class Batcher:
                 await self._wake.wait()
                 continue
             # the batch closes when full or when its oldest image has waited max_wait_ms
-            deadline = self._queue[0].arrived + s.max_wait_ms / 1e3
+            deadline = self._queue[0].queued + s.max_wait_ms / 1e3
             while len(self._queue) < s.max_batch and not self.draining:
                 left = deadline - self.clock()
                 if left <= 0:
@@ -324,16 +342,24 @@ class Batcher:
             self.ctrl.observe_batch(stitch, n, compute_ms)
         self.hooks.batch(stitch, n, compute_ms)
         for item, p in zip(items, probs, strict=True):
-            latency = (now - item.arrived) * 1e3
-            queue_ms = max(0.0, latency - compute_ms)
-            if self.settings.slo_ms is not None:
-                self.ctrl.observe_request(now, latency)
-            self._recent.append((now, latency))
-            self.counts[str(stitch)] += 1
-            self.hooks.request(stitch, latency)
+            queue_ms = max(0.0, (now - item.queued) * 1e3 - compute_ms)
             if not item.future.done():  # a client that went away leaves a cancelled future
                 item.future.set_result(Prediction(p, stitch, n, queue_ms, compute_ms))
+
+    def finish(self, preds: list[Prediction], arrived: float) -> float:
+        """Record a request whose answer is ready now: its end-to-end latency (ms, from
+        ``arrived``, the clock reading when it reached the server) goes to the controller, the
+        recent window, the per-stitch counts and the hooks. Returns that latency."""
+        now = self.clock()
+        latency = (now - arrived) * 1e3
+        for p in preds:
+            if self.settings.slo_ms is not None:
+                self.ctrl.observe_request(now, latency, p.queue_ms + p.compute_ms)
+            self._recent.append((now, latency))
+            self.counts[str(p.stitch)] += 1
+            self.hooks.request(p.stitch, latency)
         self._sample(now)
+        return latency
 
     # -- what the status page shows -----------------------------------------------------------
     def recent(self, window_s: float = 10.0) -> dict[str, float | None]:

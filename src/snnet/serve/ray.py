@@ -5,6 +5,12 @@ with the same parser and answers in the same JSON as ``snnet serve``; Ray's ``@s
 forms the micro-batches and Ray's autoscaler adds replicas as the queue grows. With ``slo_ms``
 each replica runs its own :class:`~snnet.controller.BudgetController` on the requests it sees.
 
+Each replica bounds its own queue as ``snnet serve`` does (:func:`~snnet.serve.batcher.queue_limit`:
+``max_queue``, else what the cheapest stitch clears within the SLO): beyond it a request is
+answered at once with 503 and ``Retry-After``. On shutdown (scale-down, redeploy, ``serve
+delete``) Ray stops routing to the replica and waits up to ``graceful_shutdown_timeout_s`` for the
+requests it holds, so every accepted request is answered; the batch wait is far below that.
+
 Example (``pip install 'snnet[ray]'``)::
 
     from ray import serve
@@ -28,11 +34,24 @@ from starlette.responses import JSONResponse
 
 from snnet.controller import SloPolicy
 from snnet.serve.app import _error_response, answer, read_request
-from snnet.serve.batcher import Prediction, ServeSettings, Want, resolve_want, stitch_for
+from snnet.serve.batcher import (
+    Prediction,
+    ServeSettings,
+    Want,
+    overloaded,
+    queue_limit,
+    resolve_want,
+    stitch_for,
+)
 from snnet.serve.model import ServedModel, ServeError, decode_image
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
+@serve.deployment(
+    ray_actor_options={"num_cpus": 1},
+    max_ongoing_requests=64,
+    graceful_shutdown_wait_loop_s=0.5,
+    graceful_shutdown_timeout_s=30,
+)
 class SNNetDeployment:
     """One replica: the network, its controller, and Ray's batching in front of them."""
 
@@ -42,6 +61,7 @@ class SNNetDeployment:
         self.model = ServedModel.load(run)
         self.ctrl = self.model.controller()
         self.replica = f"{os.uname().nodename}:{os.getpid()}"
+        self.waiting = 0  # images this replica accepted and has not answered yet
         s = self.settings
         if s.slo_ms is not None:
             policy = SloPolicy(
@@ -75,14 +95,16 @@ class SNNetDeployment:
             if self.settings.slo_ms is not None and stitch == self.model.net.stitch:
                 self.ctrl.observe_batch(stitch, len(idx), compute_ms)
             for i, p in zip(idx, probs, strict=True):
-                latency = (done - items[i][2]) * 1e3
-                if self.settings.slo_ms is not None:
-                    self.ctrl.observe_request(done, latency)
-                out[i] = Prediction(p, stitch, len(idx), max(0.0, latency - compute_ms), compute_ms)
+                waited = (done - items[i][2]) * 1e3 - compute_ms
+                out[i] = Prediction(p, stitch, len(idx), max(0.0, waited), compute_ms)
         return out
 
     async def __call__(self, request: Request) -> JSONResponse:
+        # latency counts from here (reading and decoding included); time in Ray's proxy and
+        # router before the replica got the request is outside it
+        arrived = time.monotonic()
         try:
+            self._admit(0)  # a full replica refuses before reading the body
             req = await read_request(request, self.settings)
             want = resolve_want(
                 self.model, self.ctrl.slowdown, req.stitch, req.max_gmacs, req.max_latency_ms
@@ -91,11 +113,31 @@ class SNNetDeployment:
                 self.model.preprocess(decode_image(b, max_pixels=self.settings.max_pixels))
                 for b in req.images
             ]
-            now = time.monotonic()
-            preds = await asyncio.gather(*(self.infer((x, want, now)) for x in xs))
+            self._admit(len(xs))
+            self.waiting += len(xs)
+            try:
+                queued = time.monotonic()
+                preds = await asyncio.gather(*(self.infer((x, want, queued)) for x in xs))
+            finally:
+                self.waiting -= len(xs)
         except ServeError as e:
             return _error_response(e)
-        return JSONResponse({**answer(self.model, list(preds), req.top_k), "replica": self.replica})
+        body = answer(self.model, list(preds), req.top_k, lambda: self._finish(preds, arrived))
+        return JSONResponse({**body, "replica": self.replica})
+
+    def _admit(self, images: int) -> None:
+        """Refuse (503) when ``images`` more would overflow this replica's own queue."""
+        if self.waiting + max(images, 1) > queue_limit(self.settings, self.ctrl):
+            raise overloaded(self.model, self.settings, self.ctrl, self.waiting)
+
+    def _finish(self, preds: list[Prediction], arrived: float) -> float:
+        """End-to-end latency (ms) of a request answered now, told to the controller."""
+        now = time.monotonic()
+        latency = (now - arrived) * 1e3
+        if self.settings.slo_ms is not None:
+            for p in preds:
+                self.ctrl.observe_request(now, latency, p.queue_ms + p.compute_ms)
+        return latency
 
 
 _TYPES = {
