@@ -28,7 +28,7 @@ import torch
 
 from snnet import distributed
 from snnet.distributed import World
-from snnet.files import atomic_write
+from snnet.files import atomic_write, read_csv_rows, rewrite_csv
 from snnet.peft import load_saved_state, saved_state
 from snnet.rundir import RunDir
 from snnet.serialize import save
@@ -156,16 +156,13 @@ class StepLog:
             per_rank = [zip(r["stitches"], r["losses"], strict=True) for r in old_log]
             for step, ranks in enumerate(zip(*per_rank, strict=True), start=1):
                 rows += [[step, rank, s, repr(loss), ""] for rank, (s, loss) in enumerate(ranks)]
-        atomic_write(self.path, lambda f: csv.writer(f).writerows([self.COLUMNS, *rows]))
+        rewrite_csv(self.path, self.COLUMNS, rows)
         self._file = open(self.path, "a", newline="")  # noqa: SIM115 (closed by close())
         self._writer = csv.writer(self._file)
 
     @staticmethod
     def _rows(path: Path) -> list[list[str]]:
-        if not path.is_file():
-            return []
-        with open(path, newline="") as f:
-            return [r for r in list(csv.reader(f))[1:] if len(r) == len(StepLog.COLUMNS)]
+        return read_csv_rows(path, StepLog.COLUMNS)
 
     @classmethod
     def read(cls, run_dir: str | Path, rank: int = 0) -> tuple[list[float], list[str]]:

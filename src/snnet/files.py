@@ -22,6 +22,7 @@ Every JSON file snnet reads back starts with ``{"format": ..., "version": ...}``
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import hashlib
 import json
@@ -70,6 +71,22 @@ def atomic_write(path: str | Path, write: Any, *, mode: str = "w") -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def read_csv_rows(path: str | Path, columns: Iterable[str]) -> list[list[str]]:
+    """The data rows of one of snnet's CSV logs (header skipped); a row of another width (a line
+    cut short by a kill) is left out, and a missing file has no rows."""
+    path, width = Path(path), len(tuple(columns))
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in list(csv.reader(f))[1:] if len(r) == width]
+
+
+def rewrite_csv(path: str | Path, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    """Replace a CSV log by ``columns`` + ``rows`` at once: how a resumed run cuts a log back to
+    its checkpoint's step."""
+    atomic_write(path, lambda f: csv.writer(f).writerows([tuple(columns), *rows]))
 
 
 def save_unit(

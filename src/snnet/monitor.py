@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from snnet.evaluate import StitchTree
-from snnet.files import atomic_write
+from snnet.files import read_csv_rows, rewrite_csv
 from snnet.network import SNNet
 from snnet.rundir import RunDir
 from snnet.stitch import Stitch
@@ -165,16 +165,13 @@ class ValLog:
     def __init__(self, run_dir: str | Path, *, upto: int | None) -> None:
         self.path = RunDir(run_dir).val_log
         rows = [] if upto is None else [r for r in self._rows(self.path) if int(r[1]) <= upto]
-        atomic_write(self.path, lambda f: csv.writer(f).writerows([self.COLUMNS, *rows]))
+        rewrite_csv(self.path, self.COLUMNS, rows)
         self.last_step = int(rows[-1][1]) if rows else None
         self.last = {r[2]: float(r[3]) for r in rows if int(r[1]) == self.last_step}
 
     @staticmethod
     def _rows(path: Path) -> list[list[str]]:
-        if not path.is_file():
-            return []
-        with open(path, newline="") as f:
-            return [r for r in list(csv.reader(f))[1:] if len(r) == len(ValLog.COLUMNS)]
+        return read_csv_rows(path, ValLog.COLUMNS)
 
     @classmethod
     def read(cls, run_dir: str | Path) -> list[dict[str, Any]]:
