@@ -267,6 +267,13 @@ def test_the_queue_bound_follows_the_throughput_observed(run_dir):
     assert b.max_queue() == math.floor(8 / (t / 2) * 1e3 * 0.095) > old
     now[0] = 0.2 + ctrl.slo.latency_window_s + 1  # observations age out: back to the table
     assert b.max_queue() == math.floor(ctrl.capacity(0) * 0.095)
+    # a light load: batches of one on the third stitch, at the speed the table now expects;
+    # a backlog would run in full batches of the cheapest, so the bound counts at that rate
+    ctrl._switch(2, now[0])
+    for k in range(20):
+        ctrl.observe_batch(ctrl.front[2].stitch, 1, ctrl.batch_time(2, 1), now=now[0] + 0.01 * k)
+    now[0] += 0.3
+    assert ctrl.served_rps(now[0]) == pytest.approx(ctrl.capacity(0), rel=0.02)
 
 
 def test_preprocessing_of_the_demo_family_matches_training():

@@ -189,12 +189,14 @@ class BudgetController:
             self._batches.append((now, i, size, compute_ms))
 
     def served_rps(self, now: float | None = None) -> float | None:
-        """Requests per second of compute the cheapest stitch clears at today's speed, from
-        what was observed over ``latency_window_s`` (``None`` before any batch with ``now``):
-        the images the batches on the running stitch completed per second they computed,
-        scaled to the cheapest by the table's ratio of their batch times at the batch size
-        observed. It is the rate at which a backlog drains, so it sizes the admission queue;
-        unlike ``capacity`` it takes nothing from the model but that ratio."""
+        """Requests per second the cheapest stitch clears in full batches at today's speed,
+        from what was observed over ``latency_window_s`` (``None`` before any batch with
+        ``now``): the images the batches on the running stitch completed per second they
+        computed, converted by the table's ratio of per-image times (the running stitch at the
+        batch size observed, the cheapest at a full batch). A backlog drains at that rate (it
+        runs in full batches, on the cheapest stitch), so it sizes the admission queue: under
+        a light load batches hold one or two images, and their own rate would refuse the
+        start of a surge that full batches clear."""
         if now is not None:
             while self._batches and self._batches[0][0] < now - self.slo.latency_window_s:
                 self._batches.popleft()
@@ -203,7 +205,8 @@ class BudgetController:
             return None
         images, busy_ms = sum(n for n, _ in runs), sum(ms for _, ms in runs)
         size = max(1, round(images / len(runs)))
-        scale = self.batch_time(self._index, size) / self.batch_time(0, size)
+        b = self.slo.max_batch
+        scale = (self.batch_time(self._index, size) / size) / (self.batch_time(0, b) / b)
         return images / busy_ms * 1e3 * scale
 
     def observe_request(
