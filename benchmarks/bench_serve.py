@@ -410,6 +410,62 @@ def summarize(
     }
 
 
+class StatusSampler:
+    """Polls ``/v1/status`` once a second on a thread, for what the SLO controller worked from
+    (slowdown, overhead, calibration, observed throughput, queue bound, last decision); the
+    event loop that sends the load is never blocked by it."""
+
+    FIELDS = ("stitch", "slowdown", "overhead_ms", "calibration", "served_rps", "max_queue")
+
+    def __init__(self, url: str, every_s: float = 1.0) -> None:
+        import threading
+
+        self.url, self.every_s, self.samples = url, every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> StatusSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import httpx
+
+        while not self._stop.wait(self.every_s):
+            try:
+                st = httpx.get(f"{self.url}/v1/status", timeout=2).json()
+            except (httpx.HTTPError, ValueError):
+                continue
+            row = {"at": time.monotonic(), "load_avg_1min": st.get("load_avg_1min")}
+            row.update({k: st.get(k) for k in self.FIELDS})
+            row["decision"] = st.get("decision")
+            self.samples.append(row)
+
+    def phase(self, start: float, end: float) -> dict[str, Any] | None:
+        """The controller's state over one phase: each figure's min / median / max, the
+        stitches it ran, its last decision; ``None`` for a server without an SLO."""
+        rows = [r for r in self.samples if start <= r["at"] <= end and r["calibration"] is not None]
+        if not rows:
+            return None
+
+        def spread(key: str) -> list[float] | None:
+            xs = sorted(r[key] for r in rows if r[key] is not None)
+            return [xs[0], xs[len(xs) // 2], xs[-1]] if xs else None
+
+        return {
+            "samples": len(rows),
+            **{k: spread(k) for k in ("slowdown", "overhead_ms", "calibration", "served_rps")},
+            "max_queue": spread("max_queue"),
+            "load_avg_1min": spread("load_avg_1min"),
+            "stitches": sorted({r["stitch"] for r in rows}),
+            "last_decision": rows[-1]["decision"],
+        }
+
+
 def set_stitch(server: Server, stitch: str) -> None:
     import httpx
 
@@ -420,8 +476,10 @@ def run_mode(server: Server, schedule, images, scores, seed: int) -> dict[str, A
     """The whole schedule against ``server``; ``scores`` = (top-1, GMACs) per stitch."""
     hog: list[subprocess.Popen] = []
     load: dict[str, float] = {}
+    spans: dict[str, list[float]] = {}
 
     def on_phase(phase: str, when: str) -> None:
+        spans.setdefault(phase, []).append(time.monotonic())
         if when == "end":
             load[phase] = os.getloadavg()[0]
         if phase == "contention" and when == "start":
@@ -435,7 +493,8 @@ def run_mode(server: Server, schedule, images, scores, seed: int) -> dict[str, A
         # warm-up outside the measurement: the first requests pay for lazy initialisation
         asyncio.run(drive(server.url, [("warmup", 3.0, schedule[0][2])], images, seed=99))
         load_before = os.getloadavg()[0]
-        records = asyncio.run(drive(server.url, schedule, images, seed=seed, on_phase=on_phase))
+        with StatusSampler(server.url) as sampler:
+            records = asyncio.run(drive(server.url, schedule, images, seed=seed, on_phase=on_phase))
     finally:
         for p in hog:
             p.kill()
@@ -447,6 +506,7 @@ def run_mode(server: Server, schedule, images, scores, seed: int) -> dict[str, A
             "seconds": seconds,
             "load_avg_1min_at_end": load.get(phase),
             **summarize(rows, *scores, seconds),
+            "controller": sampler.phase(*spans[phase]) if len(spans.get(phase, [])) == 2 else None,
         }
     return {"load_avg_before": load_before, "phases": phases, "records": records}
 

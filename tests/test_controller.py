@@ -207,3 +207,106 @@ def test_slo_front_keeps_only_stitches_on_the_multiply_adds_front():
     assert ctrl.front[0].stitch == junk  # on the batch-1 latency front
     ctrl.set_slo(SloPolicy(slo_ms=400.0), batch_ms={r.stitch: r.latency_ms for r in ctrl.front})
     assert junk not in [r.stitch for r in ctrl.front] and ctrl.front[0].stitch == rows[0].stitch
+
+
+# -- calibration against what is observed --------------------------------------------------------
+def _compute_like_controller():
+    """Like the benchmark's compute family: batch-1 latency 5 .. 32 ms along the front, a full
+    batch of 8 costing 6.4× that, an SLO of 100 ms."""
+    net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
+    res = Results.for_network(net)
+    rows = sorted(res, key=lambda r: r.gmacs)
+    for i, r in enumerate(rows):
+        res.update(r.stitch, top1=50.0 + i, latency_ms=5.0 + 27.0 * i / (len(rows) - 1))
+    ctrl = BudgetController(net, res, cost="latency_ms")
+    batch_ms = {r.stitch: 6.4 * r.latency_ms for r in ctrl.front}
+    policy = SloPolicy(slo_ms=100.0, max_batch=8, max_wait_ms=5.0, hold_s=3.0)
+    ctrl.set_slo(policy, batch_ms=batch_ms)
+    return ctrl
+
+
+def _serve(ctrl, start, stop, rate, *, latency_ms, slowdown, tick=0.05):
+    """A server at ``rate`` req/s from ``start`` to ``stop``: requests arrive, run in batches of
+    one on the chosen stitch ``slowdown`` × slower than the table, and are answered after
+    ``latency_ms`` end to end (or ``latency_ms(stitch index)``) (of which 4 ms outside the batcher). Returns the stitch index
+    chosen at each update (one per ``tick``)."""
+    chosen, owed, now = [], 0.0, start
+    while now < stop:
+        ctrl.update(now, queue_depth=0)
+        chosen.append(ctrl._index)
+        owed += rate * tick
+        while owed >= 1:
+            owed -= 1
+            ctrl.observe_arrival(now)
+            s = ctrl.net.stitch
+            ctrl.observe_batch(s, 1, slowdown * ctrl.front[ctrl._index].latency_ms, now)
+            ms = latency_ms(ctrl._index) if callable(latency_ms) else latency_ms
+            ctrl.observe_request(now + ms / 1e3, ms, batcher_ms=ms - 4)
+        now += tick
+    return chosen
+
+
+def test_slo_climbs_back_when_observed_latency_is_low():
+    """Issue 10: on a machine 2.5× slower than the table, the M/M/1 model at batches of one
+    predicted over 100 ms for the smallest stitch while the server measured 32 ms p99, so the
+    controller stayed on the smallest stitch for good. Calibrated against the observed p99, it
+    steps up to a stitch that carries the rate, one at a time, and does not flap."""
+    ctrl = _compute_like_controller()
+    p = ctrl.slo
+    _serve(ctrl, 0.0, 4.0, 150.0, latency_ms=90.0, slowdown=2.5)  # a surge: down to the floor
+    assert ctrl._index == 0
+    rate = 37.4
+    assert ctrl.capacity(1) > rate  # at today's speed the next stitch carries the steady rate
+    assert ctrl.model_p99(1, rate, 0) > p.up_at * p.slo_ms  # the uncalibrated model says no
+    chosen = _serve(ctrl, 4.0, 34.0, rate, latency_ms=32.0, slowdown=2.5)
+    ups = [k for k, (a, b) in enumerate(pairwise(chosen)) if b > a]
+    assert ups, "never climbed back"
+    assert ups[0] * 0.05 <= 2 * p.hold_s + p.recent_window_s  # within N decisions (50 ms each)
+    assert all(b - a <= 1 for a, b in pairwise(chosen))  # one stitch at a time, never down
+    assert all(ctrl.capacity(i) > rate for i in chosen)
+    assert 0 < ctrl.calibration < 1
+    d = ctrl.decision  # every decision says what it worked from
+    assert {"slowdown", "overhead_ms", "calibration", "observed_p99_ms", "action"} <= set(d)
+    assert d["slowdown"] == pytest.approx(2.5, rel=0.01) and d["overhead_ms"] == pytest.approx(4)
+
+
+def test_slo_calibrated_still_steps_down_at_once_in_a_surge():
+    ctrl = _compute_like_controller()
+    _serve(ctrl, 0.0, 4.0, 150.0, latency_ms=90.0, slowdown=2.5)
+    _serve(ctrl, 4.0, 34.0, 37.4, latency_ms=32.0, slowdown=2.5)
+    high = ctrl._index
+    assert high > 0 and ctrl.calibration < 1
+    # a surge to 4×: before the latencies show it, the rate does
+    chosen = _serve(ctrl, 34.0, 36.0, 4 * 37.4, latency_ms=32.0, slowdown=2.5)
+    assert min(chosen) < high
+    assert chosen.index(min(chosen)) * 0.05 <= 1.0  # within a second of the surge
+    assert ctrl.capacity(ctrl._index) == max(ctrl.capacity(i) for i in range(high + 1))
+
+
+def test_slo_calibration_rises_when_observed_latency_exceeds_the_model():
+    """The factor works both ways: p99s 1.5× the model's figure make every prediction more
+    cautious, so the controller settles lower than the uncalibrated model would have it."""
+    ctrl = _compute_like_controller()
+    rate = 10.0
+
+    def latency(i):  # 1.5× what the model predicts on the running stitch (4 ms overhead)
+        return 1.5 * (ctrl.model_p99(i, rate, 0) + (4.0 if ctrl.overhead_ms == 0 else 0.0))
+
+    _serve(ctrl, 0.0, 40.0, rate, latency_ms=latency, slowdown=1.0)
+    p = ctrl.slo
+    assert 1.3 < ctrl.calibration <= p.calibration_range[1]
+    uncalibrated = max(i for i in range(len(ctrl.front)) if ctrl.model_p99(i, rate, 0) <= 80)
+    calibrated = max(i for i in range(len(ctrl.front)) if ctrl.predict_p99(i, rate, 0) <= 80)
+    assert ctrl._index <= calibrated < uncalibrated
+
+
+def test_slo_calibration_scales_neither_the_backlog_nor_the_own_batch():
+    """A low calibration (the model overstated the wait) must not make a backlog look cheap
+    in a surge, nor predict a p99 shorter than computing the request's own batch."""
+    ctrl = _compute_like_controller()
+    i, rate = 3, 30.0
+    ctrl.calibration = 0.25
+    backlog = ctrl.predict_p99(i, rate, 64) - ctrl.predict_p99(i, rate, 0)
+    assert backlog == pytest.approx(8 * ctrl.batch_time(i, 8))
+    assert ctrl.predict_p99(i, rate, 0) < ctrl.model_p99(i, rate, 0)
+    assert ctrl.predict_p99(i, 0.0, 0) >= ctrl.batch_time(i, 1)

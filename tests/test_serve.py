@@ -234,10 +234,46 @@ def test_the_queue_bound_leaves_room_for_the_time_outside_the_batcher(run_dir):
     model = ServedModel.load(run_dir)
     batch_ms = {r.stitch: 8 * r.latency_ms for r in model.front}
     b = Batcher(model, ServeSettings(slo_ms=200, max_batch=8, max_wait_ms=5), batch_ms=batch_ms)
-    full = b.ctrl.batch_time(0, 8)
-    assert b.max_queue() == 8 * math.floor((200 - 5 - full) / full)
+    rps = b.ctrl.capacity(0)  # nothing observed yet: the table's full-batch rate
+    assert b.max_queue() == max(8, math.floor(rps * (200 - 5) / 1e3))
     b.ctrl.overhead_ms = 100.0  # requests spend 100 ms outside the batcher
-    assert b.max_queue() == 8 * math.floor((200 - 5 - 100 - full) / full)
+    assert b.max_queue() == max(8, math.floor(rps * (200 - 5 - 100) / 1e3))
+
+
+def test_the_queue_bound_follows_the_throughput_observed(run_dir):
+    """Issue 10: the bound took whole full batches at the table's speed and held one back,
+    refusing part of a surge the cheapest stitch carried. It now drains at the rate the
+    server was seen to clear requests, scaled to the cheapest stitch."""
+    from snnet.serve.batcher import Batcher, ServeSettings
+    from snnet.serve.model import ServedModel
+
+    model = ServedModel.load(run_dir)
+    t = 4.0  # every stitch: a full batch of 8 in 4 ms × its rank on the front
+    batch_ms = {r.stitch: t * (k + 1) for k, r in enumerate(model.front)}
+    now = [0.0]
+    b = Batcher(
+        model,
+        ServeSettings(slo_ms=100, max_batch=8, max_wait_ms=5),
+        batch_ms=batch_ms,
+        clock=lambda: now[0],
+    )
+    ctrl = b.ctrl
+    ctrl._switch(0, 0.0)  # on the cheapest stitch
+    old = 8 * math.floor((100 - 5 - t) / t)  # the former bound, for the table's speed
+    for k in range(20):  # the cheapest clears 8 images every 2 ms: twice the table's speed
+        ctrl.observe_batch(ctrl.front[0].stitch, 8, t / 2, now=0.01 * k)
+    now[0] = 0.2
+    assert ctrl.served_rps(now[0]) == pytest.approx(8 / (t / 2) * 1e3)
+    assert b.max_queue() == math.floor(8 / (t / 2) * 1e3 * 0.095) > old
+    now[0] = 0.2 + ctrl.slo.latency_window_s + 1  # observations age out: back to the table
+    assert b.max_queue() == math.floor(ctrl.capacity(0) * 0.095)
+    # a light load: batches of one on the third stitch, at the speed the table now expects;
+    # a backlog would run in full batches of the cheapest, so the bound counts at that rate
+    ctrl._switch(2, now[0])
+    for k in range(20):
+        ctrl.observe_batch(ctrl.front[2].stitch, 1, ctrl.batch_time(2, 1), now=now[0] + 0.01 * k)
+    now[0] += 0.3
+    assert ctrl.served_rps(now[0]) == pytest.approx(ctrl.capacity(0), rel=0.02)
 
 
 def test_preprocessing_of_the_demo_family_matches_training():

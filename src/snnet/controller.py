@@ -4,8 +4,9 @@ Two kinds of budget share one controller and one Pareto front. A *cost budget* (
 maps to a stitch by a binary search. A *latency SLO* (``set_slo``) is for serving: the controller
 predicts each front stitch's end-to-end p99 (forming a batch + the queue ahead + computing it + the
 time a request spends in the server outside the batcher) from the arrival rate, the queue and the
-times it observes, and runs the most accurate stitch whose prediction stays under the SLO; it steps
-down at once and steps up one stitch at a time.
+times it observes, calibrated by how the p99 it observes on the running stitch compares with its
+own prediction there, and runs the most accurate stitch whose prediction stays under the SLO; it
+steps down at once and steps up one stitch at a time.
 """
 
 from __future__ import annotations
@@ -42,15 +43,24 @@ class SloPolicy:
     hold_s: float = 3.0
     rate_window_s: float = 2.0  # arrival rate over this window (short: a surge shows at once)
     latency_window_s: float = 10.0  # observed p99 over this window
+    recent_window_s: float = 3.0  # p99 for calibrating and stepping up: what the load is now
     min_samples: int = 30
     smoothing: float = 0.2  # of the compute slowdown factor
     overhead_quantile: float = 90.0  # of the time outside the batcher, added to every prediction
+    # observed / predicted p99 on the running stitch: at most one step per calibrate_every_s,
+    # by calibration_smoothing of the way, within calibration_range (see BudgetController.update)
+    calibrate_every_s: float = 0.5
+    calibration_smoothing: float = 0.5
+    calibration_range: tuple[float, float] = (0.25, 4.0)
 
     def __post_init__(self) -> None:
         if self.slo_ms <= 0 or self.max_batch < 1 or self.max_wait_ms < 0:
             raise ValueError("slo_ms must be > 0, max_batch >= 1 and max_wait_ms >= 0")
         if not 0 < self.up_at < self.down_at <= 1:
             raise ValueError("need 0 < up_at < down_at <= 1 (the gap is the hysteresis)")
+        lo, hi = self.calibration_range
+        if not 0 < lo <= 1 <= hi or not 0 < self.calibration_smoothing <= 1:
+            raise ValueError("need 0 < low <= 1 <= high calibration and smoothing in (0, 1]")
 
 
 class BudgetController:
@@ -102,6 +112,8 @@ class BudgetController:
         self.slo: SloPolicy | None = None
         self.switches = 0
         self.overhead_ms = 0.0  # with an SLO: recent time outside the batcher (ms)
+        self.calibration = 1.0  # with an SLO: observed / predicted p99 (smoothed)
+        self.decision: dict[str, object] = {}  # with an SLO: what the last update saw and did
 
     # -- latency SLO ------------------------------------------------------------------------
     def set_slo(
@@ -136,7 +148,9 @@ class BudgetController:
         self._arrivals: deque[float] = deque()
         self._latencies: deque[tuple[float, float]] = deque()  # (finished at, ms)
         self._overheads: deque[tuple[float, float]] = deque()  # (finished at, ms outside batcher)
+        self._batches: deque[tuple[float, int, int, float]] = deque()  # (at, index, size, ms)
         self.overhead_ms = 0.0
+        self.calibration, self._calibrated_at, self.decision = 1.0, float("-inf"), {}
         self._index, self._switched_at, self._up_since = 0, float("-inf"), None
         self.slowdown = 1.0
         idle = [
@@ -161,12 +175,39 @@ class BudgetController:
         """``count`` requests arrived at ``now``."""
         self._arrivals.extend([now] * count)
 
-    def observe_batch(self, stitch: Stitch, size: int, compute_ms: float) -> None:
-        """A batch of ``size`` ran on ``stitch`` in ``compute_ms``: track the machine's speed."""
-        predicted = self.batch_time(stitch, size) / self.slowdown
+    def observe_batch(
+        self, stitch: Stitch, size: int, compute_ms: float, now: float | None = None
+    ) -> None:
+        """A batch of ``size`` ran on ``stitch`` in ``compute_ms``: track the machine's speed,
+        and (given ``now``) the throughput it actually reaches (:meth:`served_rps`)."""
+        i = self._front_index(stitch)
+        predicted = self.batch_time(i, size) / self.slowdown
         if predicted > 0:
             ratio = compute_ms / predicted
             self.slowdown += self.slo.smoothing * (ratio - self.slowdown)
+        if now is not None:
+            self._batches.append((now, i, size, compute_ms))
+
+    def served_rps(self, now: float | None = None) -> float | None:
+        """Requests per second the cheapest stitch clears in full batches at today's speed,
+        from what was observed over ``latency_window_s`` (``None`` before any batch with
+        ``now``): the images the batches on the running stitch completed per second they
+        computed, converted by the table's ratio of per-image times (the running stitch at the
+        batch size observed, the cheapest at a full batch). A backlog drains at that rate (it
+        runs in full batches, on the cheapest stitch), so it sizes the admission queue: under
+        a light load batches hold one or two images, and their own rate would refuse the
+        start of a surge that full batches clear."""
+        if now is not None:
+            while self._batches and self._batches[0][0] < now - self.slo.latency_window_s:
+                self._batches.popleft()
+        runs = [(n, ms) for _, i, n, ms in self._batches if i == self._index and ms > 0]
+        if not runs:
+            return None
+        images, busy_ms = sum(n for n, _ in runs), sum(ms for _, ms in runs)
+        size = max(1, round(images / len(runs)))
+        b = self.slo.max_batch
+        scale = (self.batch_time(self._index, size) / size) / (self.batch_time(0, b) / b)
+        return images / busy_ms * 1e3 * scale
 
     def observe_request(
         self, now: float, latency_ms: float, batcher_ms: float | None = None
@@ -195,12 +236,17 @@ class BudgetController:
             self._arrivals.popleft()
         return len(self._arrivals) / window
 
-    def observed_p99(self, now: float, *, since_switch: bool = False) -> float | None:
-        """p99 of end-to-end latency over the window (or since the last switch), if any."""
+    def observed_p99(
+        self, now: float, *, since_switch: bool = False, window_s: float | None = None
+    ) -> float | None:
+        """p99 of end-to-end latency over ``latency_window_s`` (or the shorter ``window_s``;
+        since the last switch with ``since_switch``), if any."""
         while self._latencies and self._latencies[0][0] < now - self.slo.latency_window_s:
             self._latencies.popleft()
         # since a switch: only requests that arrived after it, so what they saw is the new stitch
         start = self._switched_at if since_switch else float("-inf")
+        if window_s is not None:
+            start = max(start, now - window_s)
         xs = sorted(ms for t, ms in self._latencies if t - ms / 1e3 >= start)
         if not xs or (since_switch and len(xs) < self.slo.min_samples):
             return None
@@ -208,20 +254,45 @@ class BudgetController:
 
     def predict_p99(self, stitch: Stitch | int, rate: float, queue_depth: int) -> float:
         """Predicted end-to-end p99 (ms) on ``stitch`` at ``rate`` requests/s with
-        ``queue_depth`` requests waiting: forming the batch, clearing the queue ahead, waiting
-        as in an M/M/1 queue of batches (p99 wait = ln(100 ρ) / (μ − λ), conservative next to
-        the near-constant service time of a batch), computing its own batch, and the recent
-        overhead outside the batcher (``overhead_ms``, see :meth:`observe_request`)."""
+        ``queue_depth`` requests waiting: the model's figure (:meth:`model_p99`) times the
+        ``calibration`` learnt on the stitches that ran (see :meth:`update`). Two parts are
+        not scaled down: clearing the queue ahead (compute the backlog needs, whatever the
+        model's pessimism about waiting) and the time to compute the request's own batch at
+        today's speed (no p99 is shorter)."""
+        ahead = self._ahead(stitch, queue_depth)
+        rest = self.model_p99(stitch, rate, queue_depth) - ahead
+        return ahead + max(rest * self.calibration, self._own_batch(stitch, rate))
+
+    def _ahead(self, stitch: Stitch | int, queue_depth: int) -> float:
+        """Compute time (ms) of the full batches ``queue_depth`` waiting requests form."""
+        b = self.slo.max_batch
+        return math.ceil(queue_depth / b) * self.batch_time(stitch, b)
+
+    def _own_batch(self, stitch: Stitch | int, rate: float) -> float:
+        """Compute time (ms) of the batch a request arriving at ``rate`` runs in."""
+        p = self.slo
+        lam = rate / 1e3
+        b = min(p.max_batch, max(1, round(lam * (p.max_wait_ms + self.batch_time(stitch, 1)))))
+        return self.batch_time(stitch, b)
+
+    def model_p99(self, stitch: Stitch | int, rate: float, queue_depth: int) -> float:
+        """The uncalibrated p99 (ms): forming the batch, clearing the queue ahead, waiting as
+        in an M/M/1 queue of batches (p99 wait = ln(100 ρ) / (μ − λ)), computing its own
+        batch, and the recent overhead outside the batcher (``overhead_ms``, see
+        :meth:`observe_request`). The M/M/1 wait and adding the tail of every part are
+        pessimistic (a batch takes a near-constant time; a request rarely meets the worst of
+        each at once), by a factor that depends on the machine and the load, hence the
+        calibration against what is observed."""
         p = self.slo
         lam = rate / 1e3  # per ms
         # batch size in steady state: what arrives while one batch waits and runs
         b = min(p.max_batch, max(1, round(lam * (p.max_wait_ms + self.batch_time(stitch, 1)))))
-        tb = self.batch_time(stitch, b)
+        tb = self._own_batch(stitch, rate)
         mu = b / tb if tb > 0 else math.inf  # requests served per ms
         if lam >= mu:
             return math.inf
         form = min(p.max_wait_ms, b / lam) if lam > 0 else p.max_wait_ms
-        ahead = math.ceil(queue_depth / p.max_batch) * self.batch_time(stitch, p.max_batch)
+        ahead = self._ahead(stitch, queue_depth)
         rho = lam / mu
         wait = max(0.0, math.log(100 * rho)) / (mu - lam) if rho > 0 else 0.0
         return form + ahead + wait + tb + self.overhead_ms
@@ -231,33 +302,89 @@ class BudgetController:
         i = 0 if stitch is None else stitch
         return self.slo.max_batch / self.batch_time(i, self.slo.max_batch) * 1e3
 
+    def _calibrate(self, now: float, seen: float | None, window_s: float | None) -> None:
+        """Move ``calibration`` towards observed / model p99 on the running stitch.
+
+        Both sides cover the same requests: those that arrived since the last switch within
+        ``window_s`` (default ``latency_window_s``), the model taken at the rate at which they arrived (not the last
+        ``rate_window_s``, which a surge changes before the latencies show it). One step per
+        ``calibrate_every_s``, smoothed and bounded, so one odd window neither flaps the
+        stitch nor switches the model off. The factor carries across switches: the next
+        stitch is predicted with what the running one taught."""
+        p = self.slo
+        if seen is None or now - self._calibrated_at < p.calibrate_every_s:
+            return
+        start = max(self._switched_at, now - (window_s or p.latency_window_s))
+        arrived = [t - ms / 1e3 for t, ms in self._latencies if t - ms / 1e3 >= start]
+        span = now - min(arrived) if arrived else 0.0
+        if span <= 0:
+            return
+        model = self.model_p99(self._index, len(arrived) / span, 0)
+        if not 0 < model < math.inf:
+            return
+        lo, hi = p.calibration_range
+        ratio = min(hi, max(lo, seen / model))
+        self.calibration += p.calibration_smoothing * (ratio - self.calibration)
+        self._calibrated_at = now
+
     def update(self, now: float, queue_depth: int) -> Stitch:
-        """Choose the stitch for the next batch (see :class:`SloPolicy`) and switch to it."""
+        """Choose the stitch for the next batch (see :class:`SloPolicy`) and switch to it.
+
+        Predictions are the model's times ``calibration``: the ratio of the p99 observed on
+        the running stitch to the model's figure for it, smoothed (:meth:`_calibrate`).
+        Without it the model's pessimism (an M/M/1 wait at batches of one or two, plus the
+        tail of the time outside the batcher) kept the next stitch's prediction above the
+        step-up line while the server measured a third of the SLO: it never climbed back.
+        ``decision`` records what this update saw and did (``/v1/status`` shows it)."""
         p = self.slo
         if p is None:
             raise ValueError("call set_slo first")
         rate = self.arrival_rate(now)
         self._update_overhead(now)
+        cur = self._index
+        seen = self.observed_p99(now, since_switch=True)
+        # calibrating and stepping follow the last few seconds when they hold enough requests
+        # (once a surge has passed, its latencies must not hold the server down for the whole
+        # observation window), else the whole window
+        recent = self.observed_p99(now, since_switch=True, window_s=p.recent_window_s)
+        judged, window = (recent, p.recent_window_s) if recent is not None else (seen, None)
+        self._calibrate(now, judged, window)
         preds = [self.predict_p99(i, rate, queue_depth) for i in range(len(self.front))]
         fit = [i for i, v in enumerate(preds) if v <= p.down_at * p.slo_ms]
         target = fit[-1] if fit else 0
         self.fits = bool(fit)
-        cur = self._index
-        seen = self.observed_p99(now, since_switch=True)
-        if seen is not None and seen > p.down_at * p.slo_ms:
+        if judged is not None and judged > p.down_at * p.slo_ms:
             target = min(target, cur - 1)
+        action = "stay"
         if target < cur:  # step down at once, as far as needed
             self._up_since = None
-            return self._switch(max(target, 0), now)
-        calm = preds[cur + 1] <= p.up_at * p.slo_ms if cur + 1 < len(preds) else False
-        calm = calm and (seen is None or seen <= p.up_at * p.slo_ms)
-        if not calm:
-            self._up_since = None
-        elif self._up_since is None:
-            self._up_since = now
-        elif now - self._up_since >= p.hold_s and now - self._switched_at >= p.hold_s:
-            self._up_since = None
-            return self._switch(cur + 1, now)
+            self._switch(max(target, 0), now)
+            action = "down" if self._index < cur else "floor"
+        else:
+            calm = preds[cur + 1] <= p.up_at * p.slo_ms if cur + 1 < len(preds) else False
+            calm = calm and (judged is None or judged <= p.up_at * p.slo_ms)
+            if not calm:
+                self._up_since = None
+            elif self._up_since is None:
+                self._up_since = now
+            elif now - self._up_since >= p.hold_s and now - self._switched_at >= p.hold_s:
+                self._up_since = None
+                self._switch(cur + 1, now)
+                action = "up"
+        self.decision = {
+            "action": action,
+            "from": str(self.front[cur].stitch),
+            "to": str(self.net.stitch),
+            "rate_rps": round(rate, 2),
+            "queue_depth": queue_depth,
+            "observed_p99_ms": None if seen is None else round(seen, 2),
+            "recent_p99_ms": None if recent is None else round(recent, 2),
+            "predicted_p99_ms": _ms(preds[cur]),
+            "predicted_next_p99_ms": _ms(preds[cur + 1]) if cur + 1 < len(preds) else None,
+            "slowdown": round(self.slowdown, 3),
+            "overhead_ms": round(self.overhead_ms, 2),
+            "calibration": round(self.calibration, 3),
+        }
         return self.net.stitch
 
     def _switch(self, index: int, now: float) -> Stitch:
@@ -308,3 +435,8 @@ class BudgetController:
             f"BudgetController(cost={self.cost!r}, budget={budget}, stitch='{self.net.stitch}', "
             f"front={len(self.front)} stitches, slowdown={self.slowdown:.2f})"
         )
+
+
+def _ms(x: float) -> float | None:
+    """A prediction for JSON: rounded, ``None`` for beyond capacity (infinite)."""
+    return round(x, 2) if math.isfinite(x) else None

@@ -140,18 +140,24 @@ def stitch_for(model: ServedModel, want: Want, chosen: Stitch) -> Stitch:
     return chosen
 
 
-def queue_limit(settings: ServeSettings, ctrl: BudgetController) -> int:
+def queue_limit(settings: ServeSettings, ctrl: BudgetController, now: float | None = None) -> int:
     """Images one replica's queue takes: ``max_queue``, else what the cheapest stitch clears
-    within the SLO at today's speed and overhead (without an SLO: 32 batches)."""
+    within the SLO after the wait for a batch and the time outside the batcher (without an
+    SLO: 32 batches), at the rate the server was observed to clear requests
+    (:meth:`~snnet.controller.BudgetController.served_rps`; before any batch, the rate the
+    measured table predicts at full batches). An earlier bound took whole full batches at the
+    table's pessimistic speed and kept one back for the batch in flight: it refused part of a
+    surge that the cheapest stitch carried well within the SLO."""
     s = settings
     if s.max_queue is not None:
         return s.max_queue
     if s.slo_ms is None:
         return 32 * s.max_batch
-    full = ctrl.batch_time(0, s.max_batch)
-    room = s.slo_ms - s.max_wait_ms - ctrl.overhead_ms - full
-    batches = math.floor(room / full) if full > 0 else 0
-    return max(s.max_batch, batches * s.max_batch)
+    rps = ctrl.served_rps(now)
+    if rps is None:
+        rps = ctrl.capacity(0)
+    room_ms = s.slo_ms - s.max_wait_ms - ctrl.overhead_ms
+    return max(s.max_batch, math.floor(rps * room_ms / 1e3))
 
 
 def overloaded(
@@ -246,7 +252,7 @@ class Batcher:
 
     def max_queue(self) -> int:
         """Images the queue takes now (see :func:`queue_limit`)."""
-        return queue_limit(self.settings, self.ctrl)
+        return queue_limit(self.settings, self.ctrl, self.clock())
 
     def resolve(
         self,
@@ -339,7 +345,7 @@ class Batcher:
         now = self.clock()
         n = len(items)
         if self.settings.slo_ms is not None and stitch == self.model.net.stitch:
-            self.ctrl.observe_batch(stitch, n, compute_ms)
+            self.ctrl.observe_batch(stitch, n, compute_ms, now)
         self.hooks.batch(stitch, n, compute_ms)
         for item, p in zip(items, probs, strict=True):
             queue_ms = max(0.0, (now - item.queued) * 1e3 - compute_ms)
@@ -388,8 +394,23 @@ class Batcher:
                 "rate": r["rate"],
                 "stitch": str(self.model.net.stitch),
                 "queue": len(self._queue),
+                **self._controller_state(),
             }
         )
+
+    def _controller_state(self) -> dict[str, Any]:
+        """What the SLO controller works from: the slowdown, the overhead and calibration
+        factor it applies, and its last decision (empty without an SLO)."""
+        if self.settings.slo_ms is None:
+            return {}
+        c = self.ctrl
+        rps = c.served_rps()
+        return {
+            "slowdown": round(c.slowdown, 3),
+            "overhead_ms": round(c.overhead_ms, 2),
+            "calibration": round(c.calibration, 3),
+            "served_rps": None if rps is None else round(rps, 1),
+        }
 
     def status(self) -> dict[str, Any]:
         s = self.settings
@@ -407,6 +428,8 @@ class Batcher:
             "max_wait_ms": s.max_wait_ms,
             "threads": s.threads,
             "slowdown": round(self.ctrl.slowdown, 3),
+            **self._controller_state(),
+            "decision": dict(self.ctrl.decision) if s.slo_ms is not None else None,
             "switches": self.ctrl.switches,
             "recent": self.recent(),
             "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

@@ -93,7 +93,7 @@ class SNNetDeployment:
             compute_ms = (time.perf_counter() - start) * 1e3
             done = time.monotonic()
             if self.settings.slo_ms is not None and stitch == self.model.net.stitch:
-                self.ctrl.observe_batch(stitch, len(idx), compute_ms)
+                self.ctrl.observe_batch(stitch, len(idx), compute_ms, done)
             for i, p in zip(idx, probs, strict=True):
                 waited = (done - items[i][2]) * 1e3 - compute_ms
                 out[i] = Prediction(p, stitch, len(idx), max(0.0, waited), compute_ms)
@@ -127,7 +127,7 @@ class SNNetDeployment:
 
     def _admit(self, images: int) -> None:
         """Refuse (503) when ``images`` more would overflow this replica's own queue."""
-        if self.waiting + max(images, 1) > queue_limit(self.settings, self.ctrl):
+        if self.waiting + max(images, 1) > queue_limit(self.settings, self.ctrl, time.monotonic()):
             raise overloaded(self.model, self.settings, self.ctrl, self.waiting)
 
     def _finish(self, preds: list[Prediction], arrived: float) -> float:
