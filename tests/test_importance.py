@@ -329,3 +329,16 @@ def test_agreement_inside_cost_bands():
     found = agreement(ranking, results)
     assert found.tau == pytest.approx(-1 / 3)
     assert found.band_tau == 1.0 and found.bands == 2
+
+
+def test_importance_in_parameter_efficient_mode_ranks_only_the_trained_stitches(fmnist_slice):
+    # Frozen anchors have nothing to train: the estimate (and every draw) covers the stitches only.
+    net = tiny_fmnist_net()
+    peft = snnet.SNNet(list(net.anchors), lora_rank=2)
+    before = {k: v.clone() for k, v in peft.anchors.state_dict().items() if "lora" not in k}
+    config = importance_config(steps=12)
+    result = train_loop(peft, EpochBatches(fmnist_slice, 64, seed=0), config, progress=False)
+    assert result.steps == 12
+    assert not any(Stitch.parse(s).is_anchor for s in result.stitches)
+    after = peft.anchors.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
