@@ -86,15 +86,21 @@ def proxy_top1(stitch: snnet.Stitch, depth: int) -> float:
 
 
 # -- the network ------------------------------------------------------------------------------------
+def _prepared(results_path: Path) -> bool:
+    """A run prepared before: every stitch has a top-1 and latency was measured."""
+    if not results_path.exists():
+        return False
+    res = Results.load(results_path)
+    return not res.missing("top1") and bool((res.meta.get("latency") or {}).get("method"))
+
+
 def prepare_compute_run(run: Path) -> Path:
     """The compute family: random-init timm ViTs, stitched, a stand-in top-1, latency timed."""
     from snnet.sources import timm_anchor
 
     results_path = run / "results.json"
-    if results_path.exists():
-        res = Results.load(results_path)
-        if not res.missing("top1") and (res.meta.get("latency") or {}).get("method"):
-            return run
+    if _prepared(results_path):
+        return run
     torch.set_num_threads(1)
     torch.manual_seed(0)
     anchors = [
@@ -126,10 +132,8 @@ def prepare_run(run: Path, *, eval_images: int | None) -> Path:
     from snnet.evaluate import evaluate_all
 
     results_path = run / "results.json"
-    if results_path.exists():
-        res = Results.load(results_path)
-        if not res.missing("top1") and (res.meta.get("latency") or {}).get("method"):
-            return run
+    if _prepared(results_path):
+        return run
     torch.set_num_threads(1)
     anchors, options = snnet.resolve_anchors("fmnist")
     net = snnet.SNNet(anchors, **options).eval()
