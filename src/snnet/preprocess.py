@@ -179,8 +179,10 @@ class DataConfig:
         over the channels, so a grey pixel then stands for all three."""
         from timm.data import resolve_model_data_config
 
+        from snnet.sources import from_zoo
+
         c, h, w = (int(v) for v in anchors[0].input_size)
-        if all((getattr(a, "source", None) or {}).get("kind") == "zoo" for a in anchors):
+        if from_zoo(anchors):
             fm = cls.fashion_mnist()
             return replace(fm, size=(h, w), mean=fm.mean * c, std=fm.std * c)
         cfg = resolve_model_data_config(anchors[0].model)
@@ -209,8 +211,10 @@ class DataConfig:
         data = (saved or {}).get("data")
         if data and "channels" in data:
             return cls.from_json(data)
+        from snnet.sources import from_zoo
+
         cfg = cls.for_anchors(net.anchors)
-        if cfg.channels == 1 and any((a.source or {}).get("kind") != "zoo" for a in net.anchors):
+        if cfg.channels == 1 and not from_zoo(net.anchors):
             cfg = replace(cfg, mean=(0.5,), std=(0.5,))
         if data:  # a partial record (mean/std/crop_pct, classes) written by hand
             cfg = replace(

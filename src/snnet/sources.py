@@ -26,6 +26,12 @@ def _zoo_anchor(source: dict[str, Any], pretrained: bool) -> nn.Module:
 SOURCES: dict[str, Callable[[dict[str, Any], bool], nn.Module]] = {"zoo": _zoo_anchor}
 
 
+def from_zoo(anchors: Sequence[Any]) -> bool:
+    """Whether every anchor is one of snnet's shipped Fashion-MNIST anchors (its recorded source
+    is the zoo): their preprocessing and class names are known without a data record."""
+    return all((getattr(a, "source", None) or {}).get("kind") == "zoo" for a in anchors)
+
+
 def timm_anchor(
     name: str,
     *,

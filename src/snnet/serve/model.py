@@ -25,6 +25,7 @@ from snnet.preprocess import DataConfig
 from snnet.results import Record, Results
 from snnet.rundir import RunDir
 from snnet.serialize import load, read_config
+from snnet.sources import from_zoo
 from snnet.stitch import Stitch
 
 logger = logging.getLogger("snnet.serve")
@@ -61,7 +62,7 @@ def class_names(net: SNNet, config: dict[str, Any], num_classes: int) -> tuple[s
     names = (config.get("data") or {}).get("classes")
     if names and len(names) == num_classes:
         return tuple(names)
-    if all((a.source or {}).get("kind") == "zoo" for a in net.anchors):
+    if from_zoo(net.anchors):
         from snnet.data import FASHION_MNIST_CLASSES
 
         return FASHION_MNIST_CLASSES
