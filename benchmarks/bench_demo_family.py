@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 OUT = Path(__file__).parent / "results" / "demo_family.json"
@@ -74,7 +75,12 @@ def between(stitch) -> int | None:
 
 
 def one_seed(
-    seed: int, run_root: Path, threads: int, eval_images: int | None, before_training: bool
+    seed: int,
+    run_root: Path,
+    threads: int,
+    eval_images: int | None,
+    before_training: bool,
+    epochs: int | None = None,
 ) -> dict:
     """Train and evaluate the demo recipe with ``seed``; the figures of that run."""
     import torch
@@ -92,6 +98,8 @@ def one_seed(
     load_start = os.getloadavg()
     test = fashion_mnist("test")
     settings = DemoSettings(eval_images=eval_images, seed=seed)
+    if epochs is not None:
+        settings = replace(settings, epochs=epochs)
 
     anchors, options = snnet.resolve_anchors("fmnist")
     torch.manual_seed(0)
@@ -261,13 +269,22 @@ def main() -> None:
         action="store_true",
         help="also evaluate every stitch before training (random vs least-squares init), first seed",
     )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="train the demo's recipe for this many epochs instead of its own (a longer or "
+        "shorter run of the same recipe; the demo itself is unchanged)",
+    )
     p.add_argument("--one-seed", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
 
     if args.one_seed is not None:  # a worker: one seed's figures as JSON on stdout
         before = args.before_training and args.one_seed == args.seeds[0]
-        figures = one_seed(args.one_seed, args.run_root, args.threads, args.eval_images, before)
+        figures = one_seed(
+            args.one_seed, args.run_root, args.threads, args.eval_images, before, args.epochs
+        )
         path = args.run_root / f"seed{args.one_seed}.json"
         path.write_text(json.dumps(figures, indent=2))
         return
@@ -284,6 +301,8 @@ def main() -> None:
     ]
     if args.eval_images is not None:
         base += ["--eval-images", str(args.eval_images)]
+    if args.epochs is not None:
+        base += ["--epochs", str(args.epochs)]
     # a seed whose figures exist (a finished worker) is not run again: delete RUN_ROOT to rerun
     pending = [s for s in args.seeds if not (args.run_root / f"seed{s}.json").is_file()]
     running = []
@@ -299,12 +318,12 @@ def main() -> None:
                     raise SystemExit(f"a seed's run failed: {proc.args}")
         time.sleep(2)
     runs = [json.loads((args.run_root / f"seed{s}.json").read_text()) for s in args.seeds]
-    from dataclasses import asdict
-
     from snnet.demo import DemoSettings
 
     figures = {
-        "recipe": asdict(DemoSettings()),
+        "recipe": asdict(
+            DemoSettings() if args.epochs is None else replace(DemoSettings(), epochs=args.epochs)
+        ),
         "goals": GOALS,
         "seeds": args.seeds,
         "jobs": args.jobs,
