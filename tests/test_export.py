@@ -98,6 +98,22 @@ def test_save_and_load_an_exported_stitch(family, tmp_path):
     assert not any(p.is_meta for p in loaded.parameters())
 
 
+def test_an_exported_stitch_carries_the_networks_preprocessing(tmp_path):
+    """A stitch deployed on its own must see images as training did: the normalisation, size and
+    class names recorded in the SN-Net travel into the export and back."""
+    from snnet.preprocess import DataConfig
+
+    net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
+    stitch = next(s for s in net.stitches if not s.is_anchor)
+    assert export_stitch(net, stitch).data_config is None  # nothing recorded, nothing invented
+    size = tuple(net.anchors[0].input_size[1:])
+    recorded = DataConfig(3, size, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), classes=("a", "b"))
+    net.data_config = recorded
+    save_stitch(export_stitch(net, stitch), tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["data"] == recorded.to_json()
+    assert load_stitch(tmp_path).data_config == recorded
+
+
 def test_onnx_export_matches_onnxruntime(family, tmp_path):
     net = family[2]
     stitch = next(s for s in net.stitches if not s.is_anchor)

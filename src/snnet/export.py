@@ -41,6 +41,7 @@ from snnet.layers import StitchingLayer
 from snnet.network import SNNet, run_plan
 from snnet.parts import Part, Step
 from snnet.peft import merge_lora
+from snnet.preprocess import DataConfig
 from snnet.serialize import read_state
 from snnet.sources import from_source
 from snnet.stitch import Stitch
@@ -59,6 +60,7 @@ _CONFIG_KEYS = {
     "anchors",
     "layers",
     "steps",
+    "data",
     HASHES,
 }
 
@@ -98,6 +100,14 @@ class StitchedModel(nn.Module):
     @property
     def input_size(self) -> tuple[int, int, int]:
         return tuple(self.anchors[0].input_size)
+
+    @property
+    def data_config(self) -> DataConfig | None:
+        """The preprocessing the SN-Net was trained and evaluated with (size, crop,
+        normalisation, class names), so a deployed stitch sees images as training did; None
+        for a network that never recorded one (built by hand and not trained by snnet)."""
+        data = self.info.get("data")
+        return DataConfig.from_json(data) if data else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return run_plan(self.steps, self.anchors, self.layers, x)
@@ -212,6 +222,8 @@ def export_stitch(net: SNNet, stitch: Stitch | str) -> StitchedModel:
         "layers": layer_info,
         "steps": [list(s) for s in new_steps],
     }
+    if net.data_config is not None:  # what snnet train / demo recorded: deployment must match it
+        info["data"] = net.data_config.to_json()
     return StitchedModel(anchors, layers, new_steps, info=info).train(net.training)
 
 
