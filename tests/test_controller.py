@@ -388,3 +388,18 @@ def test_slo_calibration_ignores_windows_near_capacity_and_decays_when_stale():
     # with evidence at a rate the stitch carries, it learns as before (see the tests above)
     _serve(ctrl, 46.0, 56.0, 10.0, latency_ms=10.0, slowdown=1.0)
     assert ctrl.calibration < 1.0
+
+
+def test_slo_calibration_restarts_from_the_model_after_a_step_in_the_load():
+    """The factor is the model's error at one load: on the real server a surge left 2.3
+    behind, which held the steady phase after it on the cheapest stitch for 6 s. When the rate
+    halves or doubles against the evidence's, the factor starts again from 1."""
+    ctrl = _compute_like_controller()
+    _serve(ctrl, 0.0, 10.0, 20.0, latency_ms=30.0, slowdown=1.0)
+    learnt = ctrl.calibration
+    assert learnt != pytest.approx(1.0, abs=0.05)
+    _serve(ctrl, 10.0, 10.5, 20.0, latency_ms=30.0, slowdown=1.0)  # the same load: it stays
+    assert ctrl.calibration == pytest.approx(learnt, rel=0.3)
+    _arrive(ctrl, 10.5, 11.0, 100.0)  # 5× the rate, before any latency shows it
+    ctrl.update(11.0, queue_depth=0)
+    assert ctrl.calibration == 1.0

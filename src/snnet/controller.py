@@ -51,7 +51,8 @@ class SloPolicy:
     rate within 25 % of the current one (a window that straddles the end of a surge pairs the
     surge's latencies with a rate it averaged down), and decays
     towards 1 with time constant ``latency_window_s`` while no window qualifies, so that a surge
-    cannot leave it at its bound.
+    cannot leave it at its bound; a step in the load (the rate halves or doubles) restarts it
+    from 1.
     """
 
     slo_ms: float
@@ -178,6 +179,7 @@ class BudgetController:
         self.overhead_ms = 0.0
         self.calibration, self._calibrated_at, self.decision = 1.0, float("-inf"), {}
         self._learnt_at = float("-inf")  # the last calibration from evidence (not a decay)
+        self._learnt_rate = 0.0  # ... and the arrival rate of that evidence
         self._index, self._switched_at, self._up_since = 0, float("-inf"), None
         self._climbing = False  # the last switch was a step up
         self.slowdown = 1.0
@@ -370,9 +372,12 @@ class BudgetController:
         p = self.slo
         if now - self._calibrated_at < p.calibrate_every_s:
             return
-        if (
-            now - self._learnt_at > p.latency_window_s
-        ):  # no evidence for a while: back towards the model
+        if self._learnt_rate > 0 and not 0.5 < rate_now / self._learnt_rate < 2:
+            # a step in the load: the factor is the model's error at the load it was learnt
+            # at (a surge left 2.3 behind on the real server, holding the next steady phase
+            # on the cheapest stitch for 6 s), so it starts again from the model
+            self.calibration, self._learnt_rate = 1.0, 0.0
+        if now - self._learnt_at > p.latency_window_s:  # no evidence for a while: decay
             decay = math.exp(-p.calibrate_every_s / p.latency_window_s)
             self.calibration = 1.0 + (self.calibration - 1.0) * decay
             self._calibrated_at = now
@@ -395,6 +400,7 @@ class BudgetController:
         ratio = min(hi, max(lo, seen / model))
         self.calibration += p.calibration_smoothing * (ratio - self.calibration)
         self._calibrated_at = self._learnt_at = now
+        self._learnt_rate = rate
 
     def update(self, now: float, queue_depth: int) -> Stitch:
         """Choose the stitch for the next batch (see :class:`SloPolicy`) and switch to it.
