@@ -49,10 +49,9 @@ class SloPolicy:
     least ``min_samples`` requests on one stitch that arrived at under ``calibrate_below`` of its
     capacity (a backlog's latencies say nothing about the model away from overload) and at a
     rate within 25 % of the current one (a window that straddles the end of a surge pairs the
-    surge's latencies with a rate it averaged down), and decays
-    towards 1 with time constant ``latency_window_s`` while no window qualifies, so that a surge
-    cannot leave it at its bound; a step in the load (the rate halves or doubles) restarts it
-    from 1.
+    surge's latencies with a rate it averaged down). It decays towards 1 with time constant
+    ``latency_window_s`` while no window qualifies, so that a surge cannot leave it at its
+    bound, and a step in the load (the rate halves or doubles) restarts it from 1.
     """
 
     slo_ms: float
@@ -322,20 +321,19 @@ class BudgetController:
 
     def model_p99(self, stitch: Stitch | int, rate: float, queue_depth: int) -> float:
         """The uncalibrated p99 (ms): forming the batch, clearing the queue ahead, waiting as
-        in an M/M/1 queue (p99 wait = ln(100 ρ) / (μ − λ)), halved for near-constant batch
-        times (M/D/1) and served at the full-batch rate,
-        computing its own batch, and the recent overhead outside the batcher (``overhead_ms``,
-        see :meth:`observe_request`).
+        in an M/M/1 queue served at the full-batch rate (p99 wait = ln(100 ρ) / (μ − λ)),
+        halved for near-constant batch times (M/D/1), computing its own batch, and the recent
+        overhead outside the batcher (``overhead_ms``, see :meth:`observe_request`).
 
         μ is what the stitch clears in full batches: whenever requests wait, the next batch
         takes them all (up to ``max_batch``), so a backlog drains at that rate. An earlier μ
         at the batch size of a light load (one or two) overstated the p99 by a factor that grew
         with the load, from 1.2× on the cheapest stitch to 10× three stitches above the best
-        one for the rate: no single calibration factor fitted them all, and the server never
-        climbed to the stitch the rate allowed. The M/M/1 wait and adding the tail of every
-        part remain pessimistic (a batch takes a near-constant time; a request rarely meets
-        the worst of each at once) by a factor that varies far less, which the calibration
-        against what is observed takes out."""
+        one for the rate (in tests/test_controller_sim.py): no single calibration factor fitted
+        them all, and the server never climbed to the stitch the rate allowed. The model is
+        still off by a factor that depends on the machine and the load (within 15 % along the
+        front in that simulation; 0.9 to 3.9 in a benchmark run on a loaded machine), far more
+        uniform along the front, which the calibration against what is observed takes out."""
         p = self.slo
         lam = rate / 1e3  # per ms
         tb = self._own_batch(stitch, rate)
