@@ -5,6 +5,7 @@ so nothing here depends on how fast or busy the machine is.
 """
 
 import math
+import random
 from itertools import pairwise
 
 import pytest
@@ -81,7 +82,9 @@ def test_slo_prediction_grows_with_rate_queue_and_slowdown():
 
 
 def test_slo_steps_down_at_once_in_a_surge_and_up_slowly_with_hysteresis():
-    ctrl = _slo_controller()
+    # one stitch per hold (no jumps, the same hold after a step up) and the 2-second rate
+    # window alone (no short window): see the tests of jumps and of the short window below
+    ctrl = _slo_controller(jump_at=None, climb_s=3.0, burst_sigmas=math.inf)
     p = ctrl.slo
     start = ctrl._index
     weights = [t.data_ptr() for t in ctrl.net.parameters()]
@@ -210,7 +213,7 @@ def test_slo_front_keeps_only_stitches_on_the_multiply_adds_front():
 
 
 # -- calibration against what is observed --------------------------------------------------------
-def _compute_like_controller():
+def _compute_like_controller(**policy):
     """Like the benchmark's compute family: batch-1 latency 5 .. 32 ms along the front, a full
     batch of 8 costing 6.4× that, an SLO of 100 ms."""
     net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
@@ -220,8 +223,8 @@ def _compute_like_controller():
         res.update(r.stitch, top1=50.0 + i, latency_ms=5.0 + 27.0 * i / (len(rows) - 1))
     ctrl = BudgetController(net, res, cost="latency_ms")
     batch_ms = {r.stitch: 6.4 * r.latency_ms for r in ctrl.front}
-    policy = SloPolicy(slo_ms=100.0, max_batch=8, max_wait_ms=5.0, hold_s=3.0)
-    ctrl.set_slo(policy, batch_ms=batch_ms)
+    settings = {"slo_ms": 100.0, "max_batch": 8, "max_wait_ms": 5.0, "hold_s": 3.0, **policy}
+    ctrl.set_slo(SloPolicy(**settings), batch_ms=batch_ms)
     return ctrl
 
 
@@ -310,3 +313,93 @@ def test_slo_calibration_scales_neither_the_backlog_nor_the_own_batch():
     assert backlog == pytest.approx(8 * ctrl.batch_time(i, 8))
     assert ctrl.predict_p99(i, rate, 0) < ctrl.model_p99(i, rate, 0)
     assert ctrl.predict_p99(i, 0.0, 0) >= ctrl.batch_time(i, 1)
+
+
+# -- reacting to a step in the load, climbing back in one jump ------------------------------------
+def test_slo_rate_follows_a_step_in_the_load_within_a_fraction_of_a_second():
+    """Issue 10, surge onset: the 2-second mean lagged a 4× step by a second while a full batch
+    on an expensive stitch filled the queue. The last 0.25 s takes over when its count is beyond
+    what the mean allows, both ways; a Poisson fluctuation leaves the mean in charge."""
+    ctrl = _compute_like_controller()
+    p = ctrl.slo
+    rng = random.Random(0)
+    t = 0.0
+    while t < 10.0:  # Poisson at 40/s
+        ctrl.observe_arrival(t)
+        t += rng.expovariate(40.0)
+        if p.rate_window_s < t < 10.0:  # (once the mean's window is full)
+            rate = ctrl.arrival_rate(t)
+            assert 25.0 < rate < 60.0  # fluctuations do not move it far
+    _arrive(ctrl, 10.0, 10.15, 160.0)  # 4× for 150 ms
+    assert ctrl.arrival_rate(10.15) > 100.0
+    assert ctrl.arrival_rate(10.15) > 2 * len(ctrl._arrivals) / p.rate_window_s
+    _arrive(ctrl, 10.15, 12.0, 160.0)
+    assert ctrl.arrival_rate(12.3) < 0.5 * 160.0  # and the end shows at once too
+    # with the short window off, the 2-second mean alone
+    off = _compute_like_controller(burst_sigmas=math.inf)
+    _arrive(off, 0.0, 10.0, 40.0)
+    _arrive(off, 10.0, 10.15, 160.0)
+    assert off.arrival_rate(10.15) < 60.0
+
+
+def test_slo_jumps_straight_to_the_best_stitch_well_under_the_slo():
+    """Issue 10: climbing one stitch per 3-second hold took a 15-second phase to cover five
+    stitches. After the hold it now goes straight to the most accurate stitch predicted under
+    jump_at × SLO, and the next climb waits only climb_s."""
+    ctrl = _slo_controller()
+    p = ctrl.slo
+    start = ctrl._index
+    _arrive(ctrl, 0.0, 2.0, 2 * ctrl.capacity(0))  # beyond everything: the floor
+    ctrl.update(2.0, queue_depth=0)
+    assert ctrl._index == 0
+    ups = []
+    for k in range(1, 300):  # no arrivals: every stitch up to the idle one is calm
+        now = 2.0 + 0.1 * k
+        before = ctrl._index
+        ctrl.update(now, queue_depth=0)
+        if ctrl._index != before:
+            ups.append((now, before, ctrl._index))
+    assert ups[0][0] - 2.0 >= p.hold_s  # the hysteresis after a step down stays
+    first = ups[0][2]
+    assert first - ups[0][1] > 1  # more than one stitch at once
+    assert ctrl.predict_p99(first, 0.0, 0) <= p.jump_at * p.slo_ms
+    assert ctrl.predict_p99(first + 1, 0.0, 0) > p.jump_at * p.slo_ms
+    assert ctrl._index == start  # then on to where the idle server started, no higher
+    _, jumps = zip(*[(t, b - a) for t, a, b in ups], strict=True)
+    assert all(j > 0 for j in jumps)  # never down while the load is gone
+    with pytest.raises(ValueError, match="jump_at"):
+        SloPolicy(slo_ms=10, jump_at=0.7)
+
+
+# -- calibration that a surge cannot saturate ----------------------------------------------------
+def test_slo_calibration_ignores_windows_near_capacity_and_decays_when_stale():
+    """Issue 10, demo family: after a surge beyond every stitch's capacity the backlog's
+    latencies drove the calibration to its bound of 4, which then held the server on the
+    smallest stitch. Windows near capacity are no evidence about the model now, and without
+    evidence the factor returns towards 1."""
+    ctrl = _compute_like_controller()
+    rate = 0.95 * ctrl.capacity(0)
+    _serve(ctrl, 0.0, 6.0, rate, latency_ms=900.0, slowdown=1.0)  # a backlog, on the floor
+    assert ctrl._index == 0
+    assert ctrl.calibration == pytest.approx(1.0)  # not learnt from a backlog
+    ctrl.calibration = 4.0  # as a surge left it before the fix
+    _serve(ctrl, 6.0, 6.0 + 4 * ctrl.slo.latency_window_s, 0.0, latency_ms=10.0, slowdown=1.0)
+    assert ctrl.calibration < 1.3  # no evidence for a while: back towards the model
+    # with evidence at a rate the stitch carries, it learns as before (see the tests above)
+    _serve(ctrl, 46.0, 56.0, 10.0, latency_ms=10.0, slowdown=1.0)
+    assert ctrl.calibration < 1.0
+
+
+def test_slo_calibration_restarts_from_the_model_after_a_step_in_the_load():
+    """The factor is the model's error at one load: on the real server a surge left 2.3
+    behind, which held the steady phase after it on the cheapest stitch for 6 s. When the rate
+    halves or doubles against the evidence's, the factor starts again from 1."""
+    ctrl = _compute_like_controller()
+    _serve(ctrl, 0.0, 10.0, 20.0, latency_ms=30.0, slowdown=1.0)
+    learnt = ctrl.calibration
+    assert learnt != pytest.approx(1.0, abs=0.05)
+    _serve(ctrl, 10.0, 10.5, 20.0, latency_ms=30.0, slowdown=1.0)  # the same load: it stays
+    assert ctrl.calibration == pytest.approx(learnt, rel=0.3)
+    _arrive(ctrl, 10.5, 11.0, 100.0)  # 5× the rate, before any latency shows it
+    ctrl.update(11.0, queue_depth=0)
+    assert ctrl.calibration == 1.0
