@@ -27,9 +27,13 @@ Two families (``--family``):
   family is for the latency goals only.
 
 The network is built once into --run (default ``runs/serve-bench-FAMILY``; a trained run can be
-given instead). R is set from capacities measured first on this machine: the surge (4R) lies
-midway between what the largest and the smallest anchor carry through the server, so it
-overloads the largest and not the smallest.
+given instead). R is set from what is measured first on this machine, with this load generator
+running beside the server: each end of the front, fixed, is probed for its *SLO capacity* (the
+highest Poisson rate it answers with p99 within the SLO and < 1 % refused, by bisection), and
+the surge (4R) lies midway between the largest anchor's and the cheapest stitch's, so the
+largest cannot hold the surge and the cheapest can. (Midway between the closed-loop capacities,
+the rule before, put the surge beyond what even the cheapest stitch held under 100 ms here: the
+load generator shares the 2 cores.)
 
 Run: python benchmarks/bench_serve.py --family compute --phase-seconds 15 [--quick]; writes
 benchmarks/results/serve.json (demo) or serve-compute.json, and a PNG beside it.
@@ -535,6 +539,25 @@ def probe_best_fixed(server: Server, front, rate: float, slo: float, images, sco
     return str(front[lo].stitch), probes
 
 
+def slo_capacity(
+    server: Server, stitch: str, top: float, slo: float, images, scores, *, seconds: float = 4.0
+) -> tuple[float, list[dict[str, Any]]]:
+    """The highest open-loop Poisson rate at which ``stitch``, fixed, answers with p99 within
+    ``slo`` and < 1 % refused, by five bisection steps over (0, ``top``] (its closed-loop
+    capacity), each a ``seconds`` run of this benchmark's own client."""
+    set_stitch(server, stitch)
+    lo, hi, probes = 0.0, top, []
+    for _ in range(5):
+        rate = round((lo + hi) / 2, 1)
+        recs = asyncio.run(drive(server.url, [("probe", seconds, rate)], images, seed=96))
+        s = summarize(recs, *scores, seconds)
+        holds = s["p99_ms"] is not None and s["p99_ms"] <= slo and s["refused_share"] < 0.01
+        probes.append({"stitch": stitch, "rate_rps": rate, "holds": holds, **s})
+        print(f"  {stitch} at {rate} req/s: p99 {s['p99_ms']} ms, refused {s['refused_share']:.1%}")
+        lo, hi = (rate, hi) if holds else (lo, rate)
+    return lo, probes
+
+
 def measure_capacity(server: Server, stitch: str, max_batch: int, body: bytes) -> float:
     """Images per second ``stitch`` answers with full batches through the whole server (HTTP
     included): a closed loop of 4 × max_batch concurrent clients for 5 s."""
@@ -711,14 +734,24 @@ def run_all(args, run, res, front, images, scores, fixed_server, common, out_dir
         f"through the server, the largest anchor carries {cap[largest]:.1f} req/s and the "
         f"smallest {cap[smallest]:.1f} ({cap[smallest] / cap[largest]:.2f}×)"
     )
+    cheapest = str(front[0].stitch)
+    slo_cap, cap_probes = {}, []
+    if args.rate is None:
+        for s, top in ((largest, cap[largest]), (cheapest, max(cap[smallest], cap[largest]))):
+            slo_cap[s], probes = slo_capacity(fixed_server, s, top, args.slo_ms, images, scores)
+            cap_probes += probes
+        print(
+            f"within the SLO, the largest anchor carries {slo_cap[largest]} req/s and the "
+            f"cheapest stitch {cheapest} {slo_cap[cheapest]}"
+        )
     if args.rate is not None:
         rate = args.rate
-    elif cap[smallest] > cap[largest]:
-        # the surge (4R) midway between what the largest and the smallest anchor carry
-        rate = round((cap[largest] + cap[smallest]) / 8, 1)
+    elif slo_cap[cheapest] > slo_cap[largest]:
+        # the surge (4R) midway between what the largest and the cheapest hold within the SLO
+        rate = round((slo_cap[largest] + slo_cap[cheapest]) / 8, 1)
     else:
-        rate = round(cap[largest] / 4, 1)
-        print("  the smallest carries no more than the largest here: switching cannot add capacity")
+        rate = round(max(slo_cap[largest], 1.0) / 4, 1)
+        print("  the cheapest holds no more than the largest here: switching cannot add capacity")
     print(f"steady rate {rate} req/s, surge {4 * rate:.1f}")
     schedule = [(ph, args.phase_s, rate * FACTOR[ph]) for ph in PHASES]
     result: dict[str, Any] = {
@@ -728,6 +761,8 @@ def run_all(args, run, res, front, images, scores, fixed_server, common, out_dir
         "rate_rps": rate,
         "capacity_rps": cap,
         "capacity_ratio": round(cap[smallest] / cap[largest], 2),
+        "slo_capacity_rps": slo_cap,
+        "slo_capacity_probes": cap_probes,
         "front_latency_ms": [front[0].latency_ms, front[-1].latency_ms],
         "front_latency_span": round(span, 2),
         "schedule": schedule,
