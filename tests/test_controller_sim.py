@@ -7,10 +7,11 @@ a batch in the table's time × the machine's speed × a little noise, and a few 
 request outside the batcher. The schedule is the benchmark's (``benchmarks/bench_serve.py``):
 steady at R, a surge to 4R, R again, then R on a machine 1.5× slower (contention). The front is
 shaped like the benchmark's compute family (batch-1 latency 4 to 28.6 ms, a full batch 6.2× that,
-stand-in top-1 70 to 80), and R is set as there: the surge lies midway between what the largest
-and the smallest stitch carry. The assertions are the serving goals: p99 under the SLO and under
-1 % refused in every phase, served top-1 within 0.3 point of the best fixed stitch that holds the
-SLO at R, no flapping.
+stand-in top-1 70 to 80), and R puts the surge midway between what the largest and the
+smallest stitch carry in full batches (the benchmark takes the same midpoint of what they carry
+within the SLO, measured with its client beside the server). The assertions are the serving
+goals: p99 under the SLO and under 1 % refused in every phase, served top-1 within 0.3 point of
+the best fixed stitch that holds the SLO at R, no flapping.
 """
 
 from __future__ import annotations
