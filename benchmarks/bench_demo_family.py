@@ -74,6 +74,18 @@ def between(stitch) -> int | None:
     return None
 
 
+def margins_by_pair(results, in_snnet: list[float]) -> dict[str, dict[str, float]]:
+    """For each pair "i->i+1", every stitch from anchor i into anchor i + 1 (cheapest first)
+    with its top-1 margin over anchor i inside the SN-Net."""
+    pairs = {}
+    for i in range(len(in_snnet) - 1):
+        rows = sorted(
+            (r for r in results if between(r.stitch) == i), key=lambda r: (r.gmacs, str(r.stitch))
+        )
+        pairs[f"{i}->{i + 1}"] = {str(r.stitch): round(r.top1 - in_snnet[i], 2) for r in rows}
+    return pairs
+
+
 def one_seed(
     seed: int,
     run_root: Path,
@@ -130,18 +142,15 @@ def one_seed(
     in_snnet = report.anchors_after
     front = after.pareto("gmacs", "top1")
 
-    pairs = {}
-    for i in range(len(names) - 1):
-        rows = sorted(
-            (r for r in after if between(r.stitch) == i), key=lambda r: (r.gmacs, str(r.stitch))
-        )
-        margins = [round(r.top1 - in_snnet[i], 2) for r in rows]
-        pairs[f"{i}->{i + 1}"] = {
-            "stitches": len(rows),
-            "best_margin": max(margins),
-            "at_least_goal": sum(m >= GOALS["front_margin_min"] for m in margins),
-            "margins": {str(r.stitch): m for r, m in zip(rows, margins, strict=True)},
+    pairs = {
+        pair: {
+            "stitches": len(margins),
+            "best_margin": max(margins.values()),
+            "at_least_goal": sum(m >= GOALS["front_margin_min"] for m in margins.values()),
+            "margins": margins,
         }
+        for pair, margins in margins_by_pair(after, in_snnet).items()
+    }
     front_rows = [
         {
             "stitch": str(r.stitch),

@@ -41,7 +41,7 @@ def main() -> None:
     import torch
 
     import snnet
-    from bench_demo_family import between, stitch_accuracy, widest_gap
+    from bench_demo_family import between, margins_by_pair, stitch_accuracy, widest_gap
     from snnet.data import fashion_mnist
     from snnet.evaluate import evaluate_all
     from snnet.stitch import Stitch
@@ -83,18 +83,15 @@ def main() -> None:
     t2 = time.time()
     inside = [results[str(s)].top1 for s in anchor_stitches]
     front = results.pareto("gmacs", "top1")
-    pairs = {}
-    for i in range(len(net.anchors) - 1):
-        rows = sorted(
-            (r for r in results if between(r.stitch) == i), key=lambda r: (r.gmacs, str(r.stitch))
-        )
-        margins = {str(r.stitch): round(r.top1 - inside[i], 2) for r in rows}
-        pairs[f"{i}->{i + 1}"] = {
+    pairs = {
+        pair: {
             "best": max(margins.values()),
             "n_ge_0.5": sum(m >= 0.5 for m in margins.values()),
             "n_gt_0": sum(m > 0 for m in margins.values()),
             "margins": margins,
         }
+        for pair, margins in margins_by_pair(results, inside).items()
+    }
     on_front = [r for r in front if not r.stitch.is_anchor]
     summary = {
         "args": vars(a),
