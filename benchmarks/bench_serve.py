@@ -543,8 +543,9 @@ def slo_capacity(
     server: Server, stitch: str, top: float, slo: float, images, scores, *, seconds: float = 4.0
 ) -> tuple[float, list[dict[str, Any]]]:
     """The highest open-loop Poisson rate at which ``stitch``, fixed, answers with p99 within
-    ``slo`` and < 1 % refused, by five bisection steps over (0, ``top``] (its closed-loop
-    capacity), each a ``seconds`` run of this benchmark's own client."""
+    ``slo`` and < 1 % refused, by five bisection steps over (0, ``top``] (an upper bound: a
+    closed-loop capacity; for the cheapest front stitch the smallest anchor's, which is the
+    one measured), each a ``seconds`` run of this benchmark's own client."""
     set_stitch(server, stitch)
     lo, hi, probes = 0.0, top, []
     for _ in range(5):
