@@ -93,6 +93,7 @@ def one_seed(
     eval_images: int | None,
     before_training: bool,
     epochs: int | None = None,
+    device: str | None = None,
 ) -> dict:
     """Train and evaluate the demo recipe with ``seed``; the figures of that run."""
     import torch
@@ -120,15 +121,15 @@ def one_seed(
     anchor_stitches = [Stitch.anchor(i) for i in range(len(net.anchors))]
     before = {}
     alone = evaluate_all(
-        net, test, stitches=anchor_stitches, max_images=eval_images, progress=False
+        net, test, stitches=anchor_stitches, max_images=eval_images, device=device, progress=False
     )
     standalone = [alone[str(s)].top1 for s in anchor_stitches]
     if before_training:  # before training: random vs least-squares stitching layers, same anchors
-        random_init = evaluate_all(net, test, max_images=eval_images, progress=False)
+        random_init = evaluate_all(net, test, max_images=eval_images, device=device, progress=False)
         snnet.init_least_squares(
             net, first_images(fashion_mnist("train"), settings.ls_images, seed=seed)
         )
-        ls_init = evaluate_all(net, test, max_images=eval_images, progress=False)
+        ls_init = evaluate_all(net, test, max_images=eval_images, device=device, progress=False)
         before = {
             "random_init": stitch_accuracy(random_init),
             "least_squares_init": stitch_accuracy(ls_init),
@@ -136,7 +137,7 @@ def one_seed(
 
     run_dir = run_root / f"seed{seed}"
     t = time.perf_counter()
-    report = run_demo(run_dir, settings, progress=False)
+    report = run_demo(run_dir, settings, device=device, progress=False)
     wall = time.perf_counter() - t
     after = Results.load(report.results_path)
     in_snnet = report.anchors_after
@@ -175,6 +176,7 @@ def one_seed(
     return {
         "seed": seed,
         "machine": {
+            "device": device or "cpu",
             "threads": threads,
             "cpu_count": os.cpu_count(),
             "load_avg_1m_start": round(load_start[0], 2),
@@ -285,6 +287,11 @@ def main() -> None:
         help="train the demo's recipe for this many epochs instead of its own (a longer or "
         "shorter run of the same recipe; the demo itself is unchanged)",
     )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default: the demo's own machine) or cuda; one GPU can hold several seeds' jobs",
+    )
     p.add_argument("--one-seed", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
@@ -292,7 +299,13 @@ def main() -> None:
     if args.one_seed is not None:  # a worker: one seed's figures as JSON on stdout
         before = args.before_training and args.one_seed == args.seeds[0]
         figures = one_seed(
-            args.one_seed, args.run_root, args.threads, args.eval_images, before, args.epochs
+            args.one_seed,
+            args.run_root,
+            args.threads,
+            args.eval_images,
+            before,
+            args.epochs,
+            args.device,
         )
         path = args.run_root / f"seed{args.one_seed}.json"
         path.write_text(json.dumps(figures, indent=2))
@@ -307,6 +320,8 @@ def main() -> None:
         str(args.run_root),
         "--threads",
         str(args.threads),
+        "--device",
+        args.device,
     ]
     if args.eval_images is not None:
         base += ["--eval-images", str(args.eval_images)]
@@ -337,6 +352,7 @@ def main() -> None:
         "seeds": args.seeds,
         "jobs": args.jobs,
         "threads_per_job": args.threads,
+        "device": args.device,
         "wall_seconds_all": round(time.perf_counter() - t0, 1),
         "summary": summarize(runs),
         "runs": runs,
