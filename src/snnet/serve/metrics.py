@@ -48,6 +48,12 @@ class Metrics(Hooks):
         self.errors = Counter(
             "snnet_bad_requests", "Requests answered with a 4xx error", ["code"], registry=r
         )
+        self.lag = Histogram(
+            "snnet_event_loop_lag_seconds",
+            "How late the event loop wakes a 10 ms timer (requests wait unparsed meanwhile)",
+            buckets=BUCKETS,
+            registry=r,
+        )
         queue = Gauge("snnet_queue_depth", "Images waiting for a batch", registry=r)
         queue.set_function(queue_depth)
 
@@ -64,6 +70,9 @@ class Metrics(Hooks):
 
     def switched(self, old: Stitch, new: Stitch) -> None:
         self.switches.inc()
+
+    def loop_lag(self, seconds: float) -> None:
+        self.lag.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
