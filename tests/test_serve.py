@@ -352,6 +352,43 @@ def test_latency_missing_from_results_is_measured_at_start_up(tmp_path, caplog):
     assert model.front and all(r.latency_ms is not None for r in model.results)
 
 
+def test_latency_measured_on_another_kind_of_device_is_measured_again(tmp_path, caplog):
+    # The SLO controller predicts from these latencies: a GPU's would make a CPU server promise
+    # what it cannot hold (and the reverse), so the server measures them where it runs.
+    from snnet.serve.model import ServedModel
+
+    run = make_run(tmp_path / "run")
+    res = Results.load(run / "results.json")
+    res.meta["latency"] = {"device": "cuda:0", "batch_size": 1}
+    res.save(run / "results.json")
+    calls = []
+
+    def measure(net, res):
+        calls.append(len(res.missing("latency_ms")))
+        for r in res:
+            res.update(r.stitch, latency_ms=2 + r.gmacs)
+        return res
+
+    with caplog.at_level("WARNING", logger="snnet.serve"):
+        model = ServedModel.load(run, measure=measure, device="cpu")
+    assert calls == [71] and "measured on cuda:0" in caplog.text
+    assert all(r.latency_ms >= 2 for r in model.results) and model.device.type == "cpu"
+
+    res.meta["latency"] = {"device": "cpu", "batch_size": 1}  # same kind: kept as measured
+    res.save(run / "results.json")
+    model = ServedModel.load(run, measure=measure)
+    assert calls == [71] and next(iter(model.results)).latency_ms < 2
+
+
+def test_serving_on_a_gpu_that_is_not_there_names_the_fix(run_dir):
+    from snnet.serve.model import ServedModel
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: nothing to refuse")  # CI has none
+    with pytest.raises(ValueError, match="--device cpu"):
+        ServedModel.load(run_dir, device="cuda")
+
+
 # -- bad input -------------------------------------------------------------------------------------
 def _truncated() -> bytes:
     big = png(1, (200, 200))

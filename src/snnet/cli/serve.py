@@ -35,6 +35,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     )
     add_threads_argument(p, default=1, help="torch threads for inference (default 1)")
     p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the network runs: cpu (default), cuda, cuda:1 ... (latency measured on "
+        "another kind of device is measured again at start-up)",
+    )
+    p.add_argument(
         "--max-queue",
         type=int,
         default=None,
@@ -95,8 +101,9 @@ def run(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         max_images=args.max_images,
         hold_s=args.hold_s,
+        device=args.device,
     )
-    model = ServedModel.load(args.run, results=args.results)
+    model = ServedModel.load(args.run, results=args.results, device=args.device)
     if args.stitch is not None:
         model.net.space.check(args.stitch)
     app = create_app(model, settings, api_key=api_key, max_body_bytes=int(args.max_body_mb * 2**20))

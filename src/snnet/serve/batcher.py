@@ -50,6 +50,7 @@ class ServeSettings:
     max_pixels: int = 4096 * 4096
     top_k: int = 5
     hold_s: float = 3.0
+    device: str = "cpu"  # where the network runs: cpu, cuda, cuda:1, ...
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_wait_ms < 0 or self.threads < 1 or self.max_images < 1:

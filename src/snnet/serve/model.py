@@ -124,6 +124,7 @@ class ServedModel:
         self.preprocess = preprocess
         self.classes = classes
         self.source = source
+        self.device = next(net.parameters()).device
         self.front: list[Record] = results.pareto("latency_ms", "top1")
         if not self.front:
             raise ValueError("no stitch has both latency and top-1 measured")
@@ -135,13 +136,19 @@ class ServedModel:
         *,
         results: str | Path | None = None,
         measure: Callable[[SNNet, Results], Results] | None = None,
+        device: str | torch.device = "cpu",
     ) -> ServedModel:
-        """Load the network of a run (or a saved network) and its ``results.json``. Latency not
-        in the results is measured now (``measure``; default: :func:`measure_latency` with 20
-        repeats per stitch) and the log says so; accuracy must already be there."""
+        """Load the network of a run (or a saved network) onto ``device`` with its
+        ``results.json``. Latency not in the results, or measured on another kind of device
+        (the SLO controller predicts from it), is measured now (``measure``; default:
+        :func:`measure_latency` with 20 repeats per stitch) and the log says so; accuracy must
+        already be there."""
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
         run = RunDir.find(path)
         config = read_config(run.model)
-        net = load(run.model, map_location="cpu").eval()
+        net = load(run.model).to(device).eval()
         res_path = Path(results) if results else run.results
         if not res_path.is_file():
             raise FileNotFoundError(
@@ -155,6 +162,17 @@ class ServedModel:
                 f"{res_path} lacks top-1 for {len(res.missing('top1'))} stitches: run "
                 f"`snnet evaluate {path}` first"
             )
+        measured_on = (res.meta.get("latency") or {}).get("device")
+        if measured_on is not None and torch.device(measured_on).type != device.type:
+            logger.warning(
+                "%s holds latency measured on %s: measuring it again on %s",
+                res_path,
+                measured_on,
+                device,
+            )
+            for r in res.records:
+                res.update(r, latency_ms=None, latency_p90_ms=None)
+            del res.meta["latency"]
         if res.missing("latency_ms"):
             logger.warning(
                 "%s has no latency for %d stitches: measuring it now on this machine",
@@ -165,7 +183,9 @@ class ServedModel:
                 lambda n, r: measure_latency(n, r, repeats=20, warmup=3, settle_s=1, progress=False)
             )
             res = measure(net, res)
-        num_classes = int(net(torch.zeros(1, *net.anchors[0].input_size)).shape[-1])
+        with torch.inference_mode():
+            probe = torch.zeros(1, *net.anchors[0].input_size, device=device)
+            num_classes = int(net(probe).shape[-1])
         return cls(
             net,
             res,
@@ -179,7 +199,7 @@ class ServedModel:
         controller needs besides the batch-1 latency in the results. Each round times every
         stitch once and a stitch gets its median over rounds, so a change of the machine's load
         during start-up shifts all stitches alike instead of reordering them."""
-        x = torch.zeros(max_batch, *self.net.anchors[0].input_size)
+        x = torch.zeros(max_batch, *self.net.anchors[0].input_size, device=self.device)
         times: dict[Stitch, list[float]] = {r.stitch: [] for r in self.front}
         with torch.inference_mode():
             for _ in range(2):  # warm-up
@@ -189,6 +209,8 @@ class ServedModel:
                 for s in times:
                     start = time.perf_counter()
                     self.net(x, stitch=s)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
                     times[s].append((time.perf_counter() - start) * 1e3)
         return {s: statistics.median(ts) for s, ts in times.items()}
 
@@ -196,9 +218,10 @@ class ServedModel:
         return BudgetController(self.net, self.results, cost="latency_ms")
 
     def predict(self, x: torch.Tensor, stitch: Stitch) -> torch.Tensor:
-        """Class probabilities (B, classes) of ``stitch`` on a preprocessed batch."""
+        """Class probabilities (B, classes, on the CPU) of ``stitch`` on a preprocessed batch."""
         with torch.inference_mode():
-            return self.net(x, stitch=stitch).float().softmax(dim=-1)
+            x = x.to(self.device, non_blocking=True)
+            return self.net(x, stitch=stitch).float().softmax(dim=-1).cpu()
 
     def top_k(self, probs: torch.Tensor, k: int) -> list[list[dict[str, Any]]]:
         values, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)

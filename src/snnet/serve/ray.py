@@ -58,7 +58,7 @@ class SNNetDeployment:
     def __init__(self, run: str, settings: dict[str, Any]) -> None:
         self.settings = ServeSettings(**settings)
         torch.set_num_threads(self.settings.threads)
-        self.model = ServedModel.load(run)
+        self.model = ServedModel.load(run, device=self.settings.device)
         self.ctrl = self.model.controller()
         self.replica = f"{os.uname().nodename}:{os.getpid()}"
         self.waiting = 0  # images this replica accepted and has not answered yet
@@ -146,6 +146,7 @@ _TYPES = {
     "max_batch": int,
     "max_wait_ms": float,
     "threads": int,
+    "device": str,
     "max_queue": int,
     "max_images": int,
     "max_pixels": int,
@@ -159,7 +160,8 @@ def build(args: dict[str, Any]) -> serve.Application:
 
     ``run`` (required) is a run directory; ``num_replicas`` (default 1) or ``min_replicas`` /
     ``max_replicas`` for Ray's autoscaling; every other key is a
-    :class:`~snnet.serve.batcher.ServeSettings` field (``slo_ms``, ``max_batch``, ...).
+    :class:`~snnet.serve.batcher.ServeSettings` field (``slo_ms``, ``max_batch``, ...);
+    ``device=cuda`` gives each replica one GPU.
     """
     args = dict(args)
     run = str(args.pop("run"))
@@ -180,4 +182,6 @@ def build(args: dict[str, Any]) -> serve.Application:
                 f"unknown setting {key!r}; choose from run, num_replicas, {list(_TYPES)}"
             )
         settings[key] = _TYPES[key](value)
+    if settings.get("device", "cpu").startswith("cuda"):  # one GPU per replica
+        replicas["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 1}
     return SNNetDeployment.options(**replicas).bind(run, settings)
