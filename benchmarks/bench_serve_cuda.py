@@ -8,15 +8,13 @@ On a machine with a GPU (``pip install 'snnet[serve]'``)::
 Builds the demo family into RUN (default runs/serve-cuda; random stitching layers, a stand-in
 top-1, CPU latency), loads it on the CPU and on DEV (which must measure latency again, the CPU's
 being from another kind of device), compares every stitch's probabilities on 8 images, starts
-``snnet serve RUN --device DEV --slo-ms 50`` on port 8765, checks its answers against the CPU's,
+``snnet serve RUN --device DEV --slo-ms 50`` on a free loopback port, checks its answers against the CPU's,
 then stops it with SIGTERM. Writes benchmarks/results/serve_cuda.json (or $OUT/serve_cuda.json).
 """
 
 import io
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,9 @@ from PIL import Image
 import snnet
 from snnet.results import Results
 from snnet.serve.model import ServedModel
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_serve import Server
 
 DEV = os.environ.get("DEV", "cuda")
 OUT = Path(os.environ.get("OUT", Path(__file__).parent / "results"))
@@ -64,36 +65,8 @@ out["predict_max_abs_diff"] = max(
     float((gpu.predict(x, r.stitch) - cpu.predict(x, r.stitch)).abs().max()) for r in cpu.results
 )
 out["full_batch_ms_gpu"] = {str(k): round(v, 3) for k, v in list(gpu.full_batch_ms(8).items())[:4]}
-env = {**os.environ, "OMP_NUM_THREADS": "1"}
-log = open(OUT / "serve_cuda.log", "w")  # noqa: SIM115 (the server's whole life)
-proc = subprocess.Popen(
-    [
-        sys.executable,
-        "-m",
-        "snnet",
-        "serve",
-        run,
-        "--device",
-        DEV,
-        "--slo-ms",
-        "50",
-        "--port",
-        "8765",
-        "--log-level",
-        "warning",
-    ],
-    env=env,
-    stdout=log,
-    stderr=subprocess.STDOUT,
-)
-url = "http://127.0.0.1:8765"
-for _ in range(240):
-    try:
-        if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-            break
-    except httpx.HTTPError:
-        pass
-    time.sleep(0.5)
+server = Server(Path(run), ["--device", DEV, "--slo-ms", "50"], OUT / "serve_cuda.log")
+url = server.url
 answers, worst = [], 0.0
 for i, b in enumerate(pngs):
     a = httpx.post(
@@ -108,8 +81,7 @@ out["server_prob_max_abs_diff_vs_cpu"] = worst
 out["server_top1_agrees"] = all(a["index"] == a["ref_argmax"] for a in answers)
 st = httpx.get(f"{url}/v1/status", timeout=5).json()
 out["server_status"] = {k: st.get(k) for k in ("stitch", "mode", "slo_ms", "loop_lag_ms")}
-proc.send_signal(signal.SIGTERM)
-out["server_exit"] = proc.wait(timeout=60)
-log.close()
+server.stop()  # SIGTERM: drains, then exits
+out["server_exit"] = server.proc.returncode
 (OUT / "serve_cuda.json").write_text(json.dumps(out, indent=1))
 print(json.dumps(out)[:3000])

@@ -334,18 +334,25 @@ def test_timm_anchors_preprocess_with_their_data_config():
     assert custom.mean == (0.5,) * 3 and custom.std == (0.25,) * 3
 
 
+def counting_measure(calls: list[int], *, base_ms: float):
+    """A stand-in for measuring latency at start-up: records how many stitches it was asked
+    for and gives each ``base_ms + GMACs``."""
+
+    def measure(net, res):
+        calls.append(len(res.missing("latency_ms")))
+        for r in res:
+            res.update(r.stitch, latency_ms=base_ms + r.gmacs)
+        return res
+
+    return measure
+
+
 def test_latency_missing_from_results_is_measured_at_start_up(tmp_path, caplog):
     from snnet.serve.model import ServedModel
 
     run = make_run(tmp_path / "run", latency=False)
     calls = []
-
-    def measure(net, res):
-        calls.append(len(res.missing("latency_ms")))
-        for r in res:
-            res.update(r.stitch, latency_ms=1 + r.gmacs)
-        return res
-
+    measure = counting_measure(calls, base_ms=1)
     with caplog.at_level("WARNING", logger="snnet.serve"):
         model = ServedModel.load(run, measure=measure)
     assert calls == [71] and "measuring it now" in caplog.text
@@ -362,13 +369,7 @@ def test_latency_measured_on_another_kind_of_device_is_measured_again(tmp_path, 
     res.meta["latency"] = {"device": "cuda:0", "batch_size": 1}
     res.save(run / "results.json")
     calls = []
-
-    def measure(net, res):
-        calls.append(len(res.missing("latency_ms")))
-        for r in res:
-            res.update(r.stitch, latency_ms=2 + r.gmacs)
-        return res
-
+    measure = counting_measure(calls, base_ms=2)
     with caplog.at_level("WARNING", logger="snnet.serve"):
         model = ServedModel.load(run, measure=measure, device="cpu")
     assert calls == [71] and "measured on cuda:0" in caplog.text
