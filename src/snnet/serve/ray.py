@@ -38,6 +38,7 @@ from snnet.serve.batcher import (
     Prediction,
     ServeSettings,
     Want,
+    freeze_heap,
     overloaded,
     queue_limit,
     resolve_want,
@@ -72,6 +73,7 @@ class SNNetDeployment:
             self.model.net.stitch = s.stitch or str(self.model.front[-1].stitch)
         self.infer.set_max_batch_size(s.max_batch)
         self.infer.set_batch_wait_timeout_s(s.max_wait_ms / 1e3)
+        freeze_heap()
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def infer(self, items: list[tuple[torch.Tensor, Want, float]]) -> list[Prediction]:
