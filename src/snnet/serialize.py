@@ -109,7 +109,8 @@ def load(
     ``anchors``. A network saved in parameter-efficient mode holds no anchor weights: its
     anchors are rebuilt with their pretrained weights (timm's hub or cache, the local
     checkpoint file, the demo family's weights) or taken from ``anchors``, and must be the very
-    anchors it was trained on (checked by their sha256).
+    anchors it was trained on (checked by their sha256). The network is returned on
+    ``map_location`` (``"cuda"``: on the GPU).
 
     Example:
         >>> net = snnet.load("runs/demo")            # the same as snnet.load("runs/demo/model")
@@ -141,7 +142,7 @@ def load(
     if config.get("data") and "channels" in config["data"]:  # absent in networks saved before
         net.data_config = DataConfig.from_json(config["data"])
     load_weights(net, weights, map_location=map_location, expected=config)
-    return net
+    return net.to(map_location)  # where the weights were read to is where the network runs
 
 
 def _rebuild(entry: dict[str, Any], *, pretrained: bool, path: Path) -> Anchor:
