@@ -574,14 +574,12 @@ def probe_best_fixed(server: Server, front, rate: float, slo: float, images, sco
     asyncio.run(drive(server.url, [("warmup", 2.0, rate)], images, seed=98))
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        row = front[mid]
-        set_stitch(server, str(row.stitch))
-        recs = asyncio.run(drive(server.url, [("probe", seconds, rate)], images, seed=97))
-        s = summarize(recs, *scores, seconds)
-        probes.append({"stitch": str(row.stitch), **s})
-        holds = s["p99_ms"] is not None and s["p99_ms"] <= slo and s["refused_share"] < 0.01
-        print(f"  probe {row.stitch}: p99 {s['p99_ms']} ms, refused {s['refused_share']:.1%}")
-        lo, hi = (mid, hi) if holds else (lo, mid - 1)
+        stitch = str(front[mid].stitch)
+        set_stitch(server, stitch)
+        s = probe(server, stitch, rate, slo, images, scores, seconds, seed=97)
+        probes.append(s)
+        print(f"  probe {stitch}: p99 {s['p99_ms']} ms, refused {s['refused_share']:.1%}")
+        lo, hi = (mid, hi) if s["holds"] else (lo, mid - 1)
     return str(front[lo].stitch), probes
 
 
@@ -596,20 +594,20 @@ def slo_capacity(
     lo, hi, probes = 0.0, top, []
     for _ in range(5):
         rate = round((lo + hi) / 2, 1)
-        recs = asyncio.run(drive(server.url, [("probe", seconds, rate)], images, seed=96))
-        s = summarize(recs, *scores, seconds)
-        holds = s["p99_ms"] is not None and s["p99_ms"] <= slo and s["refused_share"] < 0.01
-        probes.append({"stitch": stitch, "rate_rps": rate, "holds": holds, **s})
+        s = probe(server, stitch, rate, slo, images, scores, seconds, seed=96)
+        probes.append(s)
         print(f"  {stitch} at {rate} req/s: p99 {s['p99_ms']} ms, refused {s['refused_share']:.1%}")
-        lo, hi = (rate, hi) if holds else (lo, rate)
+        lo, hi = (rate, hi) if s["holds"] else (lo, rate)
     return lo, probes
 
 
-def holds_for(server: Server, stitch: str, rate: float, slo: float, images, scores, args):
-    """``stitch``, fixed, at ``rate`` for one phase: p99 within ``slo`` and < 1 % refused?"""
-    set_stitch(server, stitch)
-    recs = asyncio.run(drive(server.url, [("check", args.phase_s, rate)], images, seed=95))
-    s = summarize(recs, *scores, args.phase_s)
+def probe(
+    server: Server, stitch: str, rate: float, slo: float, images, scores, seconds, *, seed: int
+) -> dict[str, Any]:
+    """``stitch``, set on the fixed ``server``, at ``rate`` for ``seconds``: the phase's figures
+    and ``holds``, whether it kept p99 within ``slo`` with < 1 % refused."""
+    recs = asyncio.run(drive(server.url, [("probe", seconds, rate)], images, seed=seed))
+    s = summarize(recs, *scores, seconds)
     holds = s["p99_ms"] is not None and s["p99_ms"] <= slo and s["refused_share"] < 0.01
     return {"stitch": stitch, "rate_rps": rate, "holds": holds, **s}
 
@@ -815,13 +813,16 @@ def run_all(args, run, res, front, images, scores, fixed_server, common, out_dir
         # The goal needs a surge that some stitch holds for a whole phase: check that the
         # cheapest does, and lower R by 10 % (at most twice) while it does not.
         while True:
-            probe = holds_for(fixed_server, cheapest, 4 * rate, args.slo_ms, images, scores, args)
-            surge_checks.append(probe)
+            set_stitch(fixed_server, cheapest)
+            check = probe(
+                fixed_server, cheapest, 4 * rate, args.slo_ms, images, scores, args.phase_s, seed=95
+            )
+            surge_checks.append(check)
             print(
-                f"  check: {cheapest} at the surge {4 * rate:.1f} req/s: p99 {probe['p99_ms']} ms"
+                f"  check: {cheapest} at the surge {4 * rate:.1f} req/s: p99 {check['p99_ms']} ms"
             )
             lower = round(0.9 * rate, 1)
-            if probe["holds"] or len(surge_checks) == 3 or 4 * lower <= slo_cap[largest]:
+            if check["holds"] or len(surge_checks) == 3 or 4 * lower <= slo_cap[largest]:
                 break
             rate = lower
     print(f"steady rate {rate} req/s, surge {4 * rate:.1f}")

@@ -52,9 +52,17 @@ def percentile(values: Iterable[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def _sync(device: torch.device | None) -> None:
+def synchronize(device: torch.device | None) -> None:
+    """Wait for ``device``'s queued work (CUDA runs asynchronously): before reading a clock."""
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def forget_latency(results: Results) -> None:
+    """Drop every stitch's latency and how it was measured, so that all are measured anew."""
+    for s in results.records:
+        results.update(s, latency_ms=None, latency_p90_ms=None)
+    results.meta.pop("latency", None)
 
 
 def time_callable(
@@ -78,12 +86,12 @@ def time_callable(
     device = torch.device(device) if device is not None else None
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append((time.perf_counter() - start) * 1e3)
     return Timing(
         median_ms=statistics.median(times),
@@ -191,8 +199,7 @@ def measure_latency(
     settings = _settings(net, batch_size, device, repeats, warmup)
     before = results.meta.get("latency")
     if overwrite or before is None:
-        for s in results.records:
-            results.update(s, latency_ms=None, latency_p90_ms=None)
+        forget_latency(results)
     else:
         diff = [k for k in _COMPARABLE if before.get(k) != settings[k]]
         if diff and len(results.missing("latency_ms")) < len(results):
@@ -236,7 +243,7 @@ def _settle(net: SNNet, x: torch.Tensor, seconds: float, device: torch.device) -
     with torch.inference_mode():
         while time.perf_counter() < end:
             net(x, stitch=largest)
-            _sync(device)
+            synchronize(device)
 
 
 def _progress(total: int, enabled: bool) -> Any:

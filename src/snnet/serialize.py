@@ -99,7 +99,7 @@ def load(
     path: str | Path,
     *,
     anchors: Sequence[nn.Module | Anchor] | None = None,
-    map_location: str = "cpu",
+    map_location: str | torch.device = "cpu",
 ) -> SNNet:
     """Rebuild the network saved at ``path`` and load its weights.
 

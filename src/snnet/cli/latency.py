@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     run = RunDir.find(args.model_dir)
-    net = load(run.model, map_location="cpu").to(device).eval()
+    net = load(run.model, map_location=device).eval()
     path = Path(args.results) if args.results else run.results
     results = load_results_for(net, path, create=True)
     todo = len(results) if args.overwrite else len(results.missing("latency_ms"))

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from snnet.controller import BudgetController
-from snnet.latency import measure_latency
+from snnet.latency import forget_latency, measure_latency, synchronize
 from snnet.network import SNNet
 from snnet.preprocess import DataConfig
 from snnet.results import Record, Results
@@ -148,7 +148,7 @@ class ServedModel:
             raise ValueError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
         run = RunDir.find(path)
         config = read_config(run.model)
-        net = load(run.model).to(device).eval()
+        net = load(run.model, map_location=device).eval()
         res_path = Path(results) if results else run.results
         if not res_path.is_file():
             raise FileNotFoundError(
@@ -170,9 +170,7 @@ class ServedModel:
                 measured_on,
                 device,
             )
-            for r in res.records:
-                res.update(r, latency_ms=None, latency_p90_ms=None)
-            del res.meta["latency"]
+            forget_latency(res)
         if res.missing("latency_ms"):
             logger.warning(
                 "%s has no latency for %d stitches: measuring it now on this machine",
@@ -209,8 +207,7 @@ class ServedModel:
                 for s in times:
                     start = time.perf_counter()
                     self.net(x, stitch=s)
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize(self.device)
+                    synchronize(self.device)
                     times[s].append((time.perf_counter() - start) * 1e3)
         return {s: statistics.median(ts) for s, ts in times.items()}
 
