@@ -60,11 +60,11 @@ for _ in range(8):
     buf = io.BytesIO()
     Image.fromarray(arr, "L").save(buf, "PNG")
     pngs.append(buf.getvalue())
-x = torch.stack([cpu.preprocess(Image.open(io.BytesIO(b))) for b in pngs])
+x = torch.stack([cpu.preprocess.pixels(Image.open(io.BytesIO(b))) for b in pngs])
 out["predict_max_abs_diff"] = max(
     float((gpu.predict(x, r.stitch) - cpu.predict(x, r.stitch)).abs().max()) for r in cpu.results
 )
-out["full_batch_ms_gpu"] = {str(k): round(v, 3) for k, v in list(gpu.full_batch_ms(8).items())[:4]}
+out["full_batch_ms_gpu"] = {str(k): round(v, 3) for k, v in list(gpu.batch_ms([8])[8].items())[:4]}
 server = Server(Path(run), ["--device", DEV, "--slo-ms", "50"], OUT / "serve_cuda.log")
 url = server.url
 answers, worst = [], 0.0

@@ -67,6 +67,18 @@ def test_slo_starts_on_the_best_stitch_an_idle_server_holds():
     assert ctrl.predict_p99(i, 0.0, 0) == pytest.approx(p.max_wait_ms + ctrl.batch_time(i, 1))
 
 
+def test_slo_predicts_from_the_batch_1_times_the_server_measured_when_given():
+    # a traced server runs faster than the results' (eager) latency says
+    ctrl = _slo_controller()
+    one_ms = {r.stitch: 0.5 * r.latency_ms for r in ctrl.front}
+    eager = [ctrl.batch_time(i, 1) for i in range(len(ctrl.front))]
+    ctrl.set_slo(ctrl.slo, batch_ms={r.stitch: 4 * r.latency_ms for r in ctrl.front}, one_ms=one_ms)
+    assert [ctrl.batch_time(i, 1) for i in range(len(ctrl.front))] == [
+        pytest.approx(0.5 * t) for t in eager
+    ]
+    assert ctrl.batch_time(0, 8) == pytest.approx(4 * ctrl.front[0].latency_ms)
+
+
 def test_slo_prediction_grows_with_rate_queue_and_slowdown():
     ctrl = _slo_controller()
     i = 2

@@ -210,6 +210,37 @@ def test_data_config_comes_from_timm_and_round_trips_through_json():
     assert DataConfig.for_anchors(zoo) == DataConfig.fashion_mnist()
 
 
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(channels=1, size=(28, 28), mean=(0.286,), std=(0.353,), interpolation="bicubic"),
+        dict(
+            channels=3,
+            size=(32, 24),
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            crop_pct=0.875,
+        ),
+    ],
+)
+def test_serving_halves_of_the_transform_equal_the_whole_bit_for_bit(cfg):
+    # Serving keeps uint8 pixels per image and normalises whole batches (on the device): the
+    # network must see exactly what training's evaluation transform gives.
+    from snnet.preprocess import DataConfig
+
+    cfg = DataConfig(**cfg)
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, c), np.uint8).squeeze(), m)
+        for (h, w, c, m) in [(28, 28, 1, "L"), (200, 300, 3, "RGB"), (40, 17, 4, "RGBA")]
+    ]
+    pixels = torch.stack([cfg.pixels(img) for img in images])
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, *cfg.input_size)
+    assert torch.equal(cfg.normalize(pixels), torch.stack([cfg(img) for img in images]))
+    with pytest.raises(TypeError, match="uint8"):
+        cfg.normalize(pixels.float())
+
+
 def test_the_saved_network_records_its_preprocessing_and_old_saves_load_as_before(tmp_path):
     import json
 

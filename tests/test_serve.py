@@ -217,7 +217,7 @@ def test_a_latency_budget_counts_todays_speed(run_dir):
     from snnet.serve.batcher import Batcher, ServeSettings
     from snnet.serve.model import ServedModel, ServeError
 
-    batcher = Batcher(ServedModel.load(run_dir), ServeSettings())
+    batcher = Batcher(ServedModel.load(run_dir), ServeSettings(trace=False))
     fast = batcher.resolve(max_latency_ms=2.0).cap
     assert fast.latency_ms <= 2.0
     batcher.ctrl.slowdown = 2.0  # the machine got twice as slow as the results say
@@ -237,7 +237,7 @@ def test_a_started_batcher_freezes_the_heap_and_reports_a_blocked_event_loop(run
     from snnet.serve.model import ServedModel
 
     async def scenario() -> dict:
-        b = Batcher(ServedModel.load(run_dir), ServeSettings())
+        b = Batcher(ServedModel.load(run_dir), ServeSettings(trace=False))
         await b.start()
         assert gc.get_freeze_count() > 0  # what was loaded is out of the collector's passes
         await asyncio.sleep(0.05)
@@ -260,7 +260,8 @@ def test_the_queue_bound_leaves_room_for_the_time_outside_the_batcher(run_dir):
 
     model = ServedModel.load(run_dir)
     batch_ms = {r.stitch: 8 * r.latency_ms for r in model.front}
-    b = Batcher(model, ServeSettings(slo_ms=200, max_batch=8, max_wait_ms=5), batch_ms=batch_ms)
+    settings = ServeSettings(slo_ms=200, max_batch=8, max_wait_ms=5, trace=False)
+    b = Batcher(model, settings, batch_ms=batch_ms)
     rps = b.ctrl.capacity(0)  # nothing observed yet: the table's full-batch rate
     assert b.max_queue() == max(8, math.floor(rps * (200 - 5) / 1e3))
     b.ctrl.overhead_ms = 100.0  # requests spend 100 ms outside the batcher
@@ -280,7 +281,7 @@ def test_the_queue_bound_follows_the_throughput_observed(run_dir):
     now = [0.0]
     b = Batcher(
         model,
-        ServeSettings(slo_ms=100, max_batch=8, max_wait_ms=5),
+        ServeSettings(slo_ms=100, max_batch=8, max_wait_ms=5, trace=False),
         batch_ms=batch_ms,
         clock=lambda: now[0],
     )
@@ -301,6 +302,59 @@ def test_the_queue_bound_follows_the_throughput_observed(run_dir):
         ctrl.observe_batch(ctrl.front[2].stitch, 1, ctrl.batch_time(2, 1), now=now[0] + 0.01 * k)
     now[0] += 0.3
     assert ctrl.served_rps(now[0]) == pytest.approx(ctrl.capacity(0), rel=0.02)
+
+
+def test_traced_stitches_give_the_same_answers_from_the_same_weights(run_dir, caplog):
+    from snnet.serve.batcher import ServeSettings, prepare
+    from snnet.serve.model import ServedModel
+
+    model = ServedModel.load(run_dir)
+    stitches = [model.front[0].stitch, snnet.Stitch.parse("0:5-1:6"), model.front[-1].stitch]
+    assert model.trace(stitches, max_batch=4) == [] and set(model.traced) == set(stitches)
+    pixels = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    eager = {s: model.net(model.preprocess.normalize(pixels), stitch=s) for s in stitches}
+    for s in stitches:
+        assert torch.equal(model.predict(pixels, s), eager[s].softmax(-1))
+    # the traces read the network's own parameters: nothing was copied, a change shows
+    with torch.no_grad():
+        model.net.anchors[2].model.head.bias.add_(1.0)
+    assert torch.equal(
+        model.traced[stitches[2]](model.preprocess.normalize(pixels)), eager[stitches[2]] + 1
+    )
+    times = model.batch_ms((1, 4), rounds=1)
+    assert set(times) == {1, 4} and set(times[1]) == {r.stitch for r in model.front}
+    # a serving replica traces the front and its fixed stitch
+    fresh = ServedModel.load(run_dir)
+    prepare(fresh, ServeSettings(stitch="0:5-1:6", max_batch=2))
+    assert set(fresh.traced) == {r.stitch for r in fresh.front} | {stitches[1]}
+
+
+def test_a_stitch_whose_trace_fails_or_disagrees_stays_eager(run_dir, monkeypatch, caplog):
+    from snnet.serve.model import ServedModel
+
+    model = ServedModel.load(run_dir)
+    good, bad = snnet.Stitch.parse("0:5-1:6"), snnet.Stitch.parse("1:3-2:3")
+    real = torch.jit.trace
+
+    calls = []
+
+    def trace(fn, x, **kw):  # the second stitch cannot be traced
+        calls.append(fn)
+        if len(calls) == 2:
+            raise RuntimeError("cannot trace this")
+        return real(fn, x, **kw)
+
+    monkeypatch.setattr(torch.jit, "trace", trace)
+    with caplog.at_level("WARNING", logger="snnet.serve"):
+        assert model.trace([good, bad], max_batch=2) == [bad]
+    assert set(model.traced) == {good} and "1:3-2:3 stays eager" in caplog.text
+    monkeypatch.setattr(torch.jit, "trace", lambda fn, x, **kw: lambda y: fn(y) + 1e-3)
+    with caplog.at_level("WARNING", logger="snnet.serve"):
+        assert model.trace([model.front[0].stitch], max_batch=2) == [model.front[0].stitch]
+    pixels = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    with torch.inference_mode():
+        want = model.net(model.preprocess.normalize(pixels), stitch=bad).softmax(-1)
+    assert torch.equal(model.predict(pixels, bad), want)  # an eager stitch still answers
 
 
 def test_preprocessing_of_the_demo_family_matches_training():

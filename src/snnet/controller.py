@@ -143,13 +143,19 @@ class BudgetController:
 
     # -- latency SLO ------------------------------------------------------------------------
     def set_slo(
-        self, policy: SloPolicy, *, batch_ms: Mapping[Stitch, float] | None = None
+        self,
+        policy: SloPolicy,
+        *,
+        batch_ms: Mapping[Stitch, float] | None = None,
+        one_ms: Mapping[Stitch, float] | None = None,
     ) -> Stitch:
         """Follow a latency SLO from now on, starting on the best stitch for an idle server.
 
         ``batch_ms`` gives the measured time of a full batch (``policy.max_batch`` images) per
         front stitch; a stitch without one is assumed to cost ``max_batch`` × its batch-1
-        latency, which overestimates and so errs towards holding the SLO.
+        latency, which overestimates and so errs towards holding the SLO. ``one_ms`` gives the
+        batch-1 time where the server runs stitches otherwise than the results measured them
+        (traced); default: the results' ``latency_ms``.
         """
         if self.cost != "latency_ms":
             raise ValueError("a latency SLO needs cost='latency_ms' (measure with snnet latency)")
@@ -169,7 +175,7 @@ class BudgetController:
             self.front, lambda r: full[r.stitch], lambda r: getattr(r, metric)
         )
         self._costs = [getattr(r, self.cost) for r in self.front]  # (set_budget: not with an SLO)
-        self._t1 = [r.latency_ms for r in self.front]
+        self._t1 = [(one_ms or {}).get(r.stitch, r.latency_ms) for r in self.front]
         self._tb = [full[r.stitch] for r in self.front]
         self._arrivals: deque[float] = deque()
         self._latencies: deque[tuple[float, float]] = deque()  # (finished at, ms)

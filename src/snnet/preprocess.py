@@ -301,6 +301,38 @@ class DataConfig:
         """One image through the evaluation transform: a (C, H, W) float tensor."""
         return self._evaluate(img.convert(self.mode))
 
+    # The evaluation transform in two halves, for serving: the per-image half (resize and crop,
+    # on PIL images) keeps uint8 pixels, and the elementwise half (to [0, 1], then mean/std)
+    # runs once on a whole batch, on the network's device. normalize(stack(pixels(img)...))
+    # equals stack(self(img)...) bit for bit: the same float operations in the same order.
+    @functools.cached_property
+    def _pil_steps(self):
+        steps = list(self._evaluate.transforms)
+        names = [type(t).__name__ for t in steps[-2:]]
+        if names not in (["MaybeToTensor", "Normalize"], ["ToTensor", "Normalize"]):
+            raise RuntimeError(f"unexpected evaluation transform {self._evaluate}")
+        return steps[:-2]
+
+    def pixels(self, img: Image.Image) -> torch.Tensor:
+        """One image resized and cropped as :meth:`__call__` does, not yet normalised: a
+        (C, H, W) uint8 tensor, 4× smaller than the float one (for queues and transfers)."""
+        import numpy as np
+
+        img = img.convert(self.mode)
+        for step in self._pil_steps:
+            img = step(img)
+        x = torch.from_numpy(np.array(img, dtype=np.uint8))
+        return x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1).contiguous()
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels from :meth:`pixels` ((C, H, W) or a batch of them), on any device, to
+        the network's float input."""
+        if x.dtype != torch.uint8:
+            raise TypeError(f"normalize takes uint8 pixels (DataConfig.pixels), got {x.dtype}")
+        mean = torch.tensor(self.mean, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(-1, 1, 1)
+        return x.to(torch.get_default_dtype()).div(255).sub_(mean).div_(std)
+
 
 def default_augment(
     config: DataConfig, image_sizes: Sequence[tuple[int, int, str]], *, hflip: float | None = None

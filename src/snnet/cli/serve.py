@@ -41,6 +41,13 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         "another kind of device is measured again at start-up)",
     )
     p.add_argument(
+        "--no-trace",
+        dest="trace",
+        action="store_false",
+        help="run stitches eagerly (default: the front runs as TorchScript traces, the same "
+        "operators on the same weights without Python's per-layer cost)",
+    )
+    p.add_argument(
         "--max-queue",
         type=int,
         default=None,
@@ -102,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         max_images=args.max_images,
         hold_s=args.hold_s,
         device=args.device,
+        trace=args.trace,
     )
     model = ServedModel.load(args.run, results=args.results, device=args.device)
     if args.stitch is not None:

@@ -315,7 +315,7 @@ def create_app(
         req = await read_request(request, settings)
         want = b.resolve(req.stitch, req.max_gmacs, req.max_latency_ms)
         xs = [
-            model.preprocess(decode_image(blob, max_pixels=settings.max_pixels))
+            model.preprocess.pixels(decode_image(blob, max_pixels=settings.max_pixels))
             for blob in req.images
         ]
         preds = await b.submit(xs, want)

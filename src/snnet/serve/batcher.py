@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import math
 import os
 import time
@@ -35,6 +36,8 @@ from snnet.results import Record
 from snnet.serve.model import ServedModel, ServeError
 from snnet.stitch import Stitch
 
+logger = logging.getLogger("snnet.serve")
+
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -51,6 +54,7 @@ class ServeSettings:
     top_k: int = 5
     hold_s: float = 3.0
     device: str = "cpu"  # where the network runs: cpu, cuda, cuda:1, ...
+    trace: bool = True  # run the front (and the fixed stitch) traced: ServedModel.trace
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_wait_ms < 0 or self.threads < 1 or self.max_images < 1:
@@ -84,6 +88,28 @@ class Prediction:
     batch_size: int
     queue_ms: float  # queue entry to the start of compute
     compute_ms: float
+
+
+def fixed_stitch(model: ServedModel, settings: ServeSettings) -> Stitch:
+    """The stitch a server without an SLO runs: ``settings.stitch``, else the most accurate."""
+    return model.net.space.check(settings.stitch or model.front[-1].stitch)
+
+
+def prepare(model: ServedModel, settings: ServeSettings) -> None:
+    """What a replica does to the model before serving: trace the stitches it will run (the
+    front, and the fixed stitch) unless ``settings.trace`` is off."""
+    if settings.trace:
+        stitches = [r.stitch for r in model.front]
+        if settings.slo_ms is None:
+            stitches.append(fixed_stitch(model, settings))
+        start = time.perf_counter()
+        eager = model.trace(stitches, max_batch=settings.max_batch)
+        logger.info(
+            "traced %d stitches (TorchScript) in %.1f s; %d stay eager",
+            len(model.traced),
+            time.perf_counter() - start,
+            len(eager),
+        )
 
 
 def freeze_heap() -> None:
@@ -198,7 +224,7 @@ class Batcher:
         >>> batcher = Batcher(ServedModel.load("runs/demo"), ServeSettings(slo_ms=50))
         >>> await batcher.start()
         >>> arrived = batcher.clock()
-        >>> [pred] = await batcher.submit([model.preprocess(img)], Want())
+        >>> [pred] = await batcher.submit([model.preprocess.pixels(img)], Want())
         >>> latency_ms = batcher.finish([pred], arrived)
         >>> await batcher.drain()
     """
@@ -215,6 +241,7 @@ class Batcher:
         self.model, self.settings, self.hooks, self.clock = model, settings, hooks or Hooks(), clock
         self.ctrl = model.controller()
         torch.set_num_threads(settings.threads)
+        prepare(model, settings)
         if settings.slo_ms is not None:
             policy = SloPolicy(
                 slo_ms=settings.slo_ms,
@@ -222,12 +249,13 @@ class Batcher:
                 max_wait_ms=settings.max_wait_ms,
                 hold_s=settings.hold_s,
             )
+            one_ms = None
             if batch_ms is None:
-                batch_ms = model.full_batch_ms(settings.max_batch)
-            self.ctrl.set_slo(policy, batch_ms=batch_ms)
+                times = model.batch_ms((1, settings.max_batch))
+                one_ms, batch_ms = times[1], times[settings.max_batch]
+            self.ctrl.set_slo(policy, batch_ms=batch_ms, one_ms=one_ms)
         else:
-            fixed = settings.stitch or str(model.front[-1].stitch)
-            model.net.stitch = fixed  # checked: an unknown stitch is a ValueError here
+            model.net.stitch = fixed_stitch(model, settings)
         self.started = clock()
         self._queue: deque[_Item] = deque()
         self._wake = asyncio.Event()

@@ -38,8 +38,10 @@ from snnet.serve.batcher import (
     Prediction,
     ServeSettings,
     Want,
+    fixed_stitch,
     freeze_heap,
     overloaded,
+    prepare,
     queue_limit,
     resolve_want,
     stitch_for,
@@ -64,13 +66,15 @@ class SNNetDeployment:
         self.replica = f"{os.uname().nodename}:{os.getpid()}"
         self.waiting = 0  # images this replica accepted and has not answered yet
         s = self.settings
+        prepare(self.model, s)
         if s.slo_ms is not None:
             policy = SloPolicy(
                 slo_ms=s.slo_ms, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, hold_s=s.hold_s
             )
-            self.ctrl.set_slo(policy, batch_ms=self.model.full_batch_ms(s.max_batch))
+            times = self.model.batch_ms((1, s.max_batch))
+            self.ctrl.set_slo(policy, batch_ms=times[s.max_batch], one_ms=times[1])
         else:
-            self.model.net.stitch = s.stitch or str(self.model.front[-1].stitch)
+            self.model.net.stitch = fixed_stitch(self.model, s)
         self.infer.set_max_batch_size(s.max_batch)
         self.infer.set_batch_wait_timeout_s(s.max_wait_ms / 1e3)
         freeze_heap()
@@ -112,7 +116,7 @@ class SNNetDeployment:
                 self.model, self.ctrl.slowdown, req.stitch, req.max_gmacs, req.max_latency_ms
             )
             xs = [
-                self.model.preprocess(decode_image(b, max_pixels=self.settings.max_pixels))
+                self.model.preprocess.pixels(decode_image(b, max_pixels=self.settings.max_pixels))
                 for b in req.images
             ]
             self._admit(len(xs))
