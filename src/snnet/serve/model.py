@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from snnet.controller import BudgetController
-from snnet.latency import forget_latency, measure_latency, synchronize
+from snnet.latency import forget_latency, measure_latency
 from snnet.network import SNNet
 from snnet.preprocess import DataConfig
 from snnet.results import Record, Results
@@ -199,28 +199,32 @@ class ServedModel:
         """Run ``stitches`` as TorchScript traces from now on; returns those left eager.
 
         Small networks spend most of a forward in Python, one module call and one operator
-        dispatch at a time, holding the GIL that the event loop needs to read requests. A
-        trace runs the same operators from C++ on the same parameter tensors (switching stays
-        a lookup: no weight is copied). On the demo family (1 thread): 3.2× faster at batch 1,
-        2.2× for the largest anchor, identical outputs, 0.03 s to trace a stitch;
-        ``torch.compile`` took 30-43 s per stitch and ran slower. ``torch.jit.trace`` is
-        deprecated (FutureWarning) but has no replacement with that start-up cost; a stitch
-        whose trace fails, or disagrees with the eager forward at batch 1 and ``max_batch``,
-        stays eager and the log says why.
+        dispatch at a time, and every operator called from Python gives up the GIL and must
+        win it back from the event loop, which holds it for up to Python's switch interval
+        while requests pour in: under a surge, each hand-back cost milliseconds. A trace runs
+        the whole batch (normalisation, the stitch, softmax) as one call from C++, on the same
+        parameter tensors (switching stays a lookup: no weight is copied). On the demo family
+        (1 thread): 3.2× faster at batch 1, 2.2× for the largest anchor, identical outputs,
+        0.03 s to trace a stitch; ``torch.compile`` took 30-43 s per stitch and ran slower.
+        ``torch.jit.trace`` is deprecated (FutureWarning) but has no replacement with that
+        start-up cost; a stitch whose trace fails, or disagrees with the eager forward at batch
+        1 and ``max_batch``, stays eager and the log says why.
         """
         shape = self.net.anchors[0].input_size
         g = torch.Generator().manual_seed(0)
-        probe = torch.randn(max(max_batch, 1), *shape, generator=g).to(self.device)
+        probe = torch.randint(0, 256, (max(max_batch, 1), *shape), generator=g, dtype=torch.uint8)
+        probe = probe.to(self.device)
         eager = []
         for stitch in dict.fromkeys(self.net.space.check(s) for s in stitches):
+            run = self._eager(stitch)
             try:
                 with warnings.catch_warnings(), torch.no_grad():
                     warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation
                     warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                    traced = torch.jit.trace(_bound(self.net, stitch), probe[:1], check_trace=False)
+                    traced = torch.jit.trace(run, probe[:1], check_trace=False)
                 with torch.inference_mode():
                     for x in (probe[:1], probe):
-                        torch.testing.assert_close(traced(x), self.net(x, stitch=stitch))
+                        torch.testing.assert_close(traced(x), run(x))
             except Exception as e:  # any failure: the eager forward is always right
                 logger.warning("stitch %s stays eager: its trace failed (%s)", stitch, e)
                 eager.append(stitch)
@@ -236,18 +240,16 @@ class ServedModel:
         shape = self.net.anchors[0].input_size
         out = {}
         for size in dict.fromkeys(sizes):
-            x = torch.zeros(size, *shape, device=self.device)
+            x = torch.zeros(size, *shape, dtype=torch.uint8, device=self.device)
             times: dict[Stitch, list[float]] = {r.stitch: [] for r in self.front}
-            with torch.inference_mode():
-                for _ in range(2):  # warm-up
-                    for s in times:
-                        self._forward(x, s)
-                for _ in range(rounds):
-                    for s in times:
-                        start = time.perf_counter()
-                        self._forward(x, s)
-                        synchronize(self.device)
-                        times[s].append((time.perf_counter() - start) * 1e3)
+            for _ in range(2):  # warm-up
+                for s in times:
+                    self.predict(x, s)
+            for _ in range(rounds):
+                for s in times:
+                    start = time.perf_counter()
+                    self.predict(x, s)  # ends on the CPU: synchronised
+                    times[s].append((time.perf_counter() - start) * 1e3)
             out[size] = {s: statistics.median(ts) for s, ts in times.items()}
         return out
 
@@ -258,13 +260,23 @@ class ServedModel:
         """Class probabilities (B, classes, on the CPU) of ``stitch`` on a batch of uint8
         pixels (``preprocess.pixels`` of each image, stacked), normalised here, on the device:
         one elementwise pass per batch instead of one per image on the event loop."""
+        run = self.traced.get(stitch) or self._eager(stitch)
         with torch.inference_mode():
-            x = self.preprocess.normalize(pixels.to(self.device, non_blocking=True))
-            return self._forward(x, stitch).float().softmax(dim=-1).cpu()
+            if pixels.device != self.device:
+                pixels = pixels.to(self.device, non_blocking=True)
+            probs = run(pixels)
+            return probs if probs.device.type == "cpu" else probs.cpu()
 
-    def _forward(self, x: torch.Tensor, stitch: Stitch) -> torch.Tensor:
-        traced = self.traced.get(stitch)
-        return traced(x) if traced is not None else self.net(x, stitch=stitch)
+    def _eager(self, stitch: Stitch) -> Callable[[torch.Tensor], torch.Tensor]:
+        """uint8 pixels -> probabilities on ``stitch``, as a plain function: tracing a function
+        records the parameters it reads as references (a module would be mirrored, all 800-odd
+        submodules of every anchor, 50× slower to trace)."""
+        net, normalize = self.net, self.preprocess.normalize
+
+        def probabilities(pixels: torch.Tensor) -> torch.Tensor:
+            return net(normalize(pixels), stitch=stitch).float().softmax(dim=-1)
+
+        return probabilities
 
     def top_k(self, probs: torch.Tensor, k: int) -> list[list[dict[str, Any]]]:
         values, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)
@@ -272,14 +284,3 @@ class ServedModel:
             [{"index": i, "label": self.classes[i], "prob": v} for v, i in zip(vs, ix, strict=True)]
             for vs, ix in zip(values.tolist(), indices.tolist(), strict=True)
         ]
-
-
-def _bound(net: SNNet, stitch: Stitch) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The network with one stitch bound, as a plain function: tracing a function records
-    the parameters it reads as references (a module would be mirrored, all 800-odd
-    submodules of every anchor, 50× slower to trace)."""
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return net(x, stitch=stitch)
-
-    return forward

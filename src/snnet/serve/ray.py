@@ -39,12 +39,12 @@ from snnet.serve.batcher import (
     ServeSettings,
     Want,
     fixed_stitch,
-    freeze_heap,
     overloaded,
     prepare,
     queue_limit,
     resolve_want,
     stitch_for,
+    tune_interpreter,
 )
 from snnet.serve.model import ServedModel, ServeError, decode_image
 
@@ -77,7 +77,7 @@ class SNNetDeployment:
             self.model.net.stitch = fixed_stitch(self.model, s)
         self.infer.set_max_batch_size(s.max_batch)
         self.infer.set_batch_wait_timeout_s(s.max_wait_ms / 1e3)
-        freeze_heap()
+        tune_interpreter()
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def infer(self, items: list[tuple[torch.Tensor, Want, float]]) -> list[Prediction]:
