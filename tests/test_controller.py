@@ -79,6 +79,27 @@ def test_slo_predicts_from_the_batch_1_times_the_server_measured_when_given():
     assert ctrl.batch_time(0, 8) == pytest.approx(4 * ctrl.front[0].latency_ms)
 
 
+def test_slo_window_statistics_are_refreshed_at_most_every_stats_every_s():
+    # sorting 10 s of requests for every batch and every admission cost the event loop a
+    # third of its requests at 1,100 per second: the windows are read at most every 20 ms
+    ctrl = _slo_controller()
+    for k in range(40):
+        ctrl.observe_request(1.0 + k * 1e-3, 5.0, batcher_ms=4.0)
+    ctrl.update(1.05, 0)
+    assert ctrl.decision["observed_p99_ms"] == 5.0
+    for _ in range(40):
+        ctrl.observe_request(1.06, 30.0, batcher_ms=4.0)
+    ctrl.update(1.06, 0)  # 10 ms later: the same statistics
+    assert ctrl.decision["observed_p99_ms"] == 5.0
+    ctrl.update(1.071, 0)
+    assert ctrl.decision["observed_p99_ms"] == 30.0 and ctrl.overhead_ms == 26.0
+    ctrl.observe_batch(ctrl.net.stitch, 8, 4.0, now=1.08)
+    fresh = ctrl.served_rps(1.08)
+    ctrl.observe_batch(ctrl.net.stitch, 8, 1.0, now=1.09)
+    assert ctrl.served_rps(1.09) == fresh  # within 20 ms
+    assert ctrl.served_rps(1.101) != fresh
+
+
 def test_slo_prediction_grows_with_rate_queue_and_slowdown():
     ctrl = _slo_controller()
     i = 2
