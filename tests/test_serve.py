@@ -332,10 +332,12 @@ def test_traced_stitches_give_the_same_answers_from_the_same_weights(run_dir):
     assert torch.equal(after, eager(stitches[2])) and not torch.equal(after, before)
     times = model.batch_ms((1, 4), rounds=1)
     assert set(times) == {1, 4} and set(times[1]) == {r.stitch for r in model.front}
-    # a serving replica traces the front and its fixed stitch
-    fresh = ServedModel.load(run_dir)
-    prepare(fresh, ServeSettings(stitch="0:5-1:6", max_batch=2))
-    assert set(fresh.traced) == {r.stitch for r in fresh.front} | {stitches[1]}
+    # a serving replica traces the front and its fixed stitch, unless told not to
+    asked = []
+    model.trace = lambda stitches, max_batch: asked.append(list(stitches)) or []
+    prepare(model, ServeSettings(stitch="0:5-1:6", max_batch=2))
+    prepare(model, ServeSettings(stitch="0:5-1:6", trace=False))
+    assert asked == [[r.stitch for r in model.front] + [stitches[1]]]
 
 
 def test_a_stitch_whose_trace_fails_or_disagrees_stays_eager(run_dir, monkeypatch, caplog):
@@ -561,6 +563,7 @@ def slow_batches(run_dir, tmp_path_factory):
         "3000",
         "--max-queue",
         "4",
+        "--no-trace",  # tracing is not what this server tests
         log=tmp_path_factory.mktemp("log") / "slow.log",
     )
     yield s

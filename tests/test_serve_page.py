@@ -54,7 +54,7 @@ def browser():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     run = make_run(tmp_path_factory.mktemp("page") / "run")
-    s = Server(run, "--stitch", "2", log=tmp_path_factory.mktemp("log") / "page.log")
+    s = Server(run, "--stitch", "2", "--no-trace", log=tmp_path_factory.mktemp("log") / "page.log")
     yield s
     s.stop()
 
