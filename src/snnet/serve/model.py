@@ -204,8 +204,9 @@ class ServedModel:
         while requests pour in: under a surge, each hand-back cost milliseconds. A trace runs
         the whole batch (normalisation, the stitch, softmax) as one call from C++, on the same
         parameter tensors (switching stays a lookup: no weight is copied). On the demo family
-        (1 thread): 3.2× faster at batch 1, 2.2× for the largest anchor, identical outputs,
-        0.03 s to trace a stitch; ``torch.compile`` took 30-43 s per stitch and ran slower.
+        (1 thread, ``benchmarks/bench_trace.py``): 2.4-2.8× faster at batch 1, 1.7-2.4× at
+        batch 8, identical outputs, 0.12 s to trace and check a stitch; ``torch.compile`` took
+        30-43 s per stitch and ran slower.
         ``torch.jit.trace`` is deprecated (FutureWarning) but has no replacement with that
         start-up cost; a stitch whose trace fails, or disagrees with the eager forward at batch
         1 and ``max_batch``, stays eager and the log says why.
