@@ -96,9 +96,13 @@ def fixed_stitch(model: ServedModel, settings: ServeSettings) -> Stitch:
     return model.net.space.check(settings.stitch or model.front[-1].stitch)
 
 
-def prepare(model: ServedModel, settings: ServeSettings) -> None:
-    """What a replica does to the model before serving: trace the stitches it will run (the
-    front, and the fixed stitch) unless ``settings.trace`` is off."""
+def prepare(
+    model: ServedModel, settings: ServeSettings, *, batch_ms: dict[Stitch, float] | None = None
+) -> BudgetController:
+    """What a replica (the batcher's or Ray's) does before serving: trace the stitches it will
+    run (the front, and the fixed stitch) unless ``settings.trace`` is off, then return the
+    controller, following the SLO from batch times measured as the model now runs (or
+    ``batch_ms``, full batches, given), or with the fixed stitch set."""
     if settings.trace:
         stitches = [r.stitch for r in model.front]
         if settings.slo_ms is None:
@@ -111,6 +115,22 @@ def prepare(model: ServedModel, settings: ServeSettings) -> None:
             time.perf_counter() - start,
             len(eager),
         )
+    ctrl = model.controller()
+    if settings.slo_ms is None:
+        model.net.stitch = fixed_stitch(model, settings)
+        return ctrl
+    policy = SloPolicy(
+        slo_ms=settings.slo_ms,
+        max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms,
+        hold_s=settings.hold_s,
+    )
+    one_ms = None
+    if batch_ms is None:
+        times = model.batch_ms((1, settings.max_batch))
+        one_ms, batch_ms = times[1], times[settings.max_batch]
+    ctrl.set_slo(policy, batch_ms=batch_ms, one_ms=one_ms)
+    return ctrl
 
 
 #: How long a thread may hold the GIL while another waits (Python's default: 5 ms).
@@ -126,8 +146,8 @@ def tune_interpreter() -> None:
       the client 226 ms against 85 ms in the server; 2-core machine, compute family).
     - Hand the GIL over within 1 ms instead of 5. The inference thread gives it up around every
       call into torch and must win it back from an event loop busy parsing a surge: with a
-      thread spinning in Python beside it, a traced batch of the demo family ran 86 times a
-      second at 5 ms and 322 at 1 ms (830 alone).
+      thread spinning in Python beside it, traced batches of the demo family ran 93 times a
+      second at 5 ms and 331 at 1 ms (583 alone; ``benchmarks/bench_trace.py``).
     """
     gc.collect()
     gc.freeze()
@@ -252,23 +272,8 @@ class Batcher:
         batch_ms: dict[Stitch, float] | None = None,
     ) -> None:
         self.model, self.settings, self.hooks, self.clock = model, settings, hooks or Hooks(), clock
-        self.ctrl = model.controller()
         torch.set_num_threads(settings.threads)
-        prepare(model, settings)
-        if settings.slo_ms is not None:
-            policy = SloPolicy(
-                slo_ms=settings.slo_ms,
-                max_batch=settings.max_batch,
-                max_wait_ms=settings.max_wait_ms,
-                hold_s=settings.hold_s,
-            )
-            one_ms = None
-            if batch_ms is None:
-                times = model.batch_ms((1, settings.max_batch))
-                one_ms, batch_ms = times[1], times[settings.max_batch]
-            self.ctrl.set_slo(policy, batch_ms=batch_ms, one_ms=one_ms)
-        else:
-            model.net.stitch = fixed_stitch(model, settings)
+        self.ctrl = prepare(model, settings, batch_ms=batch_ms)
         self.started = clock()
         self._queue: deque[_Item] = deque()
         self._wake = asyncio.Event()

@@ -32,13 +32,11 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from snnet.controller import SloPolicy
 from snnet.serve.app import _error_response, answer, read_request
 from snnet.serve.batcher import (
     Prediction,
     ServeSettings,
     Want,
-    fixed_stitch,
     overloaded,
     prepare,
     queue_limit,
@@ -62,19 +60,10 @@ class SNNetDeployment:
         self.settings = ServeSettings(**settings)
         torch.set_num_threads(self.settings.threads)
         self.model = ServedModel.load(run, device=self.settings.device)
-        self.ctrl = self.model.controller()
+        self.ctrl = prepare(self.model, self.settings)
         self.replica = f"{os.uname().nodename}:{os.getpid()}"
         self.waiting = 0  # images this replica accepted and has not answered yet
         s = self.settings
-        prepare(self.model, s)
-        if s.slo_ms is not None:
-            policy = SloPolicy(
-                slo_ms=s.slo_ms, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, hold_s=s.hold_s
-            )
-            times = self.model.batch_ms((1, s.max_batch))
-            self.ctrl.set_slo(policy, batch_ms=times[s.max_batch], one_ms=times[1])
-        else:
-            self.model.net.stitch = fixed_stitch(self.model, s)
         self.infer.set_max_batch_size(s.max_batch)
         self.infer.set_batch_wait_timeout_s(s.max_wait_ms / 1e3)
         tune_interpreter()
