@@ -11,7 +11,9 @@ stand-in top-1 70 to 80), and R puts the surge midway between what the largest a
 smallest stitch carry in full batches (the benchmark takes the same midpoint of what they carry
 within the SLO, measured with its client beside the server). The assertions are the serving
 goals: p99 under the SLO and under 1 % refused in every phase, served top-1 within 0.3 point of
-the best fixed stitch that holds the SLO at R, no flapping.
+the best fixed stitch that holds the SLO at R, no flapping of the running stitch (relief batches,
+which run a cheaper stitch for one batch whose oldest request would miss its deadline, are not
+switches).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class PhaseStats:
     latencies: list[float] = field(default_factory=list)  # ms, of answered requests
     refused: int = 0
     top1: list[float] = field(default_factory=list)  # the served stitch's, per answer
-    indices: list[tuple[float, int]] = field(default_factory=list)  # (time, front index) per batch
+    indices: list[tuple[float, int]] = field(default_factory=list)  # (time, running index)
 
     @property
     def p99(self) -> float:
@@ -158,13 +160,14 @@ def simulate(
             full_at = admit_until(deadline, stop_at_full=True)
             now = max(now, full_at if full_at is not None else deadline)
         batch = [queue.popleft() for _ in range(min(MAX_BATCH, len(queue)))]
-        if fixed is None:
-            ctrl.update(now, len(queue))
-            index = ctrl._index
+        if fixed is None:  # the stitch for this batch (a relief batch's or the running one)
+            waited_ms = (now - batch[0][1]) * 1e3
+            stitch = ctrl.update(now, len(queue), waited_ms=waited_ms, batch_size=len(batch))
+            index, running = ctrl._front_index(stitch), ctrl._index
         else:
-            index = fixed
+            index = running = fixed
         st = stats[batch[0][2].name]
-        st.indices.append((now, index))
+        st.indices.append((now, running))
         noise = math.exp(rng.gauss(0.0, 0.1))
         speed = phase_at(phases, now).speed
         ms = true_batch_ms(ctrl, index, len(batch)) * speed * noise
@@ -223,19 +226,34 @@ def test_sim_p99_stays_under_the_slo_with_under_one_percent_refused(run, phase):
     assert st.refused_share < 0.01, f"{phase}: {st.refused_share:.1%} refused"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not met: the controller keeps p99 under 0.8 × SLO by prediction, while the best "
-    "fixed stitch here runs at 0.9 × SLO; it settles 4 to 6 stitches (2 to 3 points) below it",
-)
 def test_sim_steady_quality_is_within_a_third_of_a_point_of_the_best_fixed_stitch(run):
     """Issue 10: served top-1 at R within 0.3 point of the best fixed stitch that holds the SLO
-    there."""
+    there. Before relief batches the controller kept its predicted p99 under 0.8 × SLO while
+    the best fixed stitch ran at 0.9 × SLO, and settled 2 to 3 points below it."""
     _, phases, stats = run
-    index, top1 = best_fixed(make_controller(), phases[0])
+    index, top1 = best_fixed(make_controller(), phases[0], seed=1)
     assert index > 0  # the test means something: the best fixed stitch is not the cheapest
     served = stats["steady"].served_top1
     assert served >= top1 - 0.3, f"served {served:.2f} against {top1:.2f} fixed"
+
+
+def test_sim_goals_over_ten_arrival_sequences():
+    """The same goals over ten seeds, so that one lucky sequence of arrivals proves nothing.
+    Measured when written: p99 and refusals held in every phase of every seed; the steady gap
+    to the best fixed stitch (whose own p99 there is 84 to 92 ms: it is chosen by luck as much
+    as by speed) was -0.56 to +0.73 point, mean +0.05, within 0.3 for 9 of the 10 seeds. The
+    controller before relief batches: -0.7 to -1.9, mean -1.4."""
+    gaps = []
+    for seed in range(10):
+        ctrl = make_controller()
+        phases = schedule(ctrl)
+        stats = simulate(ctrl, phases, seed=seed)
+        for name, st in stats.items():
+            assert st.p99 < SLO_MS and st.refused_share < 0.01, (seed, name, st.p99)
+        _, top1 = best_fixed(make_controller(), phases[0], seed=seed)
+        gaps.append(stats["steady"].served_top1 - top1)
+    mean = sum(gaps) / len(gaps)
+    assert mean >= -0.3 and min(gaps) >= -1.0, [round(g, 2) for g in gaps]
 
 
 def _settled(st: PhaseStats, after_s: float) -> list[int]:

@@ -61,8 +61,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hold-s",
         type=float,
-        default=3.0,
-        help="seconds the load must stay low before stepping up a stitch (default 3)",
+        default=None,
+        help="seconds the load must stay low before stepping up a stitch (default 2)",
     )
     p.add_argument(
         "--api-key",
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         max_queue=args.max_queue,
         max_images=args.max_images,
-        hold_s=args.hold_s,
+        **({} if args.hold_s is None else {"hold_s": args.hold_s}),
         device=args.device,
         trace=args.trace,
     )

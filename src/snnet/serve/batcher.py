@@ -53,7 +53,7 @@ class ServeSettings:
     max_images: int = 16  # per request
     max_pixels: int = 4096 * 4096
     top_k: int = 5
-    hold_s: float = 3.0
+    hold_s: float = SloPolicy.hold_s
     device: str = "cpu"  # where the network runs: cpu, cuda, cuda:1, ...
     trace: bool = True  # run the front (and the fixed stitch) traced: ServedModel.trace
 
@@ -390,7 +390,7 @@ class Batcher:
                 except TimeoutError:
                     break
             batch = [self._queue.popleft() for _ in range(min(s.max_batch, len(self._queue)))]
-            chosen = self._choose()
+            chosen = self._choose(batch)
             groups: dict[Stitch, list[_Item]] = {}
             for item in batch:
                 groups.setdefault(stitch_for(self.model, item.want, chosen), []).append(item)
@@ -408,14 +408,19 @@ class Batcher:
                     continue
                 self._answer(stitch, items, probs, compute_ms)
 
-    def _choose(self) -> Stitch:
+    def _choose(self, batch: list[_Item]) -> Stitch:
+        """The stitch for ``batch``: the running one, or a cheaper one when its oldest request
+        would miss its deadline on it (a relief batch; the running stitch stays)."""
         if self.settings.slo_ms is None:
             return self.model.net.stitch
-        new = self.ctrl.update(self.clock(), len(self._queue))
-        if new != self._last_stitch:
-            self.hooks.switched(self._last_stitch, new)
-            self._last_stitch = new
-        return new
+        now = self.clock()
+        waited_ms = (now - batch[0].queued) * 1e3
+        chosen = self.ctrl.update(now, len(self._queue), waited_ms=waited_ms, batch_size=len(batch))
+        running = self.model.net.stitch
+        if running != self._last_stitch:
+            self.hooks.switched(self._last_stitch, running)
+            self._last_stitch = running
+        return chosen
 
     def _compute(self, stitch: Stitch, items: list[_Item]) -> tuple[torch.Tensor, float]:
         start = time.perf_counter()
@@ -427,7 +432,7 @@ class Batcher:
     ) -> None:
         now = self.clock()
         n = len(items)
-        if self.settings.slo_ms is not None and stitch == self.model.net.stitch:
+        if self.settings.slo_ms is not None and self.ctrl.on_front(stitch):
             self.ctrl.observe_batch(stitch, n, compute_ms, now)
         self.hooks.batch(stitch, n, compute_ms)
         for item, p in zip(items, probs, strict=True):
@@ -516,6 +521,7 @@ class Batcher:
             **self._controller_state(),
             "decision": dict(self.ctrl.decision) if s.slo_ms is not None else None,
             "switches": self.ctrl.switches,
+            "relief_batches": self.ctrl.reliefs,  # batches run below the running stitch
             "recent": self.recent(),
             "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "requests_per_stitch": dict(self.counts),

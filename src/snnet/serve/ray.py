@@ -74,7 +74,9 @@ class SNNetDeployment:
         now = time.monotonic()
         if self.settings.slo_ms is not None:
             self.ctrl.observe_arrival(now, len(items))
-            chosen = self.ctrl.update(now, queue_depth=0)  # Ray holds the queue: rate and p99
+            # Ray holds the queue: the rate and the p99, and relief for a batch that waited
+            waited_ms = (now - min(item[2] for item in items)) * 1e3
+            chosen = self.ctrl.update(now, 0, waited_ms=waited_ms, batch_size=len(items))
         else:
             chosen = self.model.net.stitch
         out: list[Prediction | None] = [None] * len(items)
@@ -87,7 +89,7 @@ class SNNetDeployment:
             probs = await asyncio.to_thread(self.model.predict, x, stitch)
             compute_ms = (time.perf_counter() - start) * 1e3
             done = time.monotonic()
-            if self.settings.slo_ms is not None and stitch == self.model.net.stitch:
+            if self.settings.slo_ms is not None and self.ctrl.on_front(stitch):
                 self.ctrl.observe_batch(stitch, len(idx), compute_ms, done)
             for i, p in zip(idx, probs, strict=True):
                 waited = (done - items[i][2]) * 1e3 - compute_ms
