@@ -81,23 +81,25 @@ def test_slo_predicts_from_the_batch_1_times_the_server_measured_when_given():
 
 def test_slo_window_statistics_are_refreshed_at_most_every_stats_every_s():
     # sorting 10 s of requests for every batch and every admission cost the event loop a
-    # third of its requests at 1,100 per second: the windows are read at most every 20 ms
+    # third of its requests at 1,100 per second, and every 20 ms still 2.5 ms in 20 at 1,300
     ctrl = _slo_controller()
+    every = ctrl.slo.stats_every_s
     for k in range(40):
         ctrl.observe_request(1.0 + k * 1e-3, 5.0, batcher_ms=4.0)
     ctrl.update(1.05, 0)
     assert ctrl.decision["observed_p99_ms"] == 5.0
     for _ in range(40):
         ctrl.observe_request(1.06, 30.0, batcher_ms=4.0)
-    ctrl.update(1.06, 0)  # 10 ms later: the same statistics
+    ctrl.update(1.05 + every / 2, 0)  # within stats_every_s: the same statistics
     assert ctrl.decision["observed_p99_ms"] == 5.0
-    ctrl.update(1.071, 0)
+    ctrl.update(1.051 + every, 0)
     assert ctrl.decision["observed_p99_ms"] == 30.0 and ctrl.overhead_ms == 26.0
-    ctrl.observe_batch(ctrl.net.stitch, 8, 4.0, now=1.08)
-    fresh = ctrl.served_rps(1.08)
-    ctrl.observe_batch(ctrl.net.stitch, 8, 1.0, now=1.09)
-    assert ctrl.served_rps(1.09) == fresh  # within 20 ms
-    assert ctrl.served_rps(1.101) != fresh
+    t = 2.0
+    ctrl.observe_batch(ctrl.net.stitch, 8, 4.0, now=t)
+    fresh = ctrl.served_rps(t)
+    ctrl.observe_batch(ctrl.net.stitch, 8, 1.0, now=t + every / 2)
+    assert ctrl.served_rps(t + every / 2) == fresh
+    assert ctrl.served_rps(t + every + 0.001) != fresh
 
 
 def test_slo_prediction_grows_with_rate_queue_and_slowdown():
@@ -176,10 +178,11 @@ def test_slo_steps_down_one_stitch_when_observed_p99_breaks_it():
     ctrl.update(1.2, queue_depth=0)
     assert ctrl._index == start
     ctrl.observe_request(1.2, 41.0)
-    ctrl.update(1.3, queue_depth=0)
+    later = 1.2 + ctrl.slo.stats_every_s  # (the window statistics are refreshed by then)
+    ctrl.update(later, queue_depth=0)
     assert ctrl._index == start - 1  # 41 ms > 40 ms, though the prediction was fine
     # the old stitch's latencies do not count against the new one
-    ctrl.update(1.4, queue_depth=0)
+    ctrl.update(later + 1.0, queue_depth=0)
     assert ctrl._index == start - 1
 
 

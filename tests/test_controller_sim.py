@@ -241,8 +241,8 @@ def test_sim_goals_over_ten_arrival_sequences():
     """The same goals over ten seeds, so that one lucky sequence of arrivals proves nothing.
     Measured when written: p99 and refusals held in every phase of every seed; the steady gap
     to the best fixed stitch (whose own p99 there is 84 to 92 ms: it is chosen by luck as much
-    as by speed) was -0.56 to +0.73 point, mean +0.05, within 0.3 for 9 of the 10 seeds. The
-    controller before relief batches: -0.7 to -1.9, mean -1.4."""
+    as by speed) was -0.02 to +1.31 point, mean +0.37 (relief batches let the running stitch
+    sit above it). The controller before relief batches: -0.7 to -1.9, mean -1.4."""
     gaps = []
     for seed in range(10):
         ctrl = make_controller()
@@ -298,4 +298,4 @@ def test_sim_surge_from_a_high_stitch_holds_the_slo():
     st = stats["surge"]
     assert st.p99 < SLO_MS and st.refused_share < 0.01, (st.p99, st.refused_share)
     first = [i for t, i in st.indices if t < 40.5]
-    assert min(first) <= 1  # down to the stitches that carry 4R within half a second
+    assert capacity(ctrl, min(first)) > surge.rate  # down to a stitch that carries 4R in 0.5 s

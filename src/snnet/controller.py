@@ -15,7 +15,7 @@ running stitch can sit as close to the SLO as the best fixed stitch does.
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,7 +67,8 @@ class SloPolicy:
     throughput) are recomputed at most every ``stats_every_s``: each sorts or scans up to
     ``latency_window_s`` of requests, and recomputing them for every batch and admission cost
     the event loop more than a third of the requests a demo-family server carried at 1,100
-    per second. The arrival rate and the queue are read at every update.
+    per second; every 20 ms they still took 2.5 ms in 20 at 1,300 per second. The arrival rate
+    is read at every update.
     """
 
     slo_ms: float
@@ -96,7 +97,7 @@ class SloPolicy:
     calibration_smoothing: float = 0.5
     calibration_range: tuple[float, float] = (0.25, 4.0)
     calibrate_below: float = 0.9  # of the running stitch's capacity
-    stats_every_s: float = 0.02  # window statistics are at most this old (0: always fresh)
+    stats_every_s: float = 0.25  # window statistics are at most this old (0: always fresh)
 
     def __post_init__(self) -> None:
         if self.slo_ms <= 0 or self.max_batch < 1 or self.max_wait_ms < 0:
@@ -319,12 +320,9 @@ class BudgetController:
         rate = len(self._arrivals) / window
         # the short window shows a surge within a fraction of a second; one four times as long
         # shows its end (a 4× drop from the surge's mean is within 5 sigmas of a 0.25-s count)
-        in_short = in_long = 0
-        for t in reversed(self._arrivals):  # newest first: stops at the longer window's start
-            if t < now - 4 * short:
-                break
-            in_long += 1
-            in_short += t >= now - short
+        n = len(self._arrivals)  # in time order: counted by bisection (1 s is 1,300 at a surge)
+        in_short = n - bisect_left(self._arrivals, now - short)
+        in_long = n - bisect_left(self._arrivals, now - 4 * short)
         for w, recent in ((short, in_short), (4 * short, in_long)):
             expected = rate * w
             if abs(recent - expected) > p.burst_sigmas * math.sqrt(max(expected, 1.0)):
