@@ -309,6 +309,35 @@ def test_the_queue_bound_follows_the_throughput_observed(run_dir):
     assert ctrl.served_rps(now[0]) == pytest.approx(ctrl.capacity(0), rel=0.02)
 
 
+def test_a_batch_that_waited_too_long_runs_a_cheaper_stitch_and_the_running_one_stays(run_dir):
+    """Relief batches, as the batcher asks for them: the oldest request's wait decides."""
+    from snnet.serve.batcher import Batcher, ServeSettings, Want, _Item
+    from snnet.serve.model import ServedModel
+
+    model = ServedModel.load(run_dir)
+    batch_ms = {r.stitch: 1.0 * (k + 1) for k, r in enumerate(model.front)}  # <= 71 ms
+    now = [10.0]
+    b = Batcher(
+        model,
+        ServeSettings(slo_ms=100, max_batch=8, max_wait_ms=5, trace=False),
+        batch_ms=batch_ms,
+        clock=lambda: now[0],
+    )
+    ctrl = b.ctrl
+    ctrl._switch(len(ctrl.front) - 1, 0.0)
+    running, switches = model.net.stitch, ctrl.switches
+
+    def batch(waited_ms: float) -> list:
+        return [_Item(torch.zeros(1, 28, 28), Want(), now[0] - waited_ms / 1e3, None)] * 8
+
+    b._last_stitch = running
+    assert b._choose(batch(1.0)) == running
+    relief = b._choose(batch(80.0))  # 80 ms waited: 5 ms left before 0.85 × SLO
+    assert ctrl.batch_time(relief, 8) <= 5.0 < ctrl.batch_time(running, 8)
+    assert model.net.stitch == running and b._last_stitch == running
+    assert b.status()["relief_batches"] == 1 and b.status()["switches"] == switches
+
+
 def test_traced_stitches_give_the_same_answers_from_the_same_weights(run_dir):
     from snnet.serve.batcher import ServeSettings, prepare
     from snnet.serve.model import ServedModel
