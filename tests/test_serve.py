@@ -273,23 +273,25 @@ def test_the_queue_bound_leaves_room_for_the_time_outside_the_batcher(run_dir):
     assert b.max_queue() == max(8, math.floor(rps * (200 - 5 - 100) / 1e3))
 
 
-def test_the_queue_bound_follows_the_throughput_observed(run_dir):
-    """Issue 10: the bound took whole full batches at the table's speed and held one back,
-    refusing part of a surge the cheapest stitch carried. It now drains at the rate the
-    server was seen to clear requests, scaled to the cheapest stitch."""
+def _slo_batcher(run_dir, ms_per_rank: float, now: list[float]):
+    """A batcher with an SLO of 100 ms on a fake clock (``now[0]``), whose front stitches take
+    ``ms_per_rank`` × their rank on the front (1, 2, ...) for a full batch of 8."""
     from snnet.serve.batcher import Batcher, ServeSettings
     from snnet.serve.model import ServedModel
 
     model = ServedModel.load(run_dir)
+    batch_ms = {r.stitch: ms_per_rank * (k + 1) for k, r in enumerate(model.front)}
+    settings = ServeSettings(slo_ms=100, max_batch=8, max_wait_ms=5, trace=False)
+    return Batcher(model, settings, batch_ms=batch_ms, clock=lambda: now[0])
+
+
+def test_the_queue_bound_follows_the_throughput_observed(run_dir):
+    """Issue 10: the bound took whole full batches at the table's speed and held one back,
+    refusing part of a surge the cheapest stitch carried. It now drains at the rate the
+    server was seen to clear requests, scaled to the cheapest stitch."""
     t = 4.0  # every stitch: a full batch of 8 in 4 ms × its rank on the front
-    batch_ms = {r.stitch: t * (k + 1) for k, r in enumerate(model.front)}
     now = [0.0]
-    b = Batcher(
-        model,
-        ServeSettings(slo_ms=100, max_batch=8, max_wait_ms=5, trace=False),
-        batch_ms=batch_ms,
-        clock=lambda: now[0],
-    )
+    b = _slo_batcher(run_dir, t, now)
     ctrl = b.ctrl
     ctrl._switch(0, 0.0)  # on the cheapest stitch
     old = 8 * math.floor((100 - 5 - t) / t)  # the former bound, for the table's speed
@@ -311,19 +313,11 @@ def test_the_queue_bound_follows_the_throughput_observed(run_dir):
 
 def test_a_batch_that_waited_too_long_runs_a_cheaper_stitch_and_the_running_one_stays(run_dir):
     """Relief batches, as the batcher asks for them: the oldest request's wait decides."""
-    from snnet.serve.batcher import Batcher, ServeSettings, Want, _Item
-    from snnet.serve.model import ServedModel
+    from snnet.serve.batcher import Want, _Item
 
-    model = ServedModel.load(run_dir)
-    batch_ms = {r.stitch: 1.0 * (k + 1) for k, r in enumerate(model.front)}  # <= 71 ms
     now = [10.0]
-    b = Batcher(
-        model,
-        ServeSettings(slo_ms=100, max_batch=8, max_wait_ms=5, trace=False),
-        batch_ms=batch_ms,
-        clock=lambda: now[0],
-    )
-    ctrl = b.ctrl
+    b = _slo_batcher(run_dir, 1.0, now)  # full batches of 1 to 71 ms along the front
+    model, ctrl = b.model, b.ctrl
     ctrl._switch(len(ctrl.front) - 1, 0.0)
     running, switches = model.net.stitch, ctrl.switches
 
