@@ -262,11 +262,8 @@ class ServedModel:
         pixels (``preprocess.pixels`` of each image, stacked), normalised here, on the device:
         one elementwise pass per batch instead of one per image on the event loop."""
         run = self.traced.get(stitch) or self._eager(stitch)
-        with torch.inference_mode():
-            if pixels.device != self.device:
-                pixels = pixels.to(self.device, non_blocking=True)
-            probs = run(pixels)
-            return probs if probs.device.type == "cpu" else probs.cpu()
+        with torch.inference_mode():  # .to and .cpu return the tensor itself when it is there
+            return run(pixels.to(self.device, non_blocking=True)).cpu()
 
     def _eager(self, stitch: Stitch) -> Callable[[torch.Tensor], torch.Tensor]:
         """uint8 pixels -> probabilities on ``stitch``, as a plain function: tracing a function
