@@ -455,6 +455,37 @@ def test_evaluate_max_images_is_a_stratified_sample(tmp_path, capsys):
     assert np.bincount(picked.targets).tolist() == [2] * 10  # the first 20 would be 4 classes
 
 
+def test_train_max_images_trains_on_a_stratified_sample_and_resume_keeps_it(tmp_path, capsys):
+    import snnet
+    from snnet.checkpoint import load_checkpoint
+    from snnet.cli import main
+    from snnet.data import Data, sample_training
+    from snnet.train import TrainConfig, fit
+
+    out = tmp_path / "run"
+    args = ["train", "fmnist", "--out", str(out), "--epochs", "1", "--batch-size", "8"]
+    args += ["--ls-init", "16", "--quiet", "--seed", "3"]
+    assert main([*args, "--max-images", "40"]) == 0
+    assert "stratified sample of 40 (seed 3)" in capsys.readouterr().out
+    assert load_checkpoint(out)["step"] == 5  # 40 images, 8 a step
+    # The same run, from the Python API on the sample it names: the same weights.
+    anchors, options = snnet.resolve_anchors("fmnist")
+    net = snnet.SNNet(anchors, **options)
+    train = fashion_mnist("train")
+    data = sample_training(Data(FashionMNIST.data_config, train=train, plain=train), 40, seed=3)
+    assert np.bincount(data.train.targets.numpy()).tolist() == [4] * 10
+    fit(net, data.train, TrainConfig(epochs=1, batch_size=8, seed=3), ls_init=16, progress=False)
+    for (name, a), (_, b) in zip(
+        snnet.load(out / "model").state_dict().items(), net.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    # Resuming on other images is refused: the run would silently change its data.
+    assert main([*args, "--max-images", "48", "--resume"]) == 2
+    assert "the training data changed" in capsys.readouterr().err
+    assert main([*args, "--max-images", "9", "--out", str(tmp_path / "small")]) == 2
+    assert "cannot hold all 10 classes: give --max-images 10" in capsys.readouterr().err
+
+
 def test_cli_trains_fashion_mnist_exactly_as_fit_on_the_plain_dataset(tmp_path):
     # What `snnet train fmnist` ran before --data had a resolver: fit(net, fashion_mnist("train")).
     import snnet

@@ -273,6 +273,13 @@ def restore(run: Run) -> list[dict[str, list]] | None:
     history a version-1 checkpoint kept inside itself (None from version 2 on)."""
     state = load_checkpoint(run.run_dir)
     _check_resume(state, run.config, run.world.world_size)
+    saved_total = state.get("total_steps")  # absent from checkpoints written before it was kept
+    if saved_total is not None and saved_total != run.total:
+        raise ValueError(
+            f"the checkpoint's run has {saved_total} steps, this one would have {run.total}: the "
+            "training data changed (--data, --max-images). Resume with the run's original data, "
+            "or start a new run in another directory"
+        )
     try:
         load_saved_state(run.net, state["model"])  # PEFT mode: the trained tensors only
     except RuntimeError as e:
@@ -320,6 +327,7 @@ def save_state(run: Run, *, with_model: bool) -> None:
                 "scaler": run.scaler.state_dict(),
                 "sampler": run.sampler.state_dict(),
                 "step": run.step,
+                "total_steps": run.total,
                 "epoch": run.epoch,
                 "position": run.position,
                 "world_size": run.world.world_size,

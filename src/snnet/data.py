@@ -699,6 +699,27 @@ def stratified_indices(
     return sorted(chosen)
 
 
+def sample_training(data: Data, n: int, *, seed: int = 0) -> Data:
+    """``data`` with its training images cut to a seeded stratified sample of ``n`` (the
+    un-augmented view keeps the same images; held-out images are left whole). Refuses a sample
+    too small to hold every class.
+
+    Example: ``data = sample_training(resolve_data("imagenet", cfg), 50_000, seed=0)``
+    """
+    targets = getattr(data.train, "targets", None)
+    classes = len(torch.as_tensor(targets).unique()) if targets is not None else 0
+    if n < classes:
+        raise ValueError(
+            f"a sample of {n} training images cannot hold all {classes} classes: "
+            f"give --max-images {classes} or more"
+        )
+    if n >= len(data.train):
+        return data
+    plain = None if data.plain is None else sample(data.plain, n, seed=seed)
+    name = f"{data.name}, stratified sample of {n} (seed {seed})"
+    return replace(data, train=sample(data.train, n, seed=seed), plain=plain, name=name)
+
+
 def sample(dataset: Dataset, n: int, *, seed: int = 0) -> Dataset:
     """A seeded stratified sample of ``n`` images of ``dataset`` (see
     :func:`stratified_indices`); the dataset itself when it has ``n`` images or fewer.

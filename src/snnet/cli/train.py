@@ -53,6 +53,14 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     add_family_arguments(p)
     data = p.add_argument_group("data and run")
     add_data_arguments(data)
+    data.add_argument(
+        "--max-images",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="train on a stratified sample of N training images (every class in proportion), "
+        "drawn with --seed; least squares draws from the same sample",
+    )
     data.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, model)")
     data.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     data.add_argument(
@@ -100,7 +108,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from snnet.data import resolve_data
+    from snnet.data import resolve_data, sample_training
     from snnet.preprocess import DataConfig
     from snnet.sources import resolve_anchors
     from snnet.threads import set_threads
@@ -130,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
         augment=augment_from_args(args),
         val=args.val,
     )  # fit checks the training images against the network (size, then classes)
+    if args.max_images is not None:
+        data = sample_training(data, args.max_images, seed=config.seed)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"training on {data.name}")
     # data.val (root/val, --val, Fashion-MNIST's test split) is scored every --val-every epochs.
     result = fit(
         net,
