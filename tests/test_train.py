@@ -726,6 +726,19 @@ def test_val_csv_of_a_resumed_run_equals_an_uninterrupted_runs(fmnist_slice, tmp
     assert sorted(e.step for e in board.Scalars("train/loss")) == list(range(1, 13))
 
 
+def test_validation_images_are_a_fixed_sample_of_every_class(fmnist_slice):
+    from snnet.monitor import Validation
+
+    net = tiny_fmnist_net()
+    idx = Validation(net, fmnist_slice, max_images=100, seed=1).indices
+    share = torch.bincount(fmnist_slice.targets, minlength=10) * 100 / len(fmnist_slice)
+    assert (torch.bincount(fmnist_slice.targets[idx], minlength=10) - share).abs().max() < 1
+    assert torch.equal(idx, Validation(net, fmnist_slice, max_images=100, seed=1).indices)
+    assert not torch.equal(idx, Validation(net, fmnist_slice, max_images=100, seed=2).indices)
+    unlabelled = torch.utils.data.TensorDataset(fmnist_slice.images[:60].float())
+    assert len(set(Validation(net, unlabelled, max_images=20).indices.tolist())) == 20
+
+
 def test_bad_validation_options_are_clear_errors(fmnist_slice):
     net = tiny_fmnist_net()
     with pytest.raises(ValueError, match="--val-every must be at least 1"):

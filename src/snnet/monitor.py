@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from snnet.data import stratified_indices
 from snnet.evaluate import StitchTree
 from snnet.files import read_csv_rows, rewrite_csv
 from snnet.network import SNNet
@@ -73,7 +74,8 @@ class Score:
 
 class Validation:
     """The anchors and a few stitches (:func:`spread_stitches`) on up to ``max_images`` images
-    of ``dataset`` (a fixed sample drawn with ``seed``), all stitches in one pass
+    of ``dataset`` (a fixed sample drawn with ``seed``, stratified by class when the dataset
+    has ``targets``), all stitches in one pass
     (:class:`~snnet.evaluate.StitchTree`).
 
     Example:
@@ -98,11 +100,14 @@ class Validation:
             raise ValueError(f"validation needs at least 1 image, got max_images={max_images}")
         self.stitches = stitches if stitches is not None else spread_stitches(net)
         n = len(dataset) if max_images is None else min(max_images, len(dataset))
-        if n < len(dataset):
+        targets = getattr(dataset, "targets", None)
+        if n == len(dataset):
+            self.indices = torch.arange(n)
+        elif targets is not None:  # every class in proportion: a steadier score from few images
+            self.indices = torch.tensor(stratified_indices(targets, n, seed=seed))
+        else:
             perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
             self.indices = perm[:n].sort().values
-        else:
-            self.indices = torch.arange(n)
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
 
     def __len__(self) -> int:
