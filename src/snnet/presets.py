@@ -22,6 +22,7 @@ PRESETS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "resnet": (("resnet18", "resnet50"), {}),
     "resnet-swin": (("resnet18", "swin_tiny_patch4_window7_224"), {}),
     "levit": (("levit_192", "levit_256"), {}),
-    # snnet's shipped Fashion-MNIST ViTs (snnet.zoo), offline: 1×28×28 inputs, 10 classes.
+    # snnet's shipped Fashion-MNIST ViTs (snnet.zoo), offline: 1×28×28 inputs, 10 classes. The
+    # demo family (zoo.DEMO_FAMILY) is read from here.
     "fmnist": (("zoo=fmnist_vit_xs", "zoo=fmnist_vit_sm", "zoo=fmnist_vit_l"), {}),
 }

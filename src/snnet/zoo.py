@@ -32,6 +32,7 @@ from tqdm import tqdm
 from snnet.batches import EpochBatches
 from snnet.data import FashionMNIST, fashion_mnist
 from snnet.files import atomic_write
+from snnet.presets import PRESETS
 from snnet.train import get_lr, parameter_groups, set_lr
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -79,9 +80,9 @@ ZOO_ANCHORS: dict[str, DemoAnchorConfig] = {
     "fmnist_vit_l": DemoAnchorConfig(embed_dim=64, num_heads=4),
 }
 
-# The demo family, ordered small to large.
+# The demo family, ordered small to large: the anchors of the ``fmnist`` preset.
 DEMO_FAMILY: dict[str, DemoAnchorConfig] = {
-    n: ZOO_ANCHORS[n] for n in ("fmnist_vit_xs", "fmnist_vit_sm", "fmnist_vit_l")
+    n.removeprefix("zoo="): ZOO_ANCHORS[n.removeprefix("zoo=")] for n in PRESETS["fmnist"][0]
 }
 
 
