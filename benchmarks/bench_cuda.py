@@ -43,12 +43,12 @@ from snnet.results import Results
 from snnet.train import TrainConfig, amp_dtype, num_outputs, train_loop
 
 OUT = Path(__file__).parent / "results" / "cuda.json"
-FAMILIES = ("fmnist", "deit", "swin", "resnet", "resnet-swin", "levit")
+FAMILIES = ("fmnist-xs-sm-l", "deit", "swin", "resnet", "resnet-swin", "levit")
 
 
 def build(family: str) -> snnet.SNNet:
     torch.manual_seed(0)
-    kwargs = {} if family == "fmnist" else {"pretrained": False}
+    kwargs = {} if family.startswith("fmnist") else {"pretrained": False}
     anchors, options = snnet.resolve_anchors(family, **kwargs)
     return snnet.SNNet(anchors, **options).eval()
 

@@ -8,8 +8,9 @@ Both give each rank the same (uniform) distribution of stitches: the same work o
 
 One ``torchrun --nproc_per_node=2 --standalone`` launch (gloo, 1 thread per rank) alternates the two
 modes in blocks of steps (ABBA order), so drifting load from other processes on the machine hits
-both alike. Each block trains a fresh network of the demo family's architecture (timm ViTs 16/32/64
-wide, depth 12, 28×28 grey; random weights, as speed does not depend on them) on Fashion-MNIST;
+both alike. Each block trains a fresh network of the demo family's architecture (timm ViTs of depth
+12 on 28×28 grey images, widths as recorded; random weights, as speed does not depend on them) on
+Fashion-MNIST;
 the first ``--warmup-steps`` of a block are not timed. Writes ``benchmarks/results/ddp_sampling.json``
 and prints the figures.
 """
@@ -178,7 +179,9 @@ def main() -> None:
             "ranks": 2,
             "backend": "gloo",
             "threads_per_rank": 1,
-            "family": "demo ViTs 16/32/64 wide, depth 12, 28x28 grey (random weights)",
+            "family": "demo ViTs {} wide, depth 12, 28x28 grey (random weights)".format(
+                "/".join(str(a.model.embed_dim) for a in net.anchors)
+            ),
             "stitches": len(net.stitches),
             "gmacs_range": [costs[0], costs[-1]],
             "batch_size_per_rank": args.batch_size,

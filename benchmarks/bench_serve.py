@@ -145,7 +145,7 @@ def prepare_run(run: Path, *, eval_images: int | None) -> Path:
     if _prepared(results_path):
         return run
     torch.set_num_threads(1)
-    anchors, options = snnet.resolve_anchors("fmnist")
+    anchors, options = snnet.resolve_anchors("fmnist-xs-sm-l")
     net = snnet.SNNet(anchors, **options).eval()
     if not (run / "model" / "config.json").exists():
         train = fashion_mnist("train")

@@ -35,7 +35,7 @@ OUT = Path(os.environ.get("OUT", Path(__file__).parent / "results"))
 run = os.environ.get("RUN", "runs/serve-cuda")
 out = {"device": DEV}
 if not os.path.exists(f"{run}/results.json"):  # the demo family, LS-free, results with CPU latency
-    anchors, options = snnet.resolve_anchors("fmnist")
+    anchors, options = snnet.resolve_anchors("fmnist-xs-sm-l")
     torch.manual_seed(0)
     net = snnet.SNNet(anchors, **options).eval()
     snnet.save(net, f"{run}/model")

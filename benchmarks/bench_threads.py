@@ -35,7 +35,7 @@ from snnet.train import TrainConfig, make_optimizer
 
 threads, steps = int(sys.argv[1]), int(sys.argv[2])
 set_threads(threads)
-anchors, options = snnet.resolve_anchors("fmnist")
+anchors, options = snnet.resolve_anchors("fmnist-xs-sm-l")
 net = snnet.SNNet(anchors, **options).train()
 opt = make_optimizer(net, TrainConfig())
 x, y = fashion_mnist("train").get_batch(torch.arange(128))

@@ -130,7 +130,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work) / name
     run = RunDir(work / "run")
     try:
-        anchors, options = snnet.resolve_anchors("fmnist")
+        anchors, options = snnet.resolve_anchors("fmnist-xs-sm-l")
         net = snnet.SNNet(anchors, **{**options, **net_options})
         train = fashion_mnist("train")
         per_epoch = math.ceil(len(train) / RECIPE["batch_size"])
@@ -143,7 +143,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
         return {"variant": name, "what": what, "status": "unavailable", "error": str(e)}
     test = fashion_mnist("test")
     anchor_stitches = [snnet.Stitch.anchor(i) for i in range(len(net.anchors))]
-    plain, plain_options = snnet.resolve_anchors("fmnist")  # the shipped anchors, untouched
+    plain, plain_options = snnet.resolve_anchors("fmnist-xs-sm-l")  # the shipped anchors, untouched
     standalone = evaluate_all(
         snnet.SNNet(plain, **plain_options),
         test,

@@ -25,23 +25,24 @@ from snnet.zoo import demo_anchor_record, demo_family_names
 
 @dataclass(frozen=True, kw_only=True)
 class DemoSettings:
-    """The demo's recipe: least squares on 512 images, then 5 epochs of SN-Net training in which
+    """The demo's recipe: least squares on 512 images, then 10 epochs of SN-Net training in which
     every stitch learns from a frozen copy of the anchor it ends in (soft distillation, T = 2,
     weight 0.5; an anchor's own path from its starting self), a quarter of the steps run an
     anchor's own path, and the anchors learn at half the stitching layers' rate.
 
     Why: stitches gain only when the anchors co-adapt to them, and that costs the anchors. The
     distillation and the anchor paths hold the anchors near their standalone accuracy while they
-    move, and the length of the run is what lets the stitches catch up (measured on this family,
-    seed 0, 5,000 test images: 2 / 4 / 8 epochs gave a mean stitch of 82.8 / 83.9 / 84.9 %, 1 / 2 /
-    8 stitches on the front and anchors within 0.86 / 0.36 / 0.38 point of their standalone
-    accuracy; without distillation 4 epochs gave 83.7 % and 1 stitch; ``benchmarks/recipe/
-    FINDINGS.md``). 5 epochs is what fits the demo's 10 minutes on 2 cores, install included: a
-    step takes ~0.12 s with 1 or 2 threads alike. Results over seeds:
-    ``benchmarks/bench_demo_family.py``.
+    move, and the length of the run is what lets the stitches catch up (on the family before,
+    widths 8 / 24 / 64, seed 0, 5,000 test images: 2 / 4 / 8 epochs gave a mean stitch of 82.8 /
+    83.9 / 84.9 %, 1 / 2 / 8 stitches on the front and anchors within 0.86 / 0.36 / 0.38 point of
+    their standalone accuracy; without distillation 4 epochs gave 83.7 % and 1 stitch; on this
+    family, seed 0: 8 / 10 / 16 epochs put 11 / 18 / 17 stitches on the front with widest gaps of
+    2.69 / 2.29 / 1.84x; ``benchmarks/recipe/FINDINGS.md``). 10 epochs is what fits the demo's 10
+    minutes on 2 cores, install included: a step takes ~0.09 s at 1 thread (2 threads are slower
+    on models this small). Results over seeds: ``benchmarks/bench_demo_family.py``.
     """
 
-    epochs: int = 5
+    epochs: int = 10
     steps: int | None = None
     batch_size: int = 128
     lr: float = 2e-3
