@@ -1,5 +1,6 @@
 """Training: the loop learns, resumes exactly, leaves idle parameters alone, and runs under DDP."""
 
+import contextlib
 import copy
 import itertools
 import json
@@ -95,6 +96,7 @@ class SignalAfter:
 
     def __init__(self, batches: EpochBatches, k: int) -> None:
         self.batches, self.k, self.served = batches, k, 0
+        self.dataset, self.order = batches.dataset, batches.order  # as EpochBatches has them
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -883,6 +885,59 @@ def test_resume_with_distillation_and_anchor_paths_equals_an_uninterrupted_run(
     rest = train_loop(other_init, batches, config, run_dir=run, resume=True, progress=False)
     assert rest.losses == whole.losses and rest.stitches == whole.stitches
     assert state_equal(rest.net, whole.net)
+
+
+def test_cached_teachers_hold_the_teachers_logits_and_a_resumed_run_equals_a_whole_one(
+    fmnist_slice, tmp_path, monkeypatch
+):
+    from snnet.train import TeacherLogits
+
+    config = TrainConfig(
+        epochs=2,
+        batch_size=64,
+        lr=3e-3,
+        anchor_lr_scale=0.5,
+        warmup=2,
+        distill="end",
+        anchor_probability=0.3,
+        cache_teachers=True,
+    )
+    batches = EpochBatches(fmnist_slice, 64, seed=config.seed)
+    teachers = tiny_fmnist_net().eval()
+    cache = TeacherLogits(teachers, batches, torch.device("cpu"), contextlib.nullcontext())
+    with torch.no_grad():
+        for position, (images, _) in enumerate(batches(1)):
+            for a in range(len(teachers.anchors)):
+                expected = teachers(images, stitch=snnet.Stitch.anchor(a))
+                torch.testing.assert_close(cache(a, 1, position), expected, rtol=1e-5, atol=1e-5)
+
+    reads = []
+    read = TeacherLogits.__call__
+    monkeypatch.setattr(TeacherLogits, "__call__", lambda c, *a: reads.append(a) or read(c, *a))
+    whole = train_loop(tiny_fmnist_net(drop_rate=0.1), batches, config, progress=False)
+    assert len(reads) == whole.steps  # every step read its teacher's logits from the cache
+    uncached = TrainConfig(**{**config.to_json(), "cache_teachers": False})
+    live = train_loop(tiny_fmnist_net(drop_rate=0.1), batches, uncached, progress=False)
+    assert whole.stitches == live.stitches
+    assert whole.losses == pytest.approx(live.losses, rel=1e-4)
+
+    run = tmp_path / "run"
+    first = train_loop(
+        tiny_fmnist_net(drop_rate=0.1),
+        SignalAfter(batches, 11),
+        config,
+        run_dir=run,
+        progress=False,
+    )
+    assert first.interrupted == signal.SIGTERM and first.steps == 11
+    rest = train_loop(
+        tiny_fmnist_net(drop_rate=0.1), batches, config, run_dir=run, resume=True, progress=False
+    )
+    assert rest.losses == whole.losses and state_equal(rest.net, whole.net)
+
+    shifted = FashionMNIST(fmnist_slice.images, fmnist_slice.targets, augment=True)
+    with pytest.raises(ValueError, match="drop --cache-teachers"):
+        train_loop(tiny_fmnist_net(), EpochBatches(shifted, 64), config, progress=False)
 
 
 def test_distillation_from_the_anchors_and_an_external_teacher_exclude_each_other(fmnist_slice):

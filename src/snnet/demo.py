@@ -42,7 +42,7 @@ class DemoSettings:
     on models this small). Results over seeds: ``benchmarks/bench_demo_family.py``.
     """
 
-    epochs: int = 10
+    epochs: int = 16
     steps: int | None = None
     batch_size: int = 128
     lr: float = 2e-3
@@ -59,6 +59,7 @@ class DemoSettings:
     distill_temperature: float = 2.0
     distill_weight: float = 0.5
     anchor_probability: float | None = 0.25
+    cache_teachers: bool = True
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def run_demo(
         distill_temperature=settings.distill_temperature,
         distill_weight=settings.distill_weight,
         anchor_probability=settings.anchor_probability,
+        cache_teachers=settings.cache_teachers,
     )
     resume = run.checkpoint.exists()
     t = time.perf_counter()

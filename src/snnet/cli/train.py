@@ -33,6 +33,14 @@ def add_config_options(group: argparse._ArgumentGroup) -> None:
         kind = hints[f.name]
         kind = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # X | None
         help_text = f.metadata.get("help", "").replace("%", "%%")
+        if kind is bool:  # --cache-teachers / --no-cache-teachers
+            group.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                action=argparse.BooleanOptionalAction,
+                default=f.default,
+                help=help_text,
+            )
+            continue
         if f.default is not None:
             help_text += f" (default {f.default})"
         group.add_argument(
