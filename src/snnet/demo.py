@@ -25,10 +25,11 @@ from snnet.zoo import demo_anchor_record, demo_family_names
 
 @dataclass(frozen=True, kw_only=True)
 class DemoSettings:
-    """The demo's recipe: least squares on 512 images, then 10 epochs of SN-Net training in which
+    """The demo's recipe: least squares on 512 images, then 16 epochs of SN-Net training in which
     every stitch learns from a frozen copy of the anchor it ends in (soft distillation, T = 2,
-    weight 0.5; an anchor's own path from its starting self), a quarter of the steps run an
-    anchor's own path, and the anchors learn at half the stitching layers' rate.
+    weight 0.5; an anchor's own path from its starting self; the copies' logits of every training
+    image computed once), a quarter of the steps run an anchor's own path, and the anchors learn
+    at half the stitching layers' rate.
 
     Why: stitches gain only when the anchors co-adapt to them, and that costs the anchors. The
     distillation and the anchor paths hold the anchors near their standalone accuracy while they
@@ -36,10 +37,11 @@ class DemoSettings:
     widths 8 / 24 / 64, seed 0, 5,000 test images: 2 / 4 / 8 epochs gave a mean stitch of 82.8 /
     83.9 / 84.9 %, 1 / 2 / 8 stitches on the front and anchors within 0.86 / 0.36 / 0.38 point of
     their standalone accuracy; without distillation 4 epochs gave 83.7 % and 1 stitch; on this
-    family, seed 0: 8 / 10 / 16 epochs put 11 / 18 / 17 stitches on the front with widest gaps of
-    2.69 / 2.29 / 1.84x; ``benchmarks/recipe/FINDINGS.md``). 10 epochs is what fits the demo's 10
-    minutes on 2 cores, install included: a step takes ~0.09 s at 1 thread (2 threads are slower
-    on models this small). Results over seeds: ``benchmarks/bench_demo_family.py``.
+    family, seed 0: 8 / 10 / 12 / 16 epochs left widest front gaps of 2.69 / 2.29 / 2.21 /
+    1.84x; ``benchmarks/recipe/FINDINGS.md``). 16 epochs is what fits the demo's 10 minutes on
+    2 cores, install included: a step takes ~0.055 s at 1 thread with the teachers' logits
+    cached (~0.075 s without; 2 threads are slower on models this small). Results over seeds:
+    ``benchmarks/bench_demo_family.py``.
     """
 
     epochs: int = 16

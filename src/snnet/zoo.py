@@ -10,9 +10,10 @@ Why widths 8 / 16 / 32: a stitch between two anchors can only beat the smaller o
 are further apart than what stitching loses, and Fashion-MNIST saturates (16 / 32 / 64 spanned only
 2 points). Width 8 opens a wide first gap (82.9 -> 86.1 %). Neighbours 3.4-3.7x apart in MACs put
 the cheapest stitch after each anchor within 1.25x of its cost, and a step on these models costs
-~0.08 s against ~0.12 s for widths 8 / 24 / 64 (the family before, ``fmnist-xs-sm-l``), so the
-demo's 10 minutes afford 10 epochs instead of 5: 15-18 stitches on the front over 3 seeds,
-where the family before had 6 (``benchmarks/recipe/FINDINGS.md``, section G).
+~0.075 s against ~0.12 s for widths 8 / 24 / 64 (the family before, ``fmnist-xs-sm-l``), and
+~0.055 s with the teachers' logits cached, so the demo's 10 minutes afford 16 epochs instead of
+5: 17-22 stitches on the front over 3 seeds, where the family before had 6
+(``benchmarks/recipe/FINDINGS.md``, section G).
 Every anchor stays shipped: saved networks name their anchors.
 
 Rebuild them with ``snnet zoo train --all`` (the command line lives in :mod:`snnet.cli.zoo`).

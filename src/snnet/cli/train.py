@@ -33,13 +33,8 @@ def add_config_options(group: argparse._ArgumentGroup) -> None:
         kind = hints[f.name]
         kind = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # X | None
         help_text = f.metadata.get("help", "").replace("%", "%%")
-        if kind is bool:  # --cache-teachers / --no-cache-teachers
-            group.add_argument(
-                f"--{f.name.replace('_', '-')}",
-                action=argparse.BooleanOptionalAction,
-                default=f.default,
-                help=help_text,
-            )
+        if kind is bool:  # a switch, off by default (--cache-teachers)
+            group.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", help=help_text)
             continue
         if f.default is not None:
             help_text += f" (default {f.default})"
