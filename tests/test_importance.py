@@ -5,7 +5,6 @@ import itertools
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from snnet.results import Record, Results, hypervolume, kendall_tau
 from snnet.rundir import RunDir
 from snnet.stitch import Stitch
 from snnet.train import TrainConfig, train_loop
-from test_train import SignalAfter, state_equal, tiny_fmnist_net
+from test_train import SignalAfter, state_equal, stopped_run, tiny_fmnist_net
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,14 +98,7 @@ def test_importance_run_resumes_exactly_and_ranks_its_stitches(fmnist_slice, tmp
         tiny_fmnist_net(drop_rate=0.1), batches, config, run_dir=whole_dir, progress=False
     )
     run = tmp_path / "run"
-    first = train_loop(
-        tiny_fmnist_net(drop_rate=0.1),
-        SignalAfter(batches, 11),
-        config,
-        run_dir=run,
-        progress=False,
-    )
-    assert first.interrupted == signal.SIGTERM and first.steps == 11
+    stopped_run(batches, config, run)
     saved = load_checkpoint(run)["sampler"]["importance"]
     assert saved["steps"] == 11 and sum(saved["observations"].values()) == 11
     rest = train_loop(

@@ -109,6 +109,16 @@ class SignalAfter:
             yield batch
 
 
+def stopped_run(batches: EpochBatches, config: TrainConfig, run: Path, k: int = 11):
+    """A run of ``config`` from a fresh tiny network (dropout 0.1) that SIGTERM stops after ``k``
+    steps, checkpointed in ``run``."""
+    first = train_loop(
+        tiny_fmnist_net(drop_rate=0.1), SignalAfter(batches, k), config, run_dir=run, progress=False
+    )
+    assert first.interrupted == signal.SIGTERM and first.steps == k  # stopped at the boundary
+    return first
+
+
 def test_resume_after_sigterm_equals_an_uninterrupted_run(fmnist_slice, tmp_path):
     # dropout makes the result depend on the restored RNG state, AdamW on the optimizer state,
     # the cosine schedule on the step, the batches on the epoch and position.
@@ -120,14 +130,7 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(fmnist_slice, tmp_path
     whole = train_loop(tiny_fmnist_net(drop_rate=0.1), batches, config, progress=False)
 
     run = tmp_path / "run"
-    first = train_loop(
-        tiny_fmnist_net(drop_rate=0.1),
-        SignalAfter(batches, 11),
-        config,
-        run_dir=run,
-        progress=False,
-    )
-    assert first.interrupted == signal.SIGTERM and first.steps == 11  # stopped at the boundary
+    stopped_run(batches, config, run)
     state = load_checkpoint(run)
     assert (state["step"], state["epoch"], state["position"]) == (11, 1, 3)
 
@@ -862,14 +865,7 @@ def test_resume_with_distillation_and_anchor_paths_equals_an_uninterrupted_run(
     assert whole.losses != plain.losses  # the teachers took part
 
     run = tmp_path / "run"
-    first = train_loop(
-        tiny_fmnist_net(drop_rate=0.1),
-        SignalAfter(batches, 11),
-        config,
-        run_dir=run,
-        progress=False,
-    )
-    assert first.interrupted == signal.SIGTERM and first.steps == 11
+    stopped_run(batches, config, run)
     # the frozen teachers are not in the checkpoint; the anchors as they started are beside it
     assert load_checkpoint(run)["model"].keys() == whole.net.state_dict().keys()
     teacher = load_file(str(run / "teacher.safetensors"))
@@ -922,14 +918,7 @@ def test_cached_teachers_hold_the_teachers_logits_and_a_resumed_run_equals_a_who
     assert whole.losses == pytest.approx(live.losses, rel=1e-4)
 
     run = tmp_path / "run"
-    first = train_loop(
-        tiny_fmnist_net(drop_rate=0.1),
-        SignalAfter(batches, 11),
-        config,
-        run_dir=run,
-        progress=False,
-    )
-    assert first.interrupted == signal.SIGTERM and first.steps == 11
+    stopped_run(batches, config, run)
     rest = train_loop(
         tiny_fmnist_net(drop_rate=0.1), batches, config, run_dir=run, resume=True, progress=False
     )
