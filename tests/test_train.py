@@ -838,20 +838,24 @@ def test_no_anchor_probability_draws_exactly_as_before_the_option():
     ]
 
 
+#: A short run of the demo's recipe: distillation from the end anchor, anchor paths, anchors slower.
+DISTILL_RECIPE = {
+    "epochs": 2,
+    "batch_size": 64,
+    "lr": 3e-3,
+    "anchor_lr_scale": 0.5,
+    "warmup": 2,
+    "distill": "end",
+    "anchor_probability": 0.3,
+}
+
+
 def test_resume_with_distillation_and_anchor_paths_equals_an_uninterrupted_run(
     fmnist_slice, tmp_path
 ):
     from safetensors.torch import load_file
 
-    config = TrainConfig(
-        epochs=2,
-        batch_size=64,
-        lr=3e-3,
-        anchor_lr_scale=0.5,
-        warmup=2,
-        distill="end",
-        anchor_probability=0.3,
-    )
+    config = TrainConfig(**DISTILL_RECIPE)
     batches = EpochBatches(fmnist_slice, 64, seed=config.seed)
     start = tiny_fmnist_net(drop_rate=0.1)
     start_anchors = {k: v.clone() for k, v in start.anchors.state_dict().items()}
@@ -888,16 +892,7 @@ def test_cached_teachers_hold_the_teachers_logits_and_a_resumed_run_equals_a_who
 ):
     from snnet.train import TeacherLogits
 
-    config = TrainConfig(
-        epochs=2,
-        batch_size=64,
-        lr=3e-3,
-        anchor_lr_scale=0.5,
-        warmup=2,
-        distill="end",
-        anchor_probability=0.3,
-        cache_teachers=True,
-    )
+    config = TrainConfig(**DISTILL_RECIPE, cache_teachers=True)
     batches = EpochBatches(fmnist_slice, 64, seed=config.seed)
     teachers = tiny_fmnist_net().eval()
     cache = TeacherLogits(teachers, batches, torch.device("cpu"), contextlib.nullcontext())
