@@ -272,14 +272,7 @@ def restore(run: Run) -> list[dict[str, list]] | None:
     """Continue exactly where the checkpoint in ``run.run_dir`` left off. Returns the per-step
     history a version-1 checkpoint kept inside itself (None from version 2 on)."""
     state = load_checkpoint(run.run_dir)
-    _check_resume(state, run.config, run.world.world_size)
-    saved_total = state.get("total_steps")  # absent from checkpoints written before it was kept
-    if saved_total is not None and saved_total != run.total:
-        raise ValueError(
-            f"the checkpoint's run has {saved_total} steps, this one would have {run.total}: the "
-            "training data changed (--data, --max-images). Resume with the run's original data, "
-            "or start a new run in another directory"
-        )
+    _check_resume(state, run.config, run.world.world_size, run.total)
     try:
         load_saved_state(run.net, state["model"])  # PEFT mode: the trained tensors only
     except RuntimeError as e:
@@ -366,7 +359,7 @@ def open_log(
     return StepLog.read(run.run_dir, run.world.rank) if resume else ([], [])
 
 
-def _check_resume(state: dict[str, Any], config: TrainConfig, world_size: int) -> None:
+def _check_resume(state: dict[str, Any], config: TrainConfig, world_size: int, total: int) -> None:
     # A knob the checkpoint does not name was added to TrainConfig after it was written: the run
     # trained with that knob's default (new knobs default to the old behaviour).
     saved = {**{f.name: f.default for f in fields(config)}, **state["config"]}
@@ -382,4 +375,11 @@ def _check_resume(state: dict[str, Any], config: TrainConfig, world_size: int) -
             f"the checkpoint was written by {state['world_size']} processes, this run has "
             f"{world_size}: resume with the same number of processes (exact data order and "
             "stitch sampling depend on it)"
+        )
+    saved_total = state.get("total_steps")  # absent from checkpoints written before it was kept
+    if saved_total is not None and saved_total != total:
+        raise ValueError(
+            f"the checkpoint's run has {saved_total} steps, this one would have {total}: the "
+            "training data changed (--data, --max-images). Resume with the run's original data, "
+            "or start a new run in another directory"
         )
