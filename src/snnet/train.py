@@ -409,7 +409,8 @@ def make_teachers(net: SNNet, world: World, run_dir: Path | None, *, resume: boo
 
 
 class TeacherLogits:
-    """The frozen teachers' logits of every training image, computed once before the first step.
+    """The frozen teachers' logits of every training image, each anchor's computed once, the
+    first time it teaches (with ``distill="largest"`` only the last anchor ever does).
 
     Why: a teacher is frozen and un-augmented images are the same every epoch, so its logits
     are too; on the demo family the teacher's forward was ~30 % of a step. Computed in fixed
@@ -420,31 +421,38 @@ class TeacherLogits:
     def __init__(
         self, teachers: SNNet, batches: EpochBatches, device: torch.device, autocast: Any
     ) -> None:
+        if not (hasattr(batches, "order") and hasattr(batches, "dataset")):
+            raise ValueError("cache_teachers needs the data as EpochBatches (fit builds them)")
         dataset = batches.dataset
         if not hasattr(dataset, "get_batch") or getattr(dataset, "augment", True):
             raise ValueError(
                 "cache_teachers needs un-augmented images held in memory (snnet's Fashion-MNIST "
                 "without augmentation); drop --cache-teachers for this data"
             )
-        self.batches = batches
-        chunks = torch.arange(len(dataset)).split(1024)
-        with torch.no_grad(), autocast:
-            self.logits = [
-                torch.cat(
-                    [
-                        teachers(dataset.get_batch(i)[0].to(device), stitch=Stitch.anchor(a))
-                        for i in chunks
-                    ]
-                ).float()
-                for a in range(len(teachers.anchors))
-            ]  # per anchor: (N, classes)
-
+        self.teachers, self.batches, self.device, self.autocast = (
+            teachers,
+            batches,
+            device,
+            autocast,
+        )
+        self.logits: dict[int, torch.Tensor] = {}  # anchor -> (N, classes)
         self._order: tuple[int, torch.Tensor] | None = None
 
     def __call__(self, anchor: int, epoch: int, position: int) -> torch.Tensor:
         """Anchor ``anchor``'s logits of batch ``position`` of ``epoch``."""
+        if anchor not in self.logits:
+            dataset = self.batches.dataset
+            with torch.no_grad(), self.autocast:
+                self.logits[anchor] = torch.cat(
+                    [
+                        self.teachers(
+                            dataset.get_batch(i)[0].to(self.device), stitch=Stitch.anchor(anchor)
+                        )
+                        for i in torch.arange(len(dataset)).split(1024)
+                    ]
+                ).float()
         if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, self.batches.order(epoch).to(self.logits[0].device))
+            self._order = (epoch, self.batches.order(epoch).to(self.device))
         return self.logits[anchor][self._order[1][position]]
 
 
@@ -619,8 +627,6 @@ def _train(
     autocast = torch.autocast(world.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     cached = None
     if config.cache_teachers and teachers is not None:
-        if not (hasattr(data, "order") and hasattr(data, "dataset")):
-            raise ValueError("cache_teachers needs the data as EpochBatches (fit builds them)")
         cached = TeacherLogits(teachers, data, world.device, autocast)
     net.train()
     bar = tqdm(total=total, initial=run.step, unit="step", disable=not (progress and world.is_main))
