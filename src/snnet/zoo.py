@@ -86,7 +86,7 @@ ZOO_ANCHORS: dict[str, DemoAnchorConfig] = {
 
 # The demo family, ordered small to large: the anchors of the ``fmnist`` preset.
 DEMO_FAMILY: dict[str, DemoAnchorConfig] = {
-    n.removeprefix("zoo="): ZOO_ANCHORS[n.removeprefix("zoo=")] for n in PRESETS["fmnist"][0]
+    n: ZOO_ANCHORS[n] for n in (source.removeprefix("zoo=") for source in PRESETS["fmnist"][0])
 }
 
 
