@@ -3,6 +3,7 @@
 1. One DDP step where the ranks run different stitches: each parameter's gradient must be the
    mean over the ranks whose stitch ran it, and ``None`` where no rank ran it.
 2. A few training steps per rank-sampling mode; each rank saves its final weights and stitches.
+3. The same in PEFT mode (frozen anchors, LoRA, low-rank stitching layers), as ``peft``.
 Writes ``OUT/grad-rank{r}.json``, ``OUT/{mode}-rank{r}.pt`` and ``OUT/{mode}-rank{r}.json``.
 """
 
@@ -99,5 +100,15 @@ for mode in ("independent", "balanced", "same"):
     result = train_loop(net, batches, config, run_dir=out / mode, progress=False)
     torch.save(net.state_dict(), out / f"{mode}-rank{rank}.pt")
     (out / f"{mode}-rank{rank}.json").write_text(json.dumps({"stitches": result.stitches}))
+
+# 3. PEFT: frozen anchors with a shared LoRA, low-rank stitching layers, a stitch per rank.
+net = snnet.SNNet(vit_family(), lora_rank=2, stitch_rank=2)
+config = TrainConfig(
+    epochs=1, steps=4, batch_size=8, lr=1e-2, warmup=0, rank_sampling="independent"
+)
+batches = EpochBatches(data, 8, rank=rank, world_size=world.world_size)
+result = train_loop(net, batches, config, run_dir=out / "peft", progress=False)
+torch.save(net.state_dict(), out / f"peft-rank{rank}.pt")
+(out / f"peft-rank{rank}.json").write_text(json.dumps({"stitches": result.stitches}))
 
 torch.distributed.destroy_process_group()

@@ -419,6 +419,16 @@ def test_two_process_ddp_keeps_ranks_identical_and_averages_over_users(tmp_path)
         if mode == "independent":
             assert s0 != s1
         assert load_checkpoint(tmp_path / mode)["world_size"] == 2
+    # PEFT: the ranks agree, the frozen anchors' own weights stay as they were, the rest trained
+    peft = snnet.SNNet(vit_family(), lora_rank=2, stitch_rank=2)
+    trainable = {n for n, p in peft.named_parameters() if p.requires_grad}
+    initial = peft.state_dict()
+    w0, w1 = (torch.load(tmp_path / f"peft-rank{r}.pt") for r in range(2))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    frozen = [k for k in w0 if k.startswith("anchors.") and k not in trainable]
+    assert frozen and all(torch.equal(w0[k], initial[k]) for k in frozen)
+    assert any(not torch.equal(w0[k], initial[k]) for k in trainable if "lora" in k)
+    assert any(not torch.equal(w0[k], initial[k]) for k in trainable if "lora" not in k)
 
 
 # -- reliability: kills, bad checkpoints, bad numbers ------------------------------------------------
