@@ -105,8 +105,9 @@ def one_seed(
     from snnet.evaluate import evaluate_all
     from snnet.results import Results
     from snnet.stitch import Stitch
-    from snnet.threads import set_threads
+    from snnet.threads import keep_freed_memory, set_threads
 
+    keep_freed_memory()  # as `snnet demo` does
     set_threads(threads)
     load_start = os.getloadavg()
     test = fashion_mnist("test")

@@ -17,9 +17,10 @@ import importlib
 import sys
 from typing import NoReturn
 
-from snnet.threads import wait_passively
+from snnet.threads import keep_freed_memory, wait_passively
 
 wait_passively()  # before any command imports torch: libgomp reads OMP_WAIT_POLICY once
+keep_freed_memory()  # every command: a training step touches no fresh pages
 
 #: Command name -> one-line help; the command lives in module ``snnet.cli.<name>``.
 COMMANDS = {
