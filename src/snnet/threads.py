@@ -92,10 +92,10 @@ def keep_freed_memory() -> bool:
     Why: torch's CPU tensors come from ``malloc``. glibc serves a block over 128 KiB with its own
     ``mmap`` and unmaps it when freed, and gives the heap's free top back past 128 KiB; a
     training step allocates and frees activations of 0.1-1 MB many times, so it keeps touching
-    fresh pages. 260 demo steps (1 thread) took 3.5 M page faults and ~5 s of system time; with
-    blocks up to 32 MiB served from the heap and the heap trimmed only past 1 GiB, 0.21 M faults,
-    0.9 s, and the steps ran ~10 % faster (``benchmarks/bench_threads.py``). Memory once used
-    stays with the process until it exits.
+    fresh pages. 400 steps of the demo's recipe (1 thread) took 3.5 M page faults and 4.5 s of
+    system time; with blocks up to 32 MiB served from the heap and the heap trimmed only past
+    1 GiB, 56 k faults and 0.2 s, and the run was 1.075x faster (``benchmarks/bench_malloc.py``).
+    Memory once used stays with the process until it exits.
     """
     if not sys.platform.startswith("linux"):
         return False
