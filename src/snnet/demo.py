@@ -38,10 +38,11 @@ class DemoSettings:
     83.9 / 84.9 %, 1 / 2 / 8 stitches on the front and anchors within 0.86 / 0.36 / 0.38 point of
     their standalone accuracy; without distillation 4 epochs gave 83.7 % and 1 stitch; on this
     family, seed 0: 8 / 10 / 12 / 16 epochs left widest front gaps of 2.69 / 2.29 / 2.21 /
-    1.84x; ``benchmarks/recipe/FINDINGS.md``). 16 epochs is what fits the demo's 10 minutes on
-    2 cores, install included: a step takes ~0.055 s at 1 thread with the teachers' logits
-    cached (~0.075 s without; 2 threads are slower on models this small). Results over seeds:
-    ``benchmarks/bench_demo_family.py``.
+    1.84x; 18 epochs close the gap with every seed; ``benchmarks/recipe/FINDINGS.md``). 16
+    epochs is what fits the demo's 10 minutes on 2 cores, install included, when the machine
+    runs at its usual speed: a step takes ~0.055 s at 1 thread with the teachers' logits cached
+    (~0.075 s without; 2 threads are slower on models this small), ~0.068 s when the shared
+    host is slow. Results over seeds: ``benchmarks/bench_demo_family.py``.
     """
 
     epochs: int = 16
