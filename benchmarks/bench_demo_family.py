@@ -34,6 +34,8 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from snnet.files import atomic_write
+
 OUT = Path(__file__).parent / "results" / "demo_family.json"
 GOALS = {
     "front_stitches_min": 10,
@@ -309,7 +311,7 @@ def main() -> None:
             args.device,
         )
         path = args.run_root / f"seed{args.one_seed}.json"
-        path.write_text(json.dumps(figures, indent=2))
+        atomic_write(path, lambda f: json.dump(figures, f, indent=2))
         return
 
     args.run_root.mkdir(parents=True, exist_ok=True)
@@ -358,8 +360,7 @@ def main() -> None:
         "summary": summarize(runs),
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    atomic_write(args.out, lambda f: f.write(json.dumps(figures, indent=2) + "\n"))
     print(markdown(figures))
     print(json.dumps(figures["summary"], indent=2))
     print(f"written to {args.out}")

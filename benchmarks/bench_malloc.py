@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from snnet.files import atomic_write
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "malloc.json"
 
@@ -104,10 +106,7 @@ def main() -> None:
         "same_weights_in_every_run": same,
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(figures, indent=2) + "\n")
-    tmp.replace(args.out)
+    atomic_write(args.out, lambda f: f.write(json.dumps(figures, indent=2) + "\n"))
     for arm, s in summary.items():
         print(
             f"{arm:8s} median: {s['train_s']:.1f} s training, {s['minor_faults']:,} page faults, "

@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from snnet.files import atomic_write
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "threads.json"
 
@@ -97,7 +99,7 @@ def write(rows: list[dict], steps: int) -> dict[str, float]:
         "summary_median_s_per_step": summary,
         "runs": rows,
     }
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write(OUT, lambda f: f.write(json.dumps(result, indent=2) + "\n"))
     return summary
 
 
