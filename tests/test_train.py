@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -917,7 +918,7 @@ def test_cached_teachers_hold_the_teachers_logits_and_a_resumed_run_equals_a_who
     monkeypatch.setattr(TeacherLogits, "__call__", lambda c, *a: reads.append(a) or read(c, *a))
     whole = train_loop(tiny_fmnist_net(drop_rate=0.1), batches, config, progress=False)
     assert len(reads) == whole.steps  # every step read its teacher's logits from the cache
-    uncached = TrainConfig(**{**config.to_json(), "cache_teachers": False})
+    uncached = dataclasses.replace(config, cache_teachers=False)
     live = train_loop(tiny_fmnist_net(drop_rate=0.1), batches, uncached, progress=False)
     assert whole.stitches == live.stitches
     assert whole.losses == pytest.approx(live.losses, rel=1e-4)

@@ -433,12 +433,8 @@ class TeacherLogits:
                 "cache_teachers needs un-augmented images held in memory (snnet's Fashion-MNIST "
                 "without augmentation); drop --cache-teachers for this data"
             )
-        self.teachers, self.batches, self.device, self.autocast = (
-            teachers,
-            batches,
-            device,
-            autocast,
-        )
+        self.teachers, self.batches = teachers, batches
+        self.device, self.autocast = device, autocast
         self.logits: dict[int, torch.Tensor] = {}  # anchor -> (N, classes)
         self._order: tuple[int, torch.Tensor] | None = None
 
