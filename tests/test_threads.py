@@ -105,7 +105,7 @@ net = torch.nn.Sequential(*[m for block in layers for m in block])
 x = torch.randn(2176, 32)  # activations of 0.3-1.1 MB, as in a demo training step
 net(x).square().mean().backward()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
+for _ in range(60):
     net(x).square().mean().backward()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -114,7 +114,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc tunables")
 @pytest.mark.parametrize("how", ["default", "api", "cli"])
 def test_freed_tensor_memory_is_reused_not_faulted_in_again(how):
-    """Without keep_freed_memory, 20 small training steps fault tens of thousands of fresh pages
+    """Without keep_freed_memory, 60 small training steps fault tens of thousands of fresh pages
     in (glibc hands freed activations back to the OS); with it, or under any command, a few."""
     import subprocess
 
