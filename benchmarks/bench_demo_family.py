@@ -6,10 +6,14 @@ exactly as the demo does, and the benchmark records:
 1. each anchor standalone vs inside the trained SN-Net (goal: within 0.5 point);
 2. the Pareto front (accuracy against GMACs), its stitches (goal: at least 10 that are not
    anchors) and its widest GMACs gap between neighbours (goal: at most 2x);
-3. for every stitch from anchor i into anchor i+1, its margin over anchor i inside the SN-Net
+3. for every stitch between anchors i and i+1, its margin over anchor i inside the SN-Net
    (goal: every front stitch at least 0.5 point above the smaller anchor it follows);
 4. with ``--before-training``, for the first seed, stitch accuracy before training: random vs
    least-squares init (two more evaluations of every stitch).
+
+``--two-way`` trains and measures SN-Netv2's space instead of the demo's (``mode="mapped"``,
+``directions="both"``: 267 networks); a route that visits anchors i and i+1 in any order counts
+as a stitch between them.
 
 Then mean and spread over the seeds, and which goal each seed met. Seeds run one after the
 other, or as parallel processes (``--jobs``) of ``--threads`` threads each; every run records
@@ -69,15 +73,16 @@ def widest_gap(front: list) -> dict:
 
 
 def between(stitch) -> int | None:
-    """i for a stitch from anchor i into anchor i + 1 (None: an anchor or another route)."""
-    route = stitch.route
-    if len(route) == 2 and route[1] == route[0] + 1:
-        return route[0]
+    """i for a stitch whose route joins anchors i and i + 1 only, in either direction (None: an
+    anchor or another route)."""
+    anchors = set(stitch.route)
+    if len(anchors) == 2 and max(anchors) == min(anchors) + 1:
+        return min(anchors)
     return None
 
 
 def margins_by_pair(results, in_snnet: list[float]) -> dict[str, dict[str, float]]:
-    """For each pair "i->i+1", every stitch from anchor i into anchor i + 1 (cheapest first)
+    """For each pair "i->i+1", every stitch between anchors i and i + 1 (cheapest first)
     with its top-1 margin over anchor i inside the SN-Net."""
     pairs = {}
     for i in range(len(in_snnet) - 1):
@@ -96,11 +101,13 @@ def one_seed(
     before_training: bool,
     epochs: int | None = None,
     device: str | None = None,
+    two_way: bool = False,
 ) -> dict:
     """Train and evaluate the demo recipe with ``seed``; the figures of that run."""
     import torch
 
     import snnet
+    import snnet.presets
     from snnet.batches import first_images
     from snnet.data import fashion_mnist
     from snnet.demo import DemoSettings, run_demo
@@ -110,6 +117,9 @@ def one_seed(
     from snnet.threads import keep_freed_memory, set_threads
 
     keep_freed_memory()  # as `snnet demo` does
+    if two_way:  # this worker's demo (and the standalone check) build the preset's SN-Netv2 space
+        names, _ = snnet.presets.PRESETS["fmnist"]
+        snnet.presets.PRESETS["fmnist"] = (names, {"mode": "mapped", "directions": "both"})
     set_threads(threads)
     load_start = os.getloadavg()
     test = fashion_mnist("test")
@@ -295,6 +305,11 @@ def main() -> None:
         default="cpu",
         help="cpu (default: the demo's own machine) or cuda; one GPU can hold several seeds' jobs",
     )
+    p.add_argument(
+        "--two-way",
+        action="store_true",
+        help="SN-Netv2's space (mapped cuts, both directions) instead of the demo's",
+    )
     p.add_argument("--one-seed", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
@@ -309,6 +324,7 @@ def main() -> None:
             before,
             args.epochs,
             args.device,
+            args.two_way,
         )
         path = args.run_root / f"seed{args.one_seed}.json"
         atomic_write(path, lambda f: json.dump(figures, f, indent=2))
@@ -330,6 +346,8 @@ def main() -> None:
         base += ["--eval-images", str(args.eval_images)]
     if args.epochs is not None:
         base += ["--epochs", str(args.epochs)]
+    if args.two_way:
+        base.append("--two-way")
     # a seed whose figures exist (a finished worker) is not run again: delete RUN_ROOT to rerun
     pending = [s for s in args.seeds if not (args.run_root / f"seed{s}.json").is_file()]
     running = []
@@ -356,6 +374,7 @@ def main() -> None:
         "jobs": args.jobs,
         "threads_per_job": args.threads,
         "device": args.device,
+        "space": "mapped, both directions (SN-Netv2)" if args.two_way else "the demo's",
         "wall_seconds_all": round(time.perf_counter() - t0, 1),
         "summary": summarize(runs),
         "runs": runs,
