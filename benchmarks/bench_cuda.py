@@ -43,7 +43,7 @@ from snnet.results import Results
 from snnet.train import TrainConfig, amp_dtype, num_outputs, train_loop
 
 OUT = Path(__file__).parent / "results" / "cuda.json"
-FAMILIES = ("fmnist-xs-sm-l", "deit", "swin", "resnet", "resnet-swin", "levit")
+FAMILIES = ("fmnist", "fmnist-xs-sm-l", "deit", "swin", "resnet", "resnet-swin", "levit")
 
 
 def build(family: str) -> snnet.SNNet:
