@@ -21,7 +21,8 @@ its thread count and the machine's load average, which the timings depend on.
 
     .venv/bin/python benchmarks/bench_demo_family.py --seeds 0 1 2 --jobs 3 --threads 1
 
-Writes benchmarks/results/demo_family.json and prints a markdown table.
+Writes benchmarks/results/demo_family.json (``--two-way``: demo_family_twoway.json) and prints a
+markdown table.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pathlib import Path
 from snnet.files import atomic_write
 
 OUT = Path(__file__).parent / "results" / "demo_family.json"
+OUT_TWO_WAY = OUT.with_name("demo_family_twoway.json")  # never overwrites the demo's record
 GOALS = {
     "front_stitches_min": 10,
     "front_margin_min": 0.5,
@@ -284,7 +286,12 @@ def markdown(figures: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--run-root", type=Path, default=Path("runs/bench-demo"))
+    p.add_argument(
+        "--run-root",
+        type=Path,
+        default=None,
+        help="default runs/bench-demo, with --two-way runs/bench-demo-twoway",
+    )
     p.add_argument("--eval-images", type=int, default=None, help="test images (default all 10,000)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each seed's process")
     p.add_argument("--jobs", type=int, default=1, help="seeds run at once, one process each")
@@ -311,8 +318,18 @@ def main() -> None:
         help="SN-Netv2's space (mapped cuts, both directions) instead of the demo's",
     )
     p.add_argument("--one-seed", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"default {OUT.name}, with --two-way {OUT_TWO_WAY.name}",
+    )
     args = p.parse_args()
+    args.out = args.out or (OUT_TWO_WAY if args.two_way else OUT)
+    # a seed's figures found in the run root are reused, so the two spaces keep separate roots
+    args.run_root = args.run_root or Path(
+        "runs/bench-demo-twoway" if args.two_way else "runs/bench-demo"
+    )
 
     if args.one_seed is not None:  # a worker: one seed's figures as JSON on stdout
         before = args.before_training and args.one_seed == args.seeds[0]
