@@ -1,13 +1,15 @@
-"""Why least squares on a GPU gives ResNet stitching layers ~4 % away from the CPU's: TF32.
+"""Why least squares on a GPU gives ResNet stitching layers ~4 % away from the CPU's: likely TF32.
 
 ``bench_cuda.py`` solves the stitching layers on both devices from the same images under
-PyTorch's default settings, where cuDNN runs float32 convolutions in TF32 (inputs rounded to a
-10-bit mantissa). This script needs no GPU: it rounds every convolution's input and weight the
+PyTorch's default settings, where cuDNN may run float32 convolutions in TF32 (inputs rounded to
+a 10-bit mantissa). This script needs no GPU: it rounds every convolution's input and weight the
 way TF32 does, on the CPU, while least squares collects its features, and compares the layers
 with those of plain float32. It then runs both networks in plain float32 on a few images: if
 the stitches' logits agree while the layers differ, the least-squares problem is ill-posed in
 some directions (the features feeding a layer are rank-deficient, which it also counts) and the
-difference is harmless.
+difference is harmless. The emulation rounds more than cuDNN does: DeiT's patch-embedding
+convolution moves its layers by 4e-4 here, by 1e-6 on an H100. So it supports the cause, it
+does not prove it; a GPU run with ``torch.backends.cudnn.allow_tf32 = False`` would.
 
     .venv/bin/python benchmarks/bench_tf32_lstsq.py [--families resnet resnet-swin deit]
 
