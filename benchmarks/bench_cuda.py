@@ -39,8 +39,8 @@ import torch
 import snnet
 from snnet.batches import EpochBatches
 from snnet.files import atomic_write
-from snnet.results import Results
-from snnet.train import TrainConfig, amp_dtype, num_outputs, train_loop
+from snnet.measure.results import Results
+from snnet.train.loop import TrainConfig, amp_dtype, num_outputs, train_loop
 
 OUT = Path(__file__).parent / "results" / "cuda.json"
 FAMILIES = ("fmnist", "fmnist-xs-sm-l", "deit", "swin", "resnet", "resnet-swin", "levit")

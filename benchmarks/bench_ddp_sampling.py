@@ -46,7 +46,7 @@ def build_net():
 def expected_wait(net, mode: str, world_size: int = 2, draws: int = 20000) -> dict[str, float]:
     """From the sampler alone: mean GMACs of a rank's stitch and of the largest stitch per step
     (what a step waits for if its time were proportional to multiply-adds)."""
-    from snnet.sampling import StitchSampler
+    from snnet.train.sampling import StitchSampler
 
     costs = {s: net.cost(s).gmacs for s in net.stitches}
     sampler = StitchSampler(net.stitches, costs, rank_sampling=mode, world_size=world_size, seed=1)
@@ -75,10 +75,10 @@ class Timed:
 
 def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
-    from snnet import distributed
     from snnet.batches import EpochBatches
     from snnet.data import fashion_mnist
-    from snnet.train import TrainConfig, train_loop
+    from snnet.train import distributed
+    from snnet.train.loop import TrainConfig, train_loop
 
     world = distributed.setup("cpu")
     data = fashion_mnist("train")

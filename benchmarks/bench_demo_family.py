@@ -113,8 +113,8 @@ def one_seed(
     from snnet.batches import first_images
     from snnet.data import fashion_mnist
     from snnet.demo import DemoSettings, run_demo
-    from snnet.evaluate import evaluate_all
-    from snnet.results import Results
+    from snnet.measure.evaluate import evaluate_all
+    from snnet.measure.results import Results
     from snnet.stitch import Stitch
     from snnet.threads import keep_freed_memory, set_threads
 

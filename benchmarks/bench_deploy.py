@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import snnet  # noqa: E402
 from snnet.export import check_onnx, export_stitch, load_stitch, save_stitch  # noqa: E402
 from snnet.files import atomic_write  # noqa: E402
-from snnet.latency import machine, percentile, time_callable  # noqa: E402
+from snnet.measure.latency import machine, percentile, time_callable  # noqa: E402
 
 NAMES = ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224")
 

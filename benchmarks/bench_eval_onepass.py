@@ -33,8 +33,8 @@ import snnet
 from snnet.cli.evaluate import open_data
 from snnet.cost import count_macs
 from snnet.data import fashion_mnist, write_image_folder
-from snnet.evaluate import StitchTree, evaluate_all
 from snnet.files import atomic_write
+from snnet.measure.evaluate import StitchTree, evaluate_all
 
 OUT = Path(__file__).parent / "results" / "eval_onepass.json"
 

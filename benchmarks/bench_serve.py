@@ -69,8 +69,8 @@ sys.path.insert(0, str(SRC))
 
 import snnet  # noqa: E402
 from snnet.files import atomic_write  # noqa: E402
-from snnet.latency import machine, percentile  # noqa: E402
-from snnet.results import Results  # noqa: E402
+from snnet.measure.latency import machine, percentile  # noqa: E402
+from snnet.measure.results import Results  # noqa: E402
 
 PHASES = ("steady", "surge", "steady_again", "contention")
 FACTOR = {"steady": 1.0, "surge": 4.0, "steady_again": 1.0, "contention": 1.0}
@@ -139,7 +139,7 @@ def prepare_compute_run(run: Path) -> Path:
 def prepare_run(run: Path, *, eval_images: int | None) -> Path:
     """The demo family, least-squares init on 512 training images, evaluated and timed."""
     from snnet.data import fashion_mnist, normalize
-    from snnet.evaluate import evaluate_all
+    from snnet.measure.evaluate import evaluate_all
 
     results_path = run / "results.json"
     if _prepared(results_path):
@@ -181,7 +181,7 @@ def measure_interleaved(
     reorder the front on the shared machine this was developed on.)"""
     import statistics
 
-    from snnet.latency import machine as machine_info
+    from snnet.measure.latency import machine as machine_info
 
     torch.set_num_threads(1)
     x = torch.zeros(1, *net.anchors[0].input_size)

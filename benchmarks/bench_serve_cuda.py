@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 import snnet
-from snnet.results import Results
+from snnet.measure.results import Results
 from snnet.serve.model import ServedModel
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -33,7 +33,7 @@ import torch
 import snnet
 from snnet.data import fashion_mnist
 from snnet.threads import set_threads
-from snnet.train import TrainConfig, make_optimizer
+from snnet.train.loop import TrainConfig, make_optimizer
 
 threads, steps = int(sys.argv[1]), int(sys.argv[2])
 set_threads(threads)

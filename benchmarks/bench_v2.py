@@ -117,13 +117,13 @@ class TimedBatches:
 
 def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
     import snnet
-    import snnet.train
+    import snnet.train.loop
     from snnet.batches import EpochBatches, first_images
     from snnet.data import fashion_mnist
-    from snnet.evaluate import evaluate_all
+    from snnet.measure.evaluate import evaluate_all
     from snnet.rundir import RunDir
     from snnet.threads import set_threads
-    from snnet.train import TrainConfig, train_loop
+    from snnet.train.loop import TrainConfig, train_loop
 
     set_threads(args.threads)
     what, net_options, config_options = VARIANTS[name]
@@ -155,7 +155,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     # The importance estimate's own cost: every call of the saliency, timed.
     saliency_seconds: list[float] = []
-    saliencies = snnet.train.saliencies
+    saliencies = snnet.train.loop.saliencies
 
     def timed_saliencies(*a: Any, **k: Any) -> Any:
         t = time.perf_counter()
@@ -163,7 +163,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
         saliency_seconds.append(time.perf_counter() - t)
         return out
 
-    snnet.train.saliencies = timed_saliencies
+    snnet.train.loop.saliencies = timed_saliencies
 
     resume = run.checkpoint.exists()
     if not resume:
@@ -202,7 +202,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 statistics.median(saliency_seconds) / statistics.median(steps), 4
             )
     if run.importance.is_file():
-        from snnet.importance import agreement, load_ranking
+        from snnet.train.importance import agreement, load_ranking
 
         ranking = load_ranking(run.importance)
         found = agreement(ranking, results)
@@ -219,7 +219,7 @@ def loss_baseline_tau(run: Any, results: Any, ranking: list) -> float:
     its top-1. Importance is worth its cost where its tau beats this one."""
     import csv
 
-    from snnet.results import kendall_tau
+    from snnet.measure.results import kendall_tau
 
     losses: dict[str, list[float]] = {}
     with open(run.train_log) as f:
@@ -275,8 +275,8 @@ def forwarded(args: argparse.Namespace) -> list[str]:
 def summarise(variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The cross-variant figures: the common reference point, each front's hypervolume and widest
     ratio, each anchor's change, and the issue's goals."""
-    from snnet.pareto import pareto_front
-    from snnet.results import hypervolume
+    from snnet.measure.pareto import pareto_front
+    from snnet.measure.results import hypervolume
 
     done = {k: v for k, v in variants.items() if v["status"] == "done"}
     if not done:
@@ -355,7 +355,7 @@ def plot(variants: dict[str, dict[str, Any]], reference: dict[str, float] | None
     from matplotlib.figure import Figure
 
     from snnet.files import atomic_write
-    from snnet.pareto import pareto_front
+    from snnet.measure.pareto import pareto_front
 
     fig = Figure(figsize=(8, 6), dpi=120, layout="constrained")
     FigureCanvasAgg(fig)

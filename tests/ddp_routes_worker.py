@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import snnet  # noqa: E402
 from families import vit_family  # noqa: E402
-from snnet import distributed  # noqa: E402
+from snnet.train import distributed  # noqa: E402
 
 out = Path(sys.argv[1])
 world = distributed.setup("cpu")

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import snnet  # noqa: E402
 from families import vit_family  # noqa: E402
-from snnet import distributed  # noqa: E402
 from snnet.batches import EpochBatches  # noqa: E402
-from snnet.train import TrainConfig, train_loop  # noqa: E402
+from snnet.train import distributed  # noqa: E402
+from snnet.train.loop import TrainConfig, train_loop  # noqa: E402
 
 
 class Tensors(torch.utils.data.Dataset):

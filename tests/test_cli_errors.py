@@ -21,7 +21,7 @@ import snnet
 from families import FAMILIES, vit_family
 from snnet.cli import COMMANDS, main
 from snnet.data import fashion_mnist, write_image_folder
-from snnet.results import Results
+from snnet.measure.results import Results
 
 CASES = [
     # -- evaluate: outputs are checked before the evaluation, results must be this network's

@@ -17,13 +17,13 @@ from conftest import as_rgb
 from families import FAMILIES, TWO_WAY
 from snnet.batchnorm import batchnorm_layers, batchnorm_stats, recalibrate_batchnorm
 from snnet.cost import count_macs, count_params
-from snnet.distributed import average_over_users
-from snnet.evaluate import StitchTree
 from snnet.export import export_stitch, load_stitch, save_stitch
 from snnet.layers import to_rows
-from snnet.results import Results
-from snnet.select import select
+from snnet.measure.evaluate import StitchTree
+from snnet.measure.results import Results
+from snnet.measure.select import select
 from snnet.stitch import Stitch
+from snnet.train.distributed import average_over_users
 
 
 @pytest.fixture(

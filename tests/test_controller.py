@@ -14,7 +14,7 @@ import torch
 import snnet
 from families import FAMILIES
 from snnet.controller import BudgetController, SloPolicy
-from snnet.results import Results
+from snnet.measure.results import Results
 
 
 def test_budget_controller_follows_a_changing_budget():

@@ -30,7 +30,7 @@ import pytest
 import snnet
 from families import FAMILIES
 from snnet.controller import BudgetController, SloPolicy
-from snnet.results import Results
+from snnet.measure.results import Results
 from snnet.serve.batcher import ServeSettings, queue_limit
 
 SLO_MS, MAX_BATCH, MAX_WAIT_MS = 100.0, 8, 5.0

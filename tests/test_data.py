@@ -392,11 +392,11 @@ def test_augmentation_with_flip_probability_keeps_the_draws_of_flip_true(fmnist_
 
 
 def test_least_squares_reads_the_unaugmented_images(tmp_path, monkeypatch):
-    import snnet.train
+    import snnet.train.loop
     from snnet.batches import first_images
     from snnet.data import resolve_data
     from snnet.preprocess import Augment, DataConfig
-    from snnet.train import TrainConfig, fit
+    from snnet.train.loop import TrainConfig, fit
 
     _grey_folder(tmp_path / "d", 40)
     net = _vit_net(in_chans=1)
@@ -404,7 +404,7 @@ def test_least_squares_reads_the_unaugmented_images(tmp_path, monkeypatch):
         tmp_path / "d", DataConfig.for_anchors(net.anchors), augment=Augment("light", hflip=1.0)
     )
     seen = []
-    monkeypatch.setattr(snnet.train, "init_least_squares", lambda net, x, **kw: seen.append(x))
+    monkeypatch.setattr(snnet.train.loop, "init_least_squares", lambda net, x, **kw: seen.append(x))
     config = TrainConfig(steps=1, batch_size=8)
     fit(
         net,
@@ -441,7 +441,7 @@ def test_stratified_sample_is_proportional_seeded_and_covers_every_class():
 def test_evaluate_max_images_is_a_stratified_sample(tmp_path, capsys):
     import snnet
     from snnet.cli import main
-    from snnet.results import Results
+    from snnet.measure.results import Results
 
     folder = _grey_folder(tmp_path / "images", 60)  # 6 per class, in class order
     model = snnet.save(_vit_net(in_chans=1), tmp_path / "run")
@@ -457,10 +457,10 @@ def test_evaluate_max_images_is_a_stratified_sample(tmp_path, capsys):
 
 def test_train_max_images_trains_on_a_stratified_sample_and_resume_keeps_it(tmp_path, capsys):
     import snnet
-    from snnet.checkpoint import load_checkpoint
     from snnet.cli import main
     from snnet.data import Data, sample_training
-    from snnet.train import TrainConfig, fit
+    from snnet.train.checkpoint import load_checkpoint
+    from snnet.train.loop import TrainConfig, fit
 
     out = tmp_path / "run"
     args = ["train", "fmnist", "--out", str(out), "--epochs", "1", "--batch-size", "8"]
@@ -490,7 +490,7 @@ def test_cli_trains_fashion_mnist_exactly_as_fit_on_the_plain_dataset(tmp_path):
     # What `snnet train fmnist` ran before --data had a resolver: fit(net, fashion_mnist("train")).
     import snnet
     from snnet.cli import main
-    from snnet.train import TrainConfig, fit
+    from snnet.train.loop import TrainConfig, fit
 
     args = ["--steps", "3", "--batch-size", "32", "--ls-init", "64", "--quiet"]
     assert main(["train", "fmnist", "--out", str(tmp_path / "cli"), *args]) == 0

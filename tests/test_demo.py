@@ -6,7 +6,7 @@ import pytest
 
 import snnet
 from snnet.cli import main
-from snnet.results import Results
+from snnet.measure.results import Results
 from snnet.rundir import RunDir
 from snnet.zoo import demo_family_names
 

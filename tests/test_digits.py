@@ -19,10 +19,10 @@ from PIL import Image
 
 import snnet
 from snnet.data import resolve_data
-from snnet.evaluate import evaluate_all
+from snnet.measure.evaluate import evaluate_all
+from snnet.measure.results import Results
 from snnet.preprocess import DataConfig
-from snnet.results import Results
-from snnet.train import TrainConfig, fit
+from snnet.train.loop import TrainConfig, fit
 
 pytestmark = pytest.mark.slow
 

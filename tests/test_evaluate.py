@@ -12,9 +12,9 @@ from conftest import as_rgb
 from families import FAMILIES, vit_family
 from snnet.cli import main
 from snnet.data import fashion_mnist, write_image_folder
-from snnet.evaluate import StitchTree, evaluate_all, progress_path
-from snnet.plot import plot_results
-from snnet.results import Results
+from snnet.measure.evaluate import StitchTree, evaluate_all, progress_path
+from snnet.measure.plot import plot_results
+from snnet.measure.results import Results
 
 
 class Images(Dataset):
@@ -274,7 +274,7 @@ def test_a_kill_during_the_final_save_is_repaired_by_the_rerun(
 ):
     """Defect: killed between results.json and results.csv, the rerun returned early, wrote no
     CSV, left the progress file and still printed "Wrote ... results.csv"."""
-    import snnet.results as results_mod
+    import snnet.measure.results as results_mod
 
     path = tmp_path / "results.json"
     real, writes = results_mod.atomic_write, []

@@ -13,8 +13,8 @@ from families import FAMILIES
 from snnet import Stitch
 from snnet.cli import main
 from snnet.export import check_onnx, export, export_onnx, export_stitch, load_stitch, save_stitch
-from snnet.results import Results
-from snnet.select import select
+from snnet.measure.results import Results
+from snnet.measure.select import select
 
 
 def _perturb(net: snnet.SNNet) -> None:

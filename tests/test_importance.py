@@ -14,15 +14,15 @@ import torch
 
 import snnet
 from snnet.batches import EpochBatches
-from snnet.checkpoint import load_checkpoint, save_checkpoint
 from snnet.cli import main
 from snnet.data import FashionMNIST, fashion_mnist
-from snnet.evaluate import evaluate_all
-from snnet.importance import Importance, StitchImportance, agreement, load_ranking, saliencies
-from snnet.results import Record, Results, hypervolume, kendall_tau
+from snnet.measure.evaluate import evaluate_all
+from snnet.measure.results import Record, Results, hypervolume, kendall_tau
 from snnet.rundir import RunDir
 from snnet.stitch import Stitch
-from snnet.train import TrainConfig, train_loop
+from snnet.train.checkpoint import load_checkpoint, save_checkpoint
+from snnet.train.importance import Importance, StitchImportance, agreement, load_ranking, saliencies
+from snnet.train.loop import TrainConfig, train_loop
 from test_train import SignalAfter, state_equal, stopped_run, tiny_fmnist_net
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -252,15 +252,15 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
-import snnet.train
+import snnet.train.loop
 from families import vit_family
-from snnet import distributed
+from snnet.train import distributed
 from snnet.batches import EpochBatches
-from snnet.train import TrainConfig, train_loop
+from snnet.train.loop import TrainConfig, train_loop
 
 runs = []
-start_run = snnet.train.start_run
-snnet.train.start_run = lambda *a, **k: runs.append(start_run(*a, **k)) or runs[-1]
+start_run = snnet.train.loop.start_run
+snnet.train.loop.start_run = lambda *a, **k: runs.append(start_run(*a, **k)) or runs[-1]
 
 out = Path(sys.argv[1])
 world = distributed.setup("cpu")

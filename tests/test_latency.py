@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import snnet
-import snnet.latency as latency_mod
+import snnet.measure.latency as latency_mod
 from families import FAMILIES
-from snnet.latency import measure_latency, percentile, time_callable
-from snnet.results import Results
+from snnet.measure.latency import measure_latency, percentile, time_callable
+from snnet.measure.results import Results
 
 
 def test_time_callable_records_stats():

@@ -9,14 +9,14 @@ import torch
 
 import snnet
 from families import FAMILIES
-from snnet.checkpoint import load_checkpoint
 from snnet.cli import main
-from snnet.evaluate import StitchTree
 from snnet.export import export_stitch, load_stitch, save_stitch
 from snnet.lstsq import init_least_squares
+from snnet.measure.evaluate import StitchTree
 from snnet.peft import adapting, lora_parameters, saved_state
 from snnet.serialize import network_config
-from snnet.train import TrainConfig, make_optimizer, train_loop
+from snnet.train.checkpoint import load_checkpoint
+from snnet.train.loop import TrainConfig, make_optimizer, train_loop
 
 MODES = {
     "low-rank": {"stitch_rank": 2, "stitch_alpha": 4.0},

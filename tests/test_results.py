@@ -4,8 +4,8 @@ from dataclasses import dataclass, fields
 import pytest
 
 from snnet import Stitch
-from snnet.pareto import pareto_front
-from snnet.results import COSTS, FIELDS, METRICS, VERSION, Record, Results, format_table
+from snnet.measure.pareto import pareto_front
+from snnet.measure.results import COSTS, FIELDS, METRICS, VERSION, Record, Results, format_table
 
 
 @dataclass(frozen=True)

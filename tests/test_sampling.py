@@ -8,8 +8,8 @@ import torch
 
 import snnet
 from families import vit_family
-from snnet.importance import StitchImportance
-from snnet.sampling import POLICIES, StitchSampler, sample_stitch
+from snnet.train.importance import StitchImportance
+from snnet.train.sampling import POLICIES, StitchSampler, sample_stitch
 
 
 @pytest.fixture(scope="module")

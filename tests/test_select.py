@@ -4,8 +4,8 @@ front over any cost; and the errors that name what to measure."""
 import pytest
 
 from snnet import Stitch
-from snnet.results import Record, Results
-from snnet.select import select
+from snnet.measure.results import Record, Results
+from snnet.measure.select import select
 
 
 def _results(rows, *, network=None) -> Results:

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 import snnet
-from snnet.results import Results
+from snnet.measure.results import Results
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")

@@ -19,11 +19,11 @@ import torch
 import snnet
 from families import FAMILIES, vit_family
 from snnet.batches import EpochBatches
-from snnet.checkpoint import Diverged, StepLog, load_checkpoint
 from snnet.cli import main
 from snnet.data import FashionMNIST, fashion_mnist
-from snnet.sampling import StitchSampler, flops_groups
-from snnet.train import TrainConfig, fit, get_lr, network_groups, train_loop
+from snnet.train.checkpoint import Diverged, StepLog, load_checkpoint
+from snnet.train.loop import TrainConfig, fit, get_lr, network_groups, train_loop
+from snnet.train.sampling import StitchSampler, flops_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -438,12 +438,12 @@ KILL_DURING_FINAL_SAVE = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 import torch
-import snnet.checkpoint
-import snnet.train
+import snnet.train.checkpoint
+import snnet.train.loop
 from snnet.data import FashionMNIST, fashion_mnist
 from test_train import tiny_fmnist_net
 
-real_save, calls = snnet.checkpoint.save, []
+real_save, calls = snnet.train.checkpoint.save, []
 
 def save_then_die(net, path):
     calls.append(path)
@@ -452,11 +452,11 @@ def save_then_die(net, path):
         os.kill(os.getpid(), signal.SIGKILL)
     real_save(net, path)
 
-snnet.checkpoint.save = save_then_die
+snnet.train.checkpoint.save = save_then_die
 test = fashion_mnist("test")
 data = FashionMNIST(test.images[:128], test.targets[:128])
-config = snnet.train.TrainConfig(epochs=1, batch_size=32, lr=3e-3, warmup=1)
-snnet.train.fit(tiny_fmnist_net(), data, config, run_dir={run!r}, ls_init=32, progress=False)
+config = snnet.train.loop.TrainConfig(epochs=1, batch_size=32, lr=3e-3, warmup=1)
+snnet.train.loop.fit(tiny_fmnist_net(), data, config, run_dir={run!r}, ls_init=32, progress=False)
 """
 
 
@@ -604,7 +604,7 @@ def test_a_version_1_checkpoint_resumes_with_its_history(fmnist_slice, tmp_path)
     state = load_checkpoint(run)
     del state["model_step"], state["format"], state["version"]
     state["log"] = [{"losses": first.losses, "stitches": first.stitches}]
-    snnet.checkpoint.save_checkpoint(run, state)
+    snnet.train.checkpoint.save_checkpoint(run, state)
     torch.save({**torch.load(run / "checkpoint.pt"), "version": 1}, run / "checkpoint.pt")
     (run / "steps.csv").unlink()
     rest = train_loop(tiny_fmnist_net(), batches, config, run_dir=run, resume=True, progress=False)
@@ -674,7 +674,7 @@ def test_an_images_augmentation_depends_on_seed_epoch_and_index_only(augmented_f
 
 
 def test_validation_changes_no_weight_and_writes_val_csv_and_tensorboard(fmnist_slice, tmp_path):
-    from snnet.monitor import ValLog
+    from snnet.train.monitor import ValLog
 
     val = FashionMNIST(fmnist_slice.images[:100], fmnist_slice.targets[:100])
     config = TrainConfig(epochs=2, batch_size=64, lr=3e-3, warmup=2, steps=12)  # 8 per epoch
@@ -709,13 +709,15 @@ def test_validation_changes_no_weight_and_writes_val_csv_and_tensorboard(fmnist_
     # a stitch scored alone, the same way, gives the same top-1
     net = watched.net.eval()
     with torch.no_grad():
-        images, labels = val.get_batch(snnet.monitor.Validation(net, val, max_images=50).indices)
+        images, labels = val.get_batch(
+            snnet.train.monitor.Validation(net, val, max_images=50).indices
+        )
         top1 = 100 * float((net(images, stitch=rows[-1]["stitch"]).argmax(-1) == labels).sum()) / 50
     assert top1 == pytest.approx(rows[-1]["top1"])
 
 
 def test_val_csv_of_a_resumed_run_equals_an_uninterrupted_runs(fmnist_slice, tmp_path):
-    from snnet.monitor import Validation
+    from snnet.train.monitor import Validation
 
     val_set = FashionMNIST(fmnist_slice.images[:64], fmnist_slice.targets[:64])
     config = TrainConfig(epochs=3, batch_size=128, lr=3e-3, warmup=1)  # 4 steps per epoch
@@ -743,7 +745,7 @@ def test_val_csv_of_a_resumed_run_equals_an_uninterrupted_runs(fmnist_slice, tmp
 
 
 def test_validation_images_are_a_fixed_sample_of_every_class(fmnist_slice):
-    from snnet.monitor import Validation
+    from snnet.train.monitor import Validation
 
     net = tiny_fmnist_net()
     idx = Validation(net, fmnist_slice, max_images=100, seed=1).indices
@@ -768,7 +770,7 @@ def test_bad_validation_options_are_clear_errors(fmnist_slice):
 
 
 def test_soft_distillation_loss_on_hand_made_logits():
-    from snnet.train import loss_fn
+    from snnet.train.loop import loss_fn
 
     s = torch.tensor([[0.0, 0.0]])  # student: p = (1/2, 1/2)
     t = torch.tensor([[2 * math.log(3.0), 0.0]])  # teacher at T = 2: p = (3/4, 1/4)
@@ -787,7 +789,7 @@ def test_soft_distillation_loss_on_hand_made_logits():
 
 def test_each_stitch_is_taught_by_its_end_anchor_or_the_largest():
     from snnet.stitch import Stitch
-    from snnet.train import teacher_anchor
+    from snnet.train.loop import teacher_anchor
 
     end, largest = TrainConfig(distill="end"), TrainConfig(distill="largest")
     assert teacher_anchor(Stitch.parse("0:3-1:4"), end, 3) == 1
@@ -839,7 +841,7 @@ def test_anchor_probability_sets_how_often_anchor_paths_train():
 
 
 def test_no_anchor_probability_draws_exactly_as_before_the_option():
-    from snnet.sampling import sample_stitch
+    from snnet.train.sampling import sample_stitch
 
     stitches = tiny_fmnist_net().stitches
     sampler = StitchSampler(stitches, seed=5)
@@ -901,7 +903,7 @@ def test_resume_with_distillation_and_anchor_paths_equals_an_uninterrupted_run(
 def test_cached_teachers_hold_the_teachers_logits_and_a_resumed_run_equals_a_whole_one(
     fmnist_slice, tmp_path, monkeypatch
 ):
-    from snnet.train import TeacherLogits
+    from snnet.train.loop import TeacherLogits
 
     config = TrainConfig(**DISTILL_RECIPE, cache_teachers=True)
     batches = EpochBatches(fmnist_slice, 64, seed=config.seed)
@@ -957,6 +959,6 @@ def test_a_checkpoint_from_before_the_recipe_options_resumes(fmnist_slice, tmp_p
     for key in ("distill", "distill_temperature", "anchor_probability"):
         del state["config"][key]
     del state["format"], state["version"]
-    snnet.checkpoint.save_checkpoint(run, state)
+    snnet.train.checkpoint.save_checkpoint(run, state)
     rest = train_loop(tiny_fmnist_net(), batches, config, run_dir=run, resume=True, progress=False)
     assert rest.losses == whole.losses and state_equal(rest.net, whole.net)

@@ -52,10 +52,10 @@ def main() -> None:
     import snnet
     from snnet.batches import EpochBatches, first_images
     from snnet.data import fashion_mnist
-    from snnet.evaluate import evaluate_all
-    from snnet.sampling import StitchSampler
+    from snnet.measure.evaluate import evaluate_all
     from snnet.stitch import Stitch
-    from snnet.train import TrainConfig, get_lr, make_optimizer
+    from snnet.train.loop import TrainConfig, get_lr, make_optimizer
+    from snnet.train.sampling import StitchSampler
 
     log = open(RESULTS / f"{args.name}.log", "w")  # noqa: SIM115
 

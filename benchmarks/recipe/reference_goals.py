@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 from snnet.files import atomic_write
-from snnet.pareto import pareto_front
+from snnet.measure.pareto import pareto_front
 
 # ImageNet-1k top-1 of the anchors trained alone, as published: DeiT (Touvron et al. 2021,
 # Table 1), Swin (Liu et al. 2021, Table 1a), LeViT (Graham et al. 2021, Table 3).

@@ -43,10 +43,10 @@ def main() -> None:
     import snnet
     from bench_demo_family import between, margins_by_pair, stitch_accuracy, widest_gap
     from snnet.data import fashion_mnist
-    from snnet.evaluate import evaluate_all
+    from snnet.measure.evaluate import evaluate_all
     from snnet.stitch import Stitch
     from snnet.threads import set_threads
-    from snnet.train import TrainConfig, fit
+    from snnet.train.loop import TrainConfig, fit
 
     set_threads(1)
     out = Path(a.out) / a.name

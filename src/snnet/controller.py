@@ -20,9 +20,9 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from snnet.measure.pareto import pareto_front
+from snnet.measure.results import FIELDS, Record, Results
 from snnet.network import SNNet
-from snnet.pareto import pareto_front
-from snnet.results import FIELDS, Record, Results
 from snnet.stitch import Stitch
 
 

@@ -12,14 +12,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from snnet.data import fashion_mnist
-from snnet.evaluate import evaluate_all
 from snnet.files import atomic_write
+from snnet.measure.evaluate import evaluate_all
+from snnet.measure.plot import plot_results
+from snnet.measure.results import Results, format_table
 from snnet.network import SNNet
-from snnet.plot import plot_results
-from snnet.results import Results, format_table
 from snnet.rundir import RunDir
 from snnet.sources import resolve_anchors
-from snnet.train import TrainConfig, fit
+from snnet.train.loop import TrainConfig, fit
 from snnet.zoo import demo_anchor_record, demo_family_names
 
 

@@ -55,7 +55,7 @@ class SNNet(nn.Module):
     stitch for every thread; ``with net.using(s):`` sets it for the calling thread only, so
     threads may each hold their own ``using`` block at once (other threads, nn.DataParallel's
     workers among them, keep seeing ``net.stitch``). Training never samples inside ``forward``:
-    pick the stitch outside (see :mod:`snnet.sampling`).
+    pick the stitch outside (see :mod:`snnet.train.sampling`).
 
     Example:
         >>> net = SNNet([deit_ti, deit_s, deit_b])          # timm models or snnet.Anchor

@@ -5,7 +5,7 @@ RUN afterwards (evaluate, latency, select, plot, export)::
 
     RUN/
       model/              the trained SN-Net: config.json + model.safetensors (snnet.save)
-      checkpoint.pt       everything a resumed run needs (snnet.checkpoint)
+      checkpoint.pt       everything a resumed run needs (snnet.train.checkpoint)
       train.json          the run's progress, readable without torch
       steps.csv           per-step losses, learning rates and stitches of the training run
       importance.json     stitches ranked by estimated importance (--sampling importance)

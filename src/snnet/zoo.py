@@ -37,7 +37,7 @@ from snnet.batches import EpochBatches
 from snnet.data import FashionMNIST, fashion_mnist
 from snnet.files import atomic_write
 from snnet.presets import PRESETS
-from snnet.train import get_lr, parameter_groups, set_lr
+from snnet.train.loop import get_lr, parameter_groups, set_lr
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 REBUILD_COMMAND = "snnet zoo train --all"

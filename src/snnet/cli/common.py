@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from snnet.presets import PRESETS
 
 if TYPE_CHECKING:  # the parsers here must not import torch (snnet COMMAND --help)
+    from snnet.measure.results import Results
     from snnet.network import SNNet
-    from snnet.results import Results
 
 
 def positive_int(text: str) -> int:
@@ -191,7 +191,7 @@ def build_network(args: argparse.Namespace, *, device: str | None = None) -> SNN
 def load_results_for(net: SNNet, path: str | Path, *, create: bool) -> Results:
     """The results file for ``net`` at ``path``; with ``create``, a new one with costs if absent.
     Results of another network are a clear error."""
-    from snnet.results import Results
+    from snnet.measure.results import Results
 
     path = Path(path)
     if not path.exists():

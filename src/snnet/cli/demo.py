@@ -6,7 +6,7 @@ import argparse
 
 from snnet.cli.common import add_threads_argument
 from snnet.demo import DemoSettings, format_report, run_demo
-from snnet.results import Results
+from snnet.measure.results import Results
 from snnet.threads import set_threads
 from snnet.zoo import demo_family_names
 

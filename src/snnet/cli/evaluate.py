@@ -53,8 +53,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import snnet
     from snnet.data import sample
-    from snnet.evaluate import evaluate_all, progress_path
-    from snnet.results import format_table
+    from snnet.measure.evaluate import evaluate_all, progress_path
+    from snnet.measure.results import format_table
     from snnet.rundir import RunDir
     from snnet.threads import set_threads
 
@@ -117,7 +117,7 @@ def open_data(
 
     from snnet.data import resolve_data
     from snnet.preprocess import DataConfig
-    from snnet.train import num_outputs
+    from snnet.train.loop import num_outputs
 
     sizes = {tuple(a.input_size) for a in net.anchors}
     if len(sizes) > 1:

@@ -37,7 +37,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from snnet.cli.common import load_results_for
     from snnet.export import export, export_stitch
-    from snnet.select import select
+    from snnet.measure.select import select
     from snnet.serialize import load
 
     wanted = budgets(args)

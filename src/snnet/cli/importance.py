@@ -18,9 +18,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from snnet.importance import agreement, load_ranking
-    from snnet.results import Results
+    from snnet.measure.results import Results
     from snnet.rundir import RunDir
+    from snnet.train.importance import agreement, load_ranking
 
     if args.top < 1:
         raise ValueError(f"--top must be at least 1, got {args.top}")

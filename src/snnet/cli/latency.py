@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from snnet.cli.common import load_results_for
-    from snnet.latency import measure_latency
+    from snnet.measure.latency import measure_latency
     from snnet.rundir import RunDir
     from snnet.serialize import load
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from snnet.results import COSTS, METRICS
+from snnet.measure.results import COSTS, METRICS
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -19,8 +19,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from snnet.plot import plot_results
-    from snnet.results import Results
+    from snnet.measure.plot import plot_results
+    from snnet.measure.results import Results
     from snnet.rundir import RunDir
 
     path = Path(args.results)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from snnet.results import COSTS
+from snnet.measure.results import COSTS
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -34,8 +34,8 @@ def budgets(args: argparse.Namespace) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from snnet.results import Results, format_table
-    from snnet.select import select
+    from snnet.measure.results import Results, format_table
+    from snnet.measure.select import select
 
     results = Results.load(args.results)
     if args.pareto:

@@ -15,7 +15,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from snnet.results import Results, format_table
+    from snnet.measure.results import Results, format_table
 
     net = build_network(args, device="meta")  # costs need shapes, not weights
     results = Results.for_network(net)

@@ -12,7 +12,6 @@ import os
 import typing
 from pathlib import Path
 
-from snnet.checkpoint import check_run
 from snnet.cli.common import (
     add_data_arguments,
     add_family_arguments,
@@ -22,7 +21,8 @@ from snnet.cli.common import (
     positive_int,
 )
 from snnet.rundir import RunDir
-from snnet.train import TrainConfig, fit
+from snnet.train.checkpoint import check_run
+from snnet.train.loop import TrainConfig, fit
 
 
 def add_config_options(group: argparse._ArgumentGroup) -> None:

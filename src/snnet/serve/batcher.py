@@ -32,8 +32,8 @@ from typing import Any
 import torch
 
 from snnet.controller import BudgetController, SloPolicy
-from snnet.latency import percentile
-from snnet.results import Record
+from snnet.measure.latency import percentile
+from snnet.measure.results import Record
 from snnet.serve.model import ServedModel, ServeError
 from snnet.stitch import Stitch
 

@@ -20,10 +20,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from snnet.controller import BudgetController
-from snnet.latency import forget_latency, measure_latency
+from snnet.measure.latency import forget_latency, measure_latency
+from snnet.measure.results import Record, Results
 from snnet.network import SNNet
 from snnet.preprocess import DataConfig
-from snnet.results import Record, Results
 from snnet.rundir import RunDir
 from snnet.serialize import load, read_config
 from snnet.sources import from_zoo

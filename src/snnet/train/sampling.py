@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from snnet.importance import StitchImportance
 from snnet.stitch import Stitch
+from snnet.train.importance import StitchImportance
 
 
 def sample_stitch(stitches: Sequence[Stitch], generator: torch.Generator) -> Stitch:
@@ -62,7 +62,7 @@ class StitchSampler:
     ``policy`` sets how often each stitch trains: ``"uniform"`` (the paper), ``"grouped"``
     (SN-Netv2: a cost band of width ``gap`` uniformly, then a stitch in it) or ``"importance"``
     (ESTA: in proportion to each stitch's estimated importance, ``importance``, which the training
-    loop feeds through :meth:`observe`; see :mod:`snnet.importance`). ``rank_sampling`` sets
+    loop feeds through :meth:`observe`; see :mod:`snnet.train.importance`). ``rank_sampling`` sets
     how the ``world_size`` ranks of one step relate:
 
     - ``"independent"``: each rank its own draw (the reference code).
@@ -165,7 +165,7 @@ class StitchSampler:
 
     def observe(self, saliency: dict[Stitch, float]) -> None:
         """One step's saliencies of the stitches it ran (policy ``"importance"``; see
-        :func:`snnet.importance.saliencies`); they update the importance estimate the next draws
+        :func:`snnet.train.importance.saliencies`); they update the importance estimate the next draws
         follow. Every rank passes the same values, so the sampler stays the same on every rank."""
         if self.importance is None:
             raise ValueError(f"the {self.policy!r} sampling policy keeps no importance estimate")

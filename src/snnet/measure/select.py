@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from snnet.results import COSTS, FIELDS, Record, Results
+from snnet.measure.results import COSTS, FIELDS, Record, Results
 
 
 def select(

@@ -34,8 +34,8 @@ from snnet.files import atomic_write
 from snnet.stitch import Stitch
 
 if TYPE_CHECKING:
+    from snnet.measure.results import Results
     from snnet.network import SNNet
-    from snnet.results import Results
 
 FORMAT = "snnet-importance"
 VERSION = 1
@@ -260,7 +260,7 @@ def agreement(
     Example:
         >>> agreement(load_ranking(run.importance), Results.load(run.results)).tau
     """
-    from snnet.results import kendall_tau
+    from snnet.measure.results import kendall_tau
 
     measured = {r.stitch: getattr(r, metric) for r in results if getattr(r, metric) is not None}
     both = sorted(
@@ -282,8 +282,8 @@ def agreement(
 def _tau_within_bands(
     ranked: Sequence[Importance], measured: dict[Stitch, float], costs: dict[Stitch, float]
 ) -> tuple[float, int]:
-    from snnet.results import kendall_tau
-    from snnet.sampling import default_gap, flops_groups
+    from snnet.measure.results import kendall_tau
+    from snnet.train.sampling import default_gap, flops_groups
 
     costs = {i.stitch: costs[i.stitch] for i in ranked}
     value = {i.stitch: i.value for i in ranked}

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from snnet.data import stratified_indices
-from snnet.evaluate import StitchTree
 from snnet.files import read_csv_rows, rewrite_csv
+from snnet.measure.evaluate import StitchTree
 from snnet.network import SNNet
 from snnet.rundir import RunDir
 from snnet.stitch import Stitch
@@ -76,7 +76,7 @@ class Validation:
     """The anchors and a few stitches (:func:`spread_stitches`) on up to ``max_images`` images
     of ``dataset`` (a fixed sample drawn with ``seed``, stratified by class when the dataset
     has ``targets``), all stitches in one pass
-    (:class:`~snnet.evaluate.StitchTree`).
+    (:class:`~snnet.measure.evaluate.StitchTree`).
 
     Example:
         >>> val = Validation(net, image_folder("data/val", train=False), max_images=1000)

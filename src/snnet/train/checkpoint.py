@@ -26,17 +26,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from snnet import distributed
-from snnet.distributed import World
 from snnet.files import atomic_write, read_csv_rows, rewrite_csv
 from snnet.peft import load_saved_state, saved_state
 from snnet.rundir import RunDir
 from snnet.serialize import save
+from snnet.train import distributed
+from snnet.train.distributed import World
 
 if TYPE_CHECKING:
     from snnet.network import SNNet
-    from snnet.sampling import StitchSampler
-    from snnet.train import TrainConfig
+    from snnet.train.loop import TrainConfig
+    from snnet.train.sampling import StitchSampler
 
 FORMAT = "snnet-train"
 #: 2: per-step losses and stitches moved from the checkpoint to steps.csv; ``model_step`` added.

@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from snnet.files import atomic_write, check_writable, read_json_config
+from snnet.measure.results import Results, fingerprint
 from snnet.network import SNNet
 from snnet.parts import Part, run_parts
 from snnet.peft import adapting
-from snnet.results import Results, fingerprint
 from snnet.stitch import Stitch
 
 PROGRESS_FORMAT = "snnet-eval-progress"

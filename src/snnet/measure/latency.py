@@ -1,7 +1,7 @@
 """Latency of every stitch, measured on the user's device (not predicted from FLOPs).
 
 Each stitch is timed call by call after a warm-up: median and 90th percentile per batch go into
-the :class:`~snnet.results.Results` rows beside accuracy and cost, and how they were measured
+the :class:`~snnet.measure.results.Results` rows beside accuracy and cost, and how they were measured
 (batch size, threads, device, repeats, machine load) into ``results.meta["latency"]``. Results
 are saved after every stitch, so an interrupted run resumes with the stitches still missing.
 """
@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from snnet.files import check_writable
+from snnet.measure.results import Results
 from snnet.network import SNNet
-from snnet.results import Results
 from snnet.stitch import Stitch
 
 

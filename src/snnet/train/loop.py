@@ -3,12 +3,12 @@
 :func:`train_loop` trains any :class:`~snnet.SNNet` on any iterable of ``(images, labels)``
 batches; :func:`fit` is the whole pipeline (least-squares init, epoch-seeded batches, the loop)
 that ``snnet train`` runs. Launched by torchrun, both run data-parallel (see
-:mod:`snnet.distributed`). Checkpoints (:mod:`snnet.checkpoint`) go to ``run_dir`` every epoch,
+:mod:`snnet.train.distributed`). Checkpoints (:mod:`snnet.train.checkpoint`) go to ``run_dir`` every epoch,
 every ``save_every`` steps and on SIGTERM/SIGINT; ``resume=True`` continues exactly.
 
 What a run writes into ``run_dir`` (``checkpoint.pt``, ``steps.csv``, ``train.json``, ``model/``)
-and how it resumes lives in :mod:`snnet.checkpoint`; validation on a held-out split, ``val.csv``
-and TensorBoard logs in :mod:`snnet.monitor`; this module holds the knobs, the pieces of a step,
+and how it resumes lives in :mod:`snnet.train.checkpoint`; validation on a held-out split, ``val.csv``
+and TensorBoard logs in :mod:`snnet.train.monitor`; this module holds the knobs, the pieces of a step,
 the loop and the pipeline.
 
 Every random source is seeded from ``config.seed`` (and the rank): Python's ``random`` and NumPy,
@@ -39,20 +39,20 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from snnet import distributed
 from snnet.batches import EpochBatches, first_images
-from snnet.checkpoint import Diverged, Run, check_run, open_log, restore, save_state
 from snnet.data import check_classes
-from snnet.distributed import World
 from snnet.files import atomic_write
-from snnet.importance import StitchImportance, saliencies
 from snnet.lstsq import init_least_squares
-from snnet.monitor import Monitor, Validation
 from snnet.network import SNNet
 from snnet.preprocess import DataConfig
 from snnet.rundir import RunDir
-from snnet.sampling import POLICIES, RANK_SAMPLING, StitchSampler
 from snnet.stitch import Stitch
+from snnet.train import distributed
+from snnet.train.checkpoint import Diverged, Run, check_run, open_log, restore, save_state
+from snnet.train.distributed import World
+from snnet.train.importance import StitchImportance, saliencies
+from snnet.train.monitor import Monitor, Validation
+from snnet.train.sampling import POLICIES, RANK_SAMPLING, StitchSampler
 
 OPTIMIZERS = ("adamw", "sgd")
 AMP = ("auto", "off", "bf16", "fp16")
@@ -564,7 +564,7 @@ def train_loop(
     :class:`~snnet.batches.EpochBatches` (exact order on resume without reloading skipped
     batches). Under torchrun each rank passes its own shard, with the same number of batches.
     A non-finite loss stops the run with :class:`Diverged` before anything saves it.
-    ``val`` (a :class:`~snnet.monitor.Validation`) runs every ``val_every`` epochs and at the end.
+    ``val`` (a :class:`~snnet.train.monitor.Validation`) runs every ``val_every`` epochs and at the end.
 
     Example:
         >>> batches = EpochBatches(fashion_mnist("train"), 128)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from snnet.files import atomic_write, check_writable
-from snnet.results import FIELDS, Record, Results
+from snnet.measure.results import FIELDS, Record, Results
 
 
 def plot_results(

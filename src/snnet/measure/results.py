@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from snnet.files import atomic_write, read_json_config
-from snnet.pareto import pareto_front
+from snnet.measure.pareto import pareto_front
 from snnet.stitch import Stitch
 
 if TYPE_CHECKING:
