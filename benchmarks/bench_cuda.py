@@ -40,7 +40,9 @@ import snnet
 from snnet.batches import EpochBatches
 from snnet.files import atomic_write
 from snnet.measure.results import Results
-from snnet.train.loop import TrainConfig, amp_dtype, num_outputs, train_loop
+from snnet.train import TrainConfig, train_loop
+from snnet.train.step import amp_dtype
+from snnet.train.fit import num_outputs
 
 OUT = Path(__file__).parent / "results" / "cuda.json"
 FAMILIES = ("fmnist", "fmnist-xs-sm-l", "deit", "swin", "resnet", "resnet-swin", "levit")

@@ -78,7 +78,7 @@ def worker(args: argparse.Namespace) -> None:
     from snnet.batches import EpochBatches
     from snnet.data import fashion_mnist
     from snnet.train import distributed
-    from snnet.train.loop import TrainConfig, train_loop
+    from snnet.train import TrainConfig, train_loop
 
     world = distributed.setup("cpu")
     data = fashion_mnist("train")

@@ -34,7 +34,7 @@ import torch
 import snnet
 from snnet.data import fashion_mnist
 from snnet.threads import keep_freed_memory, set_threads
-from snnet.train.loop import TrainConfig, fit
+from snnet.train import TrainConfig, fit
 
 arm, steps = sys.argv[1], int(sys.argv[2])
 applied = keep_freed_memory() if arm == "keep" else False

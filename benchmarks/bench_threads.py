@@ -33,7 +33,8 @@ import torch
 import snnet
 from snnet.data import fashion_mnist
 from snnet.threads import set_threads
-from snnet.train.loop import TrainConfig, make_optimizer
+from snnet.train import TrainConfig
+from snnet.train.step import make_optimizer
 
 threads, steps = int(sys.argv[1]), int(sys.argv[2])
 set_threads(threads)

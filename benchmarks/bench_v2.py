@@ -123,7 +123,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from snnet.measure.evaluate import evaluate_all
     from snnet.rundir import RunDir
     from snnet.threads import set_threads
-    from snnet.train.loop import TrainConfig, train_loop
+    from snnet.train import TrainConfig, train_loop
 
     set_threads(args.threads)
     what, net_options, config_options = VARIANTS[name]

@@ -22,7 +22,7 @@ import snnet  # noqa: E402
 from families import vit_family  # noqa: E402
 from snnet.batches import EpochBatches  # noqa: E402
 from snnet.train import distributed  # noqa: E402
-from snnet.train.loop import TrainConfig, train_loop  # noqa: E402
+from snnet.train import TrainConfig, train_loop  # noqa: E402
 
 
 class Tensors(torch.utils.data.Dataset):

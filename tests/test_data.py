@@ -396,7 +396,7 @@ def test_least_squares_reads_the_unaugmented_images(tmp_path, monkeypatch):
     from snnet.batches import first_images
     from snnet.data import resolve_data
     from snnet.preprocess import Augment, DataConfig
-    from snnet.train.loop import TrainConfig, fit
+    from snnet.train import TrainConfig, fit
 
     _grey_folder(tmp_path / "d", 40)
     net = _vit_net(in_chans=1)
@@ -460,7 +460,7 @@ def test_train_max_images_trains_on_a_stratified_sample_and_resume_keeps_it(tmp_
     from snnet.cli import main
     from snnet.data import Data, sample_training
     from snnet.train.checkpoint import load_checkpoint
-    from snnet.train.loop import TrainConfig, fit
+    from snnet.train import TrainConfig, fit
 
     out = tmp_path / "run"
     args = ["train", "fmnist", "--out", str(out), "--epochs", "1", "--batch-size", "8"]
@@ -490,7 +490,7 @@ def test_cli_trains_fashion_mnist_exactly_as_fit_on_the_plain_dataset(tmp_path):
     # What `snnet train fmnist` ran before --data had a resolver: fit(net, fashion_mnist("train")).
     import snnet
     from snnet.cli import main
-    from snnet.train.loop import TrainConfig, fit
+    from snnet.train import TrainConfig, fit
 
     args = ["--steps", "3", "--batch-size", "32", "--ls-init", "64", "--quiet"]
     assert main(["train", "fmnist", "--out", str(tmp_path / "cli"), *args]) == 0

@@ -22,7 +22,7 @@ from snnet.data import resolve_data
 from snnet.measure.evaluate import evaluate_all
 from snnet.measure.results import Results
 from snnet.preprocess import DataConfig
-from snnet.train.loop import TrainConfig, fit
+from snnet.train import TrainConfig, fit
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ from snnet.rundir import RunDir
 from snnet.stitch import Stitch
 from snnet.train.checkpoint import load_checkpoint, save_checkpoint
 from snnet.train.importance import Importance, StitchImportance, agreement, load_ranking, saliencies
-from snnet.train.loop import TrainConfig, train_loop
+from snnet.train import TrainConfig, train_loop
 from test_train import SignalAfter, state_equal, stopped_run, tiny_fmnist_net
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,7 +256,7 @@ import snnet.train.loop
 from families import vit_family
 from snnet.train import distributed
 from snnet.batches import EpochBatches
-from snnet.train.loop import TrainConfig, train_loop
+from snnet.train import TrainConfig, train_loop
 
 runs = []
 start_run = snnet.train.loop.start_run

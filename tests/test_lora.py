@@ -16,7 +16,8 @@ from snnet.measure.evaluate import StitchTree
 from snnet.peft import adapting, lora_parameters, saved_state
 from snnet.serialize import network_config
 from snnet.train.checkpoint import load_checkpoint
-from snnet.train.loop import TrainConfig, make_optimizer, train_loop
+from snnet.train import TrainConfig, train_loop
+from snnet.train.step import make_optimizer
 
 MODES = {
     "low-rank": {"stitch_rank": 2, "stitch_alpha": 4.0},

@@ -22,7 +22,8 @@ from snnet.batches import EpochBatches
 from snnet.cli import main
 from snnet.data import FashionMNIST, fashion_mnist
 from snnet.train.checkpoint import Diverged, StepLog, load_checkpoint
-from snnet.train.loop import TrainConfig, fit, get_lr, network_groups, train_loop
+from snnet.train import TrainConfig, fit, get_lr, train_loop
+from snnet.train.step import network_groups
 from snnet.train.sampling import StitchSampler, flops_groups
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -770,7 +771,7 @@ def test_bad_validation_options_are_clear_errors(fmnist_slice):
 
 
 def test_soft_distillation_loss_on_hand_made_logits():
-    from snnet.train.loop import loss_fn
+    from snnet.train.step import loss_fn
 
     s = torch.tensor([[0.0, 0.0]])  # student: p = (1/2, 1/2)
     t = torch.tensor([[2 * math.log(3.0), 0.0]])  # teacher at T = 2: p = (3/4, 1/4)
@@ -789,7 +790,7 @@ def test_soft_distillation_loss_on_hand_made_logits():
 
 def test_each_stitch_is_taught_by_its_end_anchor_or_the_largest():
     from snnet.stitch import Stitch
-    from snnet.train.loop import teacher_anchor
+    from snnet.train.teachers import teacher_anchor
 
     end, largest = TrainConfig(distill="end"), TrainConfig(distill="largest")
     assert teacher_anchor(Stitch.parse("0:3-1:4"), end, 3) == 1
@@ -903,7 +904,7 @@ def test_resume_with_distillation_and_anchor_paths_equals_an_uninterrupted_run(
 def test_cached_teachers_hold_the_teachers_logits_and_a_resumed_run_equals_a_whole_one(
     fmnist_slice, tmp_path, monkeypatch
 ):
-    from snnet.train.loop import TeacherLogits
+    from snnet.train.teachers import TeacherLogits
 
     config = TrainConfig(**DISTILL_RECIPE, cache_teachers=True)
     batches = EpochBatches(fmnist_slice, 64, seed=config.seed)

@@ -172,7 +172,7 @@ def test_cli(tiny_fmnist, tmp_path, capsys):
 
 
 def test_zoo_weight_decay_groups_come_from_the_training_code():
-    from snnet.train.loop import parameter_groups
+    from snnet.train import parameter_groups
 
     model = create_demo_anchor(NAMES[0], pretrained=False)
     groups = parameter_groups(

@@ -54,7 +54,8 @@ def main() -> None:
     from snnet.data import fashion_mnist
     from snnet.measure.evaluate import evaluate_all
     from snnet.stitch import Stitch
-    from snnet.train.loop import TrainConfig, get_lr, make_optimizer
+    from snnet.train import TrainConfig, get_lr
+    from snnet.train.step import make_optimizer
     from snnet.train.sampling import StitchSampler
 
     log = open(RESULTS / f"{args.name}.log", "w")  # noqa: SIM115

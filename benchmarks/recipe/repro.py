@@ -56,7 +56,7 @@ def main() -> None:
     import snnet
     from snnet.batches import EpochBatches, first_images
     from snnet.data import fashion_mnist
-    from snnet.train.loop import TrainConfig, train_loop
+    from snnet.train import TrainConfig, train_loop
 
     anchors, options = snnet.resolve_anchors("fmnist")
     net = snnet.SNNet(anchors, **options)

@@ -46,7 +46,7 @@ def main() -> None:
     from snnet.measure.evaluate import evaluate_all
     from snnet.stitch import Stitch
     from snnet.threads import set_threads
-    from snnet.train.loop import TrainConfig, fit
+    from snnet.train import TrainConfig, fit
 
     set_threads(1)
     out = Path(a.out) / a.name

@@ -42,7 +42,7 @@ _PUBLIC = {
     "snnet.measure.pareto": ("pareto_front",),
     "snnet.measure.results": ("Record", "Results"),
     "snnet.measure.select": ("select",),
-    "snnet.train.loop": ("TrainConfig", "fit", "train_loop"),
+    "snnet.train": ("TrainConfig", "fit", "train_loop"),
     "snnet.train.sampling": ("flops_groups", "sample_grouped", "sample_stitch"),
     "snnet.serialize": ("load", "save"),
     "snnet.space": ("SpaceConfig", "StitchSpace"),

@@ -1,7 +1,12 @@
 """The end-to-end demo on the offline default: Fashion-MNIST and snnet's shipped ViT family.
 
-Least-squares init -> train the SN-Net -> evaluate every stitch in one pass -> table + plot. Every
-stage resumes: run it again after a kill and it continues from the last checkpoint.
+Least-squares init -> train the SN-Net -> evaluate every stitch in one pass -> table + plot.
+Every stage resumes: run it again after a stop or a kill and it continues from the last
+checkpoint. A stopped training run is never evaluated: :func:`run_demo` returns a report that
+says where it stopped, and the command line says how to continue.
+
+The settings are a plain value and this module loads torch only when the demo runs, so
+``snnet demo --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -10,39 +15,27 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from snnet.data import fashion_mnist
 from snnet.files import atomic_write
-from snnet.measure.evaluate import evaluate_all
-from snnet.measure.plot import plot_results
-from snnet.measure.results import Results, format_table
-from snnet.network import SNNet
 from snnet.rundir import RunDir
-from snnet.sources import resolve_anchors
-from snnet.train.loop import TrainConfig, fit
-from snnet.zoo import demo_anchor_record, demo_family_names
+
+if TYPE_CHECKING:
+    from snnet.measure.results import Results
 
 
 @dataclass(frozen=True, kw_only=True)
 class DemoSettings:
     """The demo's recipe: least squares on 512 images, then 16 epochs of SN-Net training in which
     every stitch learns from a frozen copy of the anchor it ends in (soft distillation, T = 2,
-    weight 0.5; an anchor's own path from its starting self; the copies' logits of every training
-    image computed once), a quarter of the steps run an anchor's own path, and the anchors learn
-    at half the stitching layers' rate.
+    weight 0.5; an anchor's own path from its starting self; the copies' logits of every
+    training image computed once), a quarter of the steps run an anchor's own path, and the
+    anchors learn at half the stitching layers' rate.
 
     Why: stitches gain only when the anchors co-adapt to them, and that costs the anchors. The
     distillation and the anchor paths hold the anchors near their standalone accuracy while they
-    move, and the length of the run is what lets the stitches catch up (on the family before,
-    widths 8 / 24 / 64, seed 0, 5,000 test images: 2 / 4 / 8 epochs gave a mean stitch of 82.8 /
-    83.9 / 84.9 %, 1 / 2 / 8 stitches on the front and anchors within 0.86 / 0.36 / 0.38 point of
-    their standalone accuracy; without distillation 4 epochs gave 83.7 % and 1 stitch; on this
-    family, seed 0: 8 / 10 / 12 / 16 epochs left widest front gaps of 2.69 / 2.29 / 2.21 /
-    1.84x; 18 epochs close the gap with every seed; ``benchmarks/recipe/FINDINGS.md``). 16
-    epochs is what fits the demo's 10 minutes on 2 cores, install included, when the machine
-    runs at its usual speed: a step takes ~0.055 s at 1 thread with the teachers' logits cached
-    (~0.075 s without; 2 threads are slower on models this small), ~0.068 s when the shared
-    host is slow. Results over seeds: ``benchmarks/bench_demo_family.py``.
+    move, and the length of the run is what lets the stitches catch up; 16 epochs is what fits
+    the demo's ten minutes on two CPU cores (``benchmarks/README.md`` has the measurements).
     """
 
     epochs: int = 16
@@ -53,10 +46,8 @@ class DemoSettings:
     ls_images: int = 512
     eval_images: int | None = None  # None: the whole 10,000-image test set
     seed: int = 0
-    # Validation after every epoch on a fixed sample of test images (the anchors and 3 stitches;
-    # RUN/val.csv, RUN/tb/). 0: none. It changes no trained weight; one check took 2.5-2.9 s
-    # against 90-107 s for an epoch's 468 steps (1 thread, 2 cores other jobs loaded to 8-10),
-    # i.e. about 3 % of the training time (7-9 % once, on a busier machine).
+    # Validation after every epoch on a fixed stratified sample of test images (the anchors and
+    # 3 stitches; RUN/val.csv, RUN/tb/). 0: none. It changes no trained weight.
     val_images: int = 1000
     distill: str = "end"
     distill_temperature: float = 2.0
@@ -67,16 +58,20 @@ class DemoSettings:
 
 @dataclass(frozen=True)
 class DemoReport:
-    """Where the demo wrote its files, and what it found."""
+    """Where the demo wrote its files, and what it found. ``stopped``: the signal that stopped
+    its training (0: it ran to the end, and everything below was measured)."""
 
     run_dir: Path
     results_path: Path
     plot_path: Path
     model_dir: Path
     seconds: dict[str, float]  # of this invocation (a resumed run only times what was left)
-    anchors_before: list[float]  # standalone test top-1 of each shipped anchor
+    anchors_before: list[float]  # each shipped anchor's test top-1 alone, before training
     anchors_after: list[float]  # the same anchors inside the trained SN-Net
     pareto: list[str]
+    stopped: int = 0
+    steps: int = 0
+    total_steps: int = 0
 
 
 def run_demo(
@@ -88,18 +83,24 @@ def run_demo(
 ) -> DemoReport:
     """Run the whole pipeline into ``out`` and return what it found.
 
-    ``out`` is a run directory (:class:`~snnet.rundir.RunDir`); a run an earlier snnet demo
-    started there continues in its own layout.
+    ``out`` is a run directory (:class:`~snnet.rundir.RunDir`); a run an earlier ``snnet demo``
+    started there continues.
 
     Example:
         >>> report = run_demo("runs/demo")
         >>> report.plot_path
         PosixPath('runs/demo/pareto.png')
     """
+    from snnet.data.images import fashion_mnist
+    from snnet.measure.evaluate import evaluate_all
+    from snnet.measure.plot import plot_results
+    from snnet.network import SNNet
+    from snnet.sources import resolve_anchors
+    from snnet.train import TrainConfig, fit
+
     settings = settings or DemoSettings()
     run = RunDir.at(out)
     seconds: dict[str, float] = {}
-
     anchors, options = resolve_anchors("fmnist")
     net = SNNet(anchors, **options)
     config = TrainConfig(
@@ -116,26 +117,44 @@ def run_demo(
         cache_teachers=settings.cache_teachers,
     )
     resume = run.checkpoint.exists()
+    test = fashion_mnist("test")
     t = time.perf_counter()
-    fit(
+    trained = fit(
         net,
         fashion_mnist("train"),
         config,
+        val=test if settings.val_images else None,
+        anchor_images=test,
         run_dir=run.training,
         resume=resume,
         ls_init=settings.ls_images,
         device=device,
         progress=progress,
-        val=fashion_mnist("test") if settings.val_images else None,
         val_images=settings.val_images or None,
     )
     seconds["train (incl. least squares)"] = time.perf_counter() - t
+    report = DemoReport(
+        run.path,
+        run.results,
+        run.plot,
+        run.model,
+        seconds,
+        trained.anchors_before,
+        [],
+        [],
+        stopped=trained.interrupted,
+        steps=trained.steps,
+        total_steps=trained.total_steps,
+    )
+    if trained.interrupted:
+        return report
 
     t = time.perf_counter()
     results = evaluate_all(
         net,
-        fashion_mnist("test"),
+        test,
         max_images=settings.eval_images,
+        seed=settings.seed,
         path=run.results,
         device=device,
         progress=progress,
@@ -143,20 +162,15 @@ def run_demo(
     )
     seconds["evaluate every stitch"] = time.perf_counter() - t
     plot_results(results, run.plot, title=f"SN-Net on Fashion-MNIST: {len(results)} stitches")
-
-    before = [float(demo_anchor_record(n)["test_acc"]) for n in demo_family_names()]
-    after = [results[str(i)].top1 for i in range(len(net.anchors))]
     report = DemoReport(
-        run_dir=run.path,
-        results_path=run.results,
-        plot_path=run.plot,
-        model_dir=run.model,
-        seconds=seconds,
-        anchors_before=before,
-        anchors_after=after,
-        pareto=[str(r.stitch) for r in results.pareto("gmacs", "top1")],
+        **{
+            **asdict(report),
+            "anchors_after": [results[str(i)].top1 for i in range(len(net.anchors))],
+            "pareto": [str(r.stitch) for r in results.pareto("gmacs", "top1")],
+        }
     )
-    summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(report).items()}
+    summary = json.loads(run.summary.read_text()) if run.summary.is_file() else {}
+    summary.update({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(report).items()})
     summary["settings"] = asdict(settings)
     summary["resumed"] = resume  # timings then cover only what this run still had to do
     atomic_write(run.summary, lambda f: json.dump(summary, f, indent=2))
@@ -165,15 +179,16 @@ def run_demo(
 
 def format_report(report: DemoReport, results: Results, net_names: list[str]) -> str:
     """The demo's closing text: Pareto table, anchors before/after, timings, files."""
+    from snnet.measure.results import format_table
+    from snnet.train.fit import anchor_table
+
     front = {r.stitch for r in results.pareto("gmacs", "top1")}
     shown = [r.stitch for r in results if r.stitch in front or r.stitch.is_anchor]
     lines = [format_table(results, shown, names=net_names)]
     lines.append(
         f"\n{len(results)} stitches evaluated; {len(front)} on the Pareto front (shown, with the anchors)."
     )
-    lines.append("anchor accuracy, standalone -> inside the trained SN-Net:")
-    for name, b, a in zip(net_names, report.anchors_before, report.anchors_after, strict=True):
-        lines.append(f"  {name:<14} {b:6.2f} % -> {a:6.2f} % ({a - b:+.2f})")
+    lines.append(anchor_table(net_names, report.anchors_before, report.anchors_after))
     lines.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items()))
     lines.append(
         f"\nfiles in {report.run_dir}/:\n"

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from snnet.adapters import Anchor, FeatureShape, as_anchor
+from snnet.data.config import DataConfig
 from snnet.files import (
     CONFIG,
     FORMATS,
@@ -41,7 +42,6 @@ from snnet.layers import StitchingLayer
 from snnet.network import SNNet, run_plan
 from snnet.parts import Part, Step
 from snnet.peft import merge_lora
-from snnet.preprocess import DataConfig
 from snnet.serialize import read_state
 from snnet.sources import from_source
 from snnet.stitch import Stitch

@@ -107,7 +107,7 @@ class SNNet(nn.Module):
                 add_lora(anchor, rank=lora_rank, alpha=lora_alpha, targets=lora_targets)
             freeze_anchors(self)
         self.space = StitchSpace.build(list(self.anchors), config)
-        # The preprocessing training used (a snnet.preprocess.DataConfig), saved with the network.
+        # The preprocessing training used (a snnet.data.DataConfig), saved with the network.
         self.data_config: Any = None
         self.layers = nn.ModuleDict()
         for (f, e), positions in self.space.positions.items():

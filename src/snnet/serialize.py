@@ -18,10 +18,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from snnet.adapters import Anchor
+from snnet.data.config import DataConfig
 from snnet.files import CONFIG, WEIGHTS, read_json_config, save_unit, unit_file
 from snnet.network import SNNet
 from snnet.peft import AdapterConfig, anchor_digest, load_saved_state, saved_state
-from snnet.preprocess import DataConfig
 from snnet.rundir import RunDir
 from snnet.sources import from_source
 from snnet.space import SpaceConfig

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,10 @@ import torch
 from torch import nn
 
 from snnet.adapters import Anchor, as_anchor
+from snnet.data.config import PREPROCESSING
 from snnet.presets import PRESETS
+
+logger = logging.getLogger(__name__)
 
 
 def _zoo_anchor(source: dict[str, Any], pretrained: bool) -> nn.Module:
@@ -40,14 +45,19 @@ def timm_anchor(
     num_classes: int | None = None,
     img_size: int | None = None,
     device: str | torch.device | None = None,
+    seed: int | None = None,
     **kwargs: Any,
 ) -> Anchor:
     """A timm model as an anchor.
 
     ``pretrained=True`` takes timm's weights (downloaded by timm where a hub is reachable);
-    ``checkpoint`` loads a local ``.pth`` / ``.safetensors`` file instead. With ``num_classes``
-    different from the weights', timm drops the classifier as usual. ``device="meta"`` builds the
-    model without memory or initialisation: enough to count costs, instantly.
+    ``checkpoint`` loads a local ``.pth`` / ``.safetensors`` file instead, with the
+    preprocessing of a hub-style ``config.json`` beside it when there is one. Weights whose
+    classifier or position embeddings do not fit ``num_classes`` / ``img_size`` are re-headed:
+    the rest loads, the classifier is initialised anew and the position embeddings resampled,
+    and one warning line says so. Everything initialised here draws from ``seed`` (torch's
+    global generator when None), so two builds give the same weights. ``device="meta"`` builds
+    the model without memory or initialisation: enough to count costs, instantly.
 
     Example:
         >>> anchor = timm_anchor("deit_small_patch16_224", checkpoint="deit_s.pth", num_classes=10)
@@ -67,8 +77,9 @@ def timm_anchor(
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} for {name} does not exist")
-        overlay = {"file": str(path)}
-        classes = _checkpoint_classes(name, path)
+        overlay = {"file": str(path), **hub_preprocessing(path)}
+        shapes = _checkpoint_shapes(path)
+        classes = _checkpoint_classes(name, shapes)
         if classes is not None and classes == kwargs.get("num_classes", classes):
             # timm drops the classifier when num_classes differs from the hub's config; a local
             # file whose head already has the requested size keeps it.
@@ -80,18 +91,25 @@ def timm_anchor(
             "a model on the meta device holds no weights; drop pretrained or the device"
         )
     try:
-        with torch.device(device) if device is not None else contextlib.nullcontext():
+        with (
+            torch.device(device) if device is not None else contextlib.nullcontext(),
+            torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext(),
+        ):
+            if seed is not None:
+                torch.manual_seed(seed)
             model = _create(name, pretrained, kwargs)
-    except (RuntimeError, OSError, ValueError) as e:  # no hub, bad file, wrong architecture
+    except Exception as e:  # no hub (the hub's own error types vary), bad file, wrong shapes
         if checkpoint is not None:
-            raise ValueError(f"could not load {checkpoint} into {name}: {e}") from e
+            raise ValueError(f"could not load {checkpoint} into {name}: {_first_line(e)}") from e
         if pretrained:
-            raise RuntimeError(
-                f"could not fetch pretrained weights for {name} ({type(e).__name__}: {e}). "
-                f"Offline? Give a local file as '{name}=PATH' (CLI) or checkpoint=PATH, "
-                "or use pretrained=False"
+            raise OSError(
+                f"could not fetch pretrained weights for {name} ({type(e).__name__}: "
+                f"{_first_line(e)}). Offline? Give a local file as '{name}=PATH' (CLI) or "
+                "checkpoint=PATH, or use pretrained=False"
             ) from e
         raise
+    if checkpoint is not None:
+        _report_reheading(name, Path(checkpoint), shapes, model)
     input_size = None
     if img_size is not None:  # CNNs take any size: the anchor, not the model, must know it
         h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
@@ -112,22 +130,81 @@ def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
         return timm.create_model(name, pretrained=pretrained, **rest)
 
 
-def _checkpoint_classes(name: str, path: Path) -> int | None:
-    """Rows of the classifier weight stored in a checkpoint file, if it has one."""
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
+def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor a checkpoint file stores (timm's reader: .pth or .safetensors,
+    a plain state dict or one under ``state_dict`` / ``model``)."""
     import timm
 
-    classifier = timm.models.get_pretrained_cfg(name)
-    classifier = getattr(classifier, "classifier", None) if classifier is not None else None
-    if isinstance(classifier, (tuple, list)):
-        classifier = classifier[0]
-    if not classifier:
-        return None
     try:
         state = timm.models.load_state_dict(str(path))
     except Exception as e:
-        raise ValueError(f"could not read checkpoint {path}: {e}") from e
-    weight = state.get(f"{classifier}.weight")
-    return int(weight.shape[0]) if weight is not None else None
+        raise ValueError(f"could not read checkpoint {path}: {_first_line(e)}") from e
+    return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+
+
+def _classifier_name(name: str) -> str | None:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    classifier = getattr(cfg, "classifier", None) if cfg is not None else None
+    if isinstance(classifier, (tuple, list)):
+        classifier = classifier[0]
+    return classifier or None
+
+
+def _checkpoint_classes(name: str, shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """Rows of the classifier weight stored in a checkpoint, if it has one."""
+    classifier = _classifier_name(name)
+    weight = shapes.get(f"{classifier}.weight") if classifier else None
+    return int(weight[0]) if weight else None
+
+
+def _report_reheading(
+    name: str, path: Path, shapes: dict[str, tuple[int, ...]], model: nn.Module
+) -> None:
+    """One warning line when the checkpoint's classifier or position embeddings did not fit."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    classifier = _classifier_name(name)
+    notes = []
+    head = f"{classifier}.weight" if classifier else None
+    if head in own and head in shapes and own[head] != shapes[head]:
+        notes.append(
+            f"classifier initialised anew for {own[head][0]} classes (the checkpoint's "
+            f"predicts {shapes[head][0]})"
+        )
+    elif head in own and head not in shapes:
+        notes.append("classifier initialised anew (the checkpoint has none)")
+    resized = [k for k in own if k in shapes and k != head and own[k] != shapes[k]]
+    resized = [k for k in resized if not (classifier and k.startswith(classifier + "."))]
+    for key in resized:
+        notes.append(f"{key} resampled from {_shape(shapes[key])} to {_shape(own[key])}")
+    if notes:
+        logger.warning("%s (%s): %s", name, path, "; ".join(notes))
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "×".join(map(str, shape))
+
+
+def hub_preprocessing(checkpoint: str | Path) -> dict[str, Any]:
+    """The preprocessing in a hub-style ``config.json`` beside ``checkpoint`` (timm's
+    ``push_to_hub`` layout: ``{"architecture": ..., "pretrained_cfg": {"mean": ...}}``), or {}.
+    snnet's own ``config.json`` (a saved network, with a ``format`` key) gives {}."""
+    path = Path(checkpoint).with_name("config.json")
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    cfg = doc.get("pretrained_cfg") if isinstance(doc, dict) and "format" not in doc else None
+    if not isinstance(cfg, dict):
+        return {}
+    return {k: cfg[k] for k in PREPROCESSING if cfg.get(k) is not None}
 
 
 def from_source(source: dict[str, Any], *, pretrained: bool = False) -> Anchor:
@@ -146,10 +223,13 @@ def resolve_anchors(
     specs: str | Sequence[str | Path | nn.Module | Anchor],
     *,
     pretrained: bool = False,
+    seed: int = 0,
     **kwargs: Any,
 ) -> tuple[list[Anchor], dict[str, Any]]:
     """Anchors from a preset name, or from a list of timm names (``name=PATH`` loads a local
-    checkpoint), models or anchors; also returns the preset's stitching options.
+    checkpoint), models or anchors; also returns the preset's stitching options. Anchor ``i``
+    initialises whatever its weights do not hold (a random-init model, a new classifier) from
+    ``seed`` and ``i``, so two calls give the same anchors.
 
     Example:
         >>> anchors, options = resolve_anchors("deit", num_classes=10, img_size=32)
@@ -168,7 +248,7 @@ def resolve_anchors(
     if isinstance(size, int) and size < 1:
         raise ValueError(f"img_size (--img-size) must be a positive number of pixels, got {size}")
     anchors = []
-    for spec in specs:
+    for i, spec in enumerate(specs):
         if isinstance(spec, nn.Module):
             anchors.append(as_anchor(spec))
             continue
@@ -178,7 +258,14 @@ def resolve_anchors(
             _check_fixed(anchor, str(spec), kwargs)
             anchors.append(anchor)
             continue
-        anchors.append(timm_anchor(name, pretrained=pretrained, checkpoint=path or None, **kwargs))
+        anchor = timm_anchor(
+            name,
+            pretrained=pretrained,
+            checkpoint=path or None,
+            seed=seed * 1_000 + i,
+            **kwargs,
+        )
+        anchors.append(anchor)
     return anchors, dict(options)
 
 

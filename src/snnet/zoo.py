@@ -33,11 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from snnet.batches import EpochBatches
-from snnet.data import FashionMNIST, fashion_mnist
+from snnet.data.augment import Augment
+from snnet.data.batches import EpochBatches, in_order, load_batches
+from snnet.data.images import ImageSet, fashion_mnist
 from snnet.files import atomic_write
 from snnet.presets import PRESETS
-from snnet.train.loop import get_lr, parameter_groups, set_lr
+from snnet.train import get_lr, parameter_groups
+from snnet.train.step import set_lr
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 REBUILD_COMMAND = "snnet zoo train --all"
@@ -181,12 +183,12 @@ def count_gmacs(model: nn.Module, input_size: tuple[int, ...] = (1, 1, 28, 28)) 
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, dataset: FashionMNIST, *, batch_size: int = 256) -> float:
+def evaluate_accuracy(model: nn.Module, dataset: ImageSet, *, batch_size: int = 256) -> float:
     """Top-1 accuracy (in %) of ``model`` on an in-memory Fashion-MNIST split."""
     was_training = model.training
     model.eval()
     correct = 0
-    for x, y in dataset.batches(batch_size):
+    for x, y in load_batches(dataset, in_order(len(dataset), batch_size)):
         correct += (model(x).argmax(-1) == y).sum().item()
     model.train(was_training)
     return 100.0 * correct / len(dataset)
@@ -254,8 +256,9 @@ def train_demo_anchor(
 
     torch.manual_seed(recipe.seed)  # weight init
     model = _build(cfg)
-    augment = torch.Generator().manual_seed(recipe.seed)
-    train_set = fashion_mnist("train", data_root, augment=recipe.augment, generator=augment)
+    train_set = fashion_mnist("train", data_root)
+    if recipe.augment:
+        train_set = train_set.augmented(Augment("light", hflip=0.5))
     test_set = fashion_mnist("test", data_root)
     batches = EpochBatches(train_set, recipe.batch_size, seed=recipe.seed)  # order from the seed
     groups = parameter_groups(

@@ -164,7 +164,10 @@ def build_network(args: argparse.Namespace, *, device: str | None = None) -> SNN
     from snnet.network import SNNet
     from snnet.sources import resolve_anchors
 
-    anchors, options = resolve_anchors(args.anchors, pretrained=args.pretrained, **kwargs)
+    seed = getattr(args, "seed", 0)  # new layers (a classifier for other classes) from --seed
+    anchors, options = resolve_anchors(
+        args.anchors, pretrained=args.pretrained, seed=seed, **kwargs
+    )
     for key, value in (
         ("kernel_size", args.kernel),
         ("stride", args.stride),
@@ -286,9 +289,58 @@ def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
     )
 
 
+def add_preprocess_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """What every image goes through before the network: ``--mean --std --crop-pct --crop-mode
+    --interpolation`` and ``--data-config FILE.json``, overriding what the anchors' own configs
+    say (timm's scripts have the same options). One definition for ``snnet train`` and
+    ``snnet evaluate``."""
+    from snnet.data.config import CROP_MODES, INTERPOLATIONS  # no torch: --help stays fast
+
+    p.add_argument(
+        "--mean", type=float, nargs="+", default=None, metavar="M", help="normalisation mean"
+    )
+    p.add_argument(
+        "--std", type=float, nargs="+", default=None, metavar="S", help="normalisation std"
+    )
+    p.add_argument(
+        "--crop-pct",
+        type=float,
+        default=None,
+        metavar="P",
+        help="resize the short side to size/P, then crop to size (1: no crop)",
+    )
+    p.add_argument("--crop-mode", choices=CROP_MODES, default=None, help="how to crop")
+    p.add_argument("--interpolation", choices=INTERPOLATIONS, default=None, help="how to resize")
+    p.add_argument(
+        "--data-config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a JSON file of these values (timm's data-config names, or a hub config.json); "
+        "the options above override it",
+    )
+
+
+def preprocess_overrides(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """The preprocessing values the options set (the file first, the options over it) and,
+    for each, the option it came from."""
+    from snnet.data.anchors import read_data_config
+    from snnet.data.config import PREPROCESSING
+
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    if args.data_config is not None:
+        values.update(read_data_config(args.data_config))
+        origin.update({k: f"--data-config {args.data_config}" for k in values})
+    for key in PREPROCESSING:
+        if getattr(args, key) is not None:
+            values[key], origin[key] = getattr(args, key), f"--{key.replace('_', '-')}"
+    return values, origin
+
+
 def augment_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`snnet.preprocess.Augment` the options ask for; None: the data's default."""
-    from snnet.preprocess import Augment
+    """The :class:`snnet.data.Augment` the options ask for; None: the data's default."""
+    from snnet.data.augment import Augment
 
     knobs = {
         "scale": tuple(args.scale) if args.scale else None,

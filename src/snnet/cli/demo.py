@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 
 from snnet.cli.common import add_threads_argument
-from snnet.demo import DemoSettings, format_report, run_demo
-from snnet.measure.results import Results
-from snnet.threads import set_threads
-from snnet.zoo import demo_family_names
+from snnet.demo import DemoSettings
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -29,7 +28,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         "--eval-images",
         type=int,
         default=d.eval_images,
-        help="test images to evaluate on (default all 10,000)",
+        help="test images to evaluate on, a stratified sample (default all 10,000)",
     )
     p.add_argument("--seed", type=int, default=d.seed)
     add_threads_argument(p)
@@ -39,16 +38,47 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM outside training, raised like Ctrl-C so that evaluation saves its progress."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
 def run(args: argparse.Namespace) -> int:
+    from snnet.demo import format_report, run_demo
+    from snnet.measure.results import Results
+    from snnet.threads import set_threads
+    from snnet.zoo import demo_family_names
+
     set_threads(args.threads)  # and results independent of the machine's load
     settings = DemoSettings(
         epochs=args.epochs, steps=args.steps, eval_images=args.eval_images, seed=args.seed
     )
-    print(
-        f"snnet demo: stitching {', '.join(demo_family_names())} (shipped Fashion-MNIST ViTs) "
-        f"into {args.out}"
-    )
-    report = run_demo(args.out, settings, device=args.device, progress=not args.quiet)
+    names = demo_family_names()
+    print(f"snnet demo: stitching {', '.join(names)} (shipped Fashion-MNIST ViTs) into {args.out}")
+    again = f"run the same command again to continue (snnet demo --out {args.out} ...)"
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        report = run_demo(args.out, settings, device=args.device, progress=not args.quiet)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM outside training's own handler
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        print(f"\nsnnet demo: stopped; nothing is lost: {again}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if report.stopped:
+        print(
+            f"\nsnnet demo: training stopped at step {report.steps} of {report.total_steps} "
+            f"(checkpoint saved); nothing was evaluated: {again}",
+            file=sys.stderr,
+        )
+        return 128 + report.stopped
     print()
-    print(format_report(report, Results.load(report.results_path), demo_family_names()))
+    print(format_report(report, Results.load(report.results_path), names))
     return 0

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from snnet.cli.common import add_threads_argument
+from snnet.cli.common import add_preprocess_arguments, add_threads_argument, preprocess_overrides
 
 if TYPE_CHECKING:
-    from torch.utils.data import Dataset
-
+    from snnet.data.images import ImageSet
     from snnet.network import SNNet
 
 
@@ -46,13 +45,16 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--checkpoint-every", type=int, default=10, help="save progress every N batches")
     add_threads_argument(p)
-    p.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation mean")
-    p.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std")
+    add_preprocess_arguments(
+        p.add_argument_group(
+            "preprocessing (default: what training recorded in the network; override it to "
+            "evaluate images prepared otherwise, or to see how much a change costs)"
+        )
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import snnet
-    from snnet.data import sample
     from snnet.measure.evaluate import evaluate_all, progress_path
     from snnet.measure.results import format_table
     from snnet.rundir import RunDir
@@ -61,10 +63,8 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     run = RunDir.find(args.model)
     net = snnet.load(run.model)
-    data, name = open_data(net, args.data, mean=args.mean, std=args.std)
-    if args.max_images is not None and 1 <= args.max_images < len(data):  # < 1: refused below
-        data = sample(data, args.max_images, seed=args.seed)
-        name = f"{name}, stratified sample of {args.max_images} (seed {args.seed})"
+    overrides, _ = preprocess_overrides(args)
+    data = open_data(net, args.data, overrides)
     out = Path(args.out) if args.out else run.results
     try:
         results = evaluate_all(
@@ -73,12 +73,12 @@ def run(args: argparse.Namespace) -> int:
             stitches=args.stitches,
             batch_size=args.batch_size,
             max_images=args.max_images,
+            seed=args.seed,
             device=args.device,
             amp=args.amp,
             path=out,
             checkpoint_every=args.checkpoint_every,
             num_workers=args.workers,
-            data_name=name,
         )
     except KeyboardInterrupt:
         if progress_path(out).exists():
@@ -103,26 +103,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def open_data(
-    net: SNNet,
-    path: str | Path | None,
-    *,
-    mean: list[float] | None = None,
-    std: list[float] | None = None,
-) -> tuple[Dataset, str]:
-    """The evaluation images ``path`` names for ``net`` (see :func:`snnet.data.resolve_data`)
-    and a name for them, preprocessed as training recorded in the network (networks saved
-    before that was recorded: as evaluation did then); ``mean``/``std`` override the
-    normalisation. Without ``path``: the Fashion-MNIST test split for 1x28x28 anchors."""
-    from dataclasses import replace
+    net: SNNet, path: str | Path | None, overrides: dict[str, Any] | None = None
+) -> ImageSet:
+    """The evaluation images ``path`` names for ``net`` (see :func:`snnet.data.resolve_data`),
+    preprocessed as training recorded in the network, with ``overrides`` (``mean``, ``std``,
+    ``crop_pct``, ...) on top. Without ``path``: the Fashion-MNIST test split for 1x28x28
+    anchors."""
+    from snnet.data.anchors import network_preprocessing, with_overrides
+    from snnet.data.resolve import resolve_data
+    from snnet.train.fit import num_outputs
 
-    from snnet.data import resolve_data
-    from snnet.preprocess import DataConfig
-    from snnet.train.loop import num_outputs
-
-    sizes = {tuple(a.input_size) for a in net.anchors}
-    if len(sizes) > 1:
-        raise ValueError(f"the anchors take different input sizes {sorted(sizes)}; cannot evaluate")
-    config = DataConfig.of_network(net)
+    config = network_preprocessing(net)
     if path is None:
         if config.input_size != (1, 28, 28):
             c, h, w = config.input_size
@@ -131,14 +122,7 @@ def open_data(
                 "--data PATH (an ImageFolder of validation images, root/<class>/<image>)"
             )
         path = "fmnist"
-    if config.size[0] != config.size[1]:
-        h, w = config.size
-        raise ValueError(f"image folders need square inputs; the anchors take {h}x{w}")
-    if mean is not None or std is not None:
-        config = replace(
-            config,
-            mean=tuple(mean) if mean is not None else config.mean,
-            std=tuple(std) if std is not None else config.std,
-        )
+    if overrides:
+        config = with_overrides(config, overrides)
     data = resolve_data(path, config, split="eval", num_classes=num_outputs(net))
-    return data.val, data.name
+    return data.val

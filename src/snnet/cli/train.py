@@ -15,14 +15,14 @@ from pathlib import Path
 from snnet.cli.common import (
     add_data_arguments,
     add_family_arguments,
+    add_preprocess_arguments,
     add_threads_argument,
     augment_from_args,
     build_network,
     positive_int,
+    preprocess_overrides,
 )
-from snnet.rundir import RunDir
-from snnet.train.checkpoint import check_run
-from snnet.train.loop import TrainConfig, fit
+from snnet.train.config import TrainConfig
 
 
 def add_config_options(group: argparse._ArgumentGroup) -> None:
@@ -74,7 +74,11 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         help="least-squares init of the stitching layers on N training images (0: off; skipped on resume)",
     )
     data.add_argument(
-        "--workers", type=int, default=0, help="data-loader processes (image folders)"
+        "--workers",
+        type=int,
+        default=None,
+        help="image-decoding processes for image folders (default: the usable cores but one; "
+        "the weights do not depend on it)",
     )
     data.add_argument(
         "--save-every",
@@ -102,19 +106,29 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=1000,
         metavar="N",
-        help="validation images per check, a fixed seeded sample (default 1000)",
+        help="held-out images the anchors and 3 stitches are scored on, before, during and "
+        "after training: a seeded stratified sample (default 1000)",
     )
     data.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads_argument(data)
 
+    add_preprocess_arguments(
+        p.add_argument_group(
+            "preprocessing (default: what the anchors' own configs say; set it to what the "
+            "anchors were trained with)"
+        )
+    )
     add_config_options(p.add_argument_group("optimisation"))
 
 
 def run(args: argparse.Namespace) -> int:
-    from snnet.data import resolve_data, sample_training
-    from snnet.preprocess import DataConfig
+    from snnet.data.anchors import resolve_preprocessing
+    from snnet.data.resolve import resolve_data
+    from snnet.rundir import RunDir
     from snnet.sources import resolve_anchors
     from snnet.threads import set_threads
+    from snnet.train.checkpoint import check_run
+    from snnet.train.fit import anchor_table, fit
 
     set_threads(args.threads)
     config = config_from_args(args)
@@ -123,9 +137,12 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         save_every=args.save_every,
         ls_init=args.ls_init,
-        num_workers=args.workers,
+        num_workers=args.workers or 0,
     )
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    overrides, origin = preprocess_overrides(args)
     net = build_network(args)
+    preprocessing = resolve_preprocessing(net.anchors, overrides, origin=origin)
     teacher = None
     if args.teacher is not None:
         kwargs = {
@@ -136,19 +153,16 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--teacher {args.teacher} names {len(teachers)} models; give one")
         teacher = teachers[0]
     data = resolve_data(
-        args.data,
-        DataConfig.for_anchors(net.anchors),
-        augment=augment_from_args(args),
-        val=args.val,
+        args.data, preprocessing.config, augment=augment_from_args(args), val=args.val
     )  # fit checks the training images against the network (size, then classes)
     if args.max_images is not None:
-        data = sample_training(data, args.max_images, seed=config.seed)
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"training on {data.name}")
-    # data.val (root/val, --val, Fashion-MNIST's test split) is scored every --val-every epochs.
+        data = data.sample_training(args.max_images, seed=config.seed)
+    if main_rank:
+        print(preprocessing.describe())
+        print(f"training on {data.train.name} ({len(data.train)} images)")
     result = fit(
         net,
-        data.train,
+        data,
         config,
         teacher=teacher,
         run_dir=args.out,
@@ -160,16 +174,14 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         val_every=args.val_every,
         val_images=args.val_images,
-        val=data.val,
-        ls_dataset=data.plain,
-        data_config=data.config,
     )
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
-    main_rank = int(os.environ.get("RANK", "0")) == 0
     if result.interrupted:
         if main_rank:
             print(f"stopped at step {result.steps}{last}; continue: the same command with --resume")
         return 128 + result.interrupted
     if main_rank:
+        names = [a.name for a in net.anchors]
+        print(anchor_table(names, result.anchors_before, result.anchors_after))
         print(f"trained {result.steps} steps{last}; network saved to {RunDir(args.out).model}")
     return 0

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
+from snnet.data.batches import in_order, load_batches
+from snnet.data.images import ImageSet
+from snnet.data.sample import stratified_indices
 from snnet.files import atomic_write, check_writable, read_json_config
 from snnet.measure.results import Results, fingerprint
 from snnet.network import SNNet
@@ -134,6 +136,7 @@ def evaluate_all(
     stitches: Sequence[Stitch | str] | None = None,
     batch_size: int = 256,
     max_images: int | None = None,
+    seed: int = 0,
     device: str | torch.device | None = None,
     amp: bool = False,
     path: str | Path | None = None,
@@ -144,10 +147,11 @@ def evaluate_all(
 ) -> Results:
     """Top-1 / top-5 accuracy of every stitch (or of ``stitches``) in one pass over ``data``.
 
-    ``data`` is a map-style dataset of ``(image, label)`` (batched here, in order, ``batch_size``
-    at a time; a dataset with ``get_batch(indices)`` like :func:`snnet.data.fashion_mnist` is
-    indexed a batch at a time) or any iterable of ``(images, labels)`` batches in a fixed order.
-    Only the first ``max_images`` images are used when given. The network is moved to ``device``
+    ``data`` is an :class:`~snnet.data.ImageSet` (or any map-style dataset of ``(image,
+    label)``), batched here in order, ``batch_size`` at a time, or any iterable of ``(images,
+    labels)`` batches in a fixed order. ``max_images`` evaluates a seeded stratified sample of
+    that many images (every class in proportion, drawn with ``seed``; a dataset's ``targets``
+    say the classes); the results record which sample they scored. The network is moved to ``device``
     (default: CUDA when available), put in eval mode and run under ``torch.inference_mode()``;
     ``amp`` adds autocast (bfloat16 on CPU, float16 on CUDA). Afterwards the network is back on
     the device and in the mode it had (if its weights were on one device).
@@ -166,6 +170,7 @@ def evaluate_all(
     Example:
         >>> from snnet.data import fashion_mnist
         >>> results = evaluate_all(net, fashion_mnist("test"), path="runs/demo/results.json")
+        >>> quick = evaluate_all(net, fashion_mnist("test"), max_images=1000)  # 100 per class
         >>> results["0:5-1:6"].top1, results.pareto("gmacs", "top1")
     """
     if batch_size < 1:
@@ -176,6 +181,7 @@ def evaluate_all(
         raise ValueError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     data_name = data_name or _describe(data)
+    data, sample = _sample(data, max_images, seed)
     path = Path(path) if path is not None else None
     if path is not None:
         check_writable(path)  # fail now, not after the whole pass
@@ -185,7 +191,7 @@ def evaluate_all(
         "network": fingerprint(net),
         "weights": weights_digest(net),
         "data": data_name,
-        "max_images": max_images,
+        "sample": sample,
     }
     if path is not None and path.exists():
         results = Results.load(path)
@@ -209,7 +215,7 @@ def evaluate_all(
     autocast = torch.autocast(
         device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=amp
     )
-    total = _num_images(data, max_images)
+    total = len(data) if isinstance(data, Dataset) else None
     bar = tqdm(
         total=total,
         initial=state[0],
@@ -219,7 +225,7 @@ def evaluate_all(
     )
     try:
         with torch.inference_mode(), autocast:
-            for x, y in _batches(data, state[0], max_images, batch_size, num_workers):
+            for x, y in _batches(data, state[0], batch_size, num_workers):
                 x = x.to(device, non_blocking=True)
                 y = torch.as_tensor(y).to(device, non_blocking=True)
                 counts = torch.zeros(len(tree.stitches), 2, dtype=torch.long, device=device)
@@ -247,7 +253,7 @@ def evaluate_all(
         results.update(s, top1=100.0 * c1 / images, top5=100.0 * c5 / images)
     results.meta["accuracy"] = {  # how accuracy was measured (latency keeps its own entry)
         "data": data_name,
-        "max_images": max_images,
+        "sample": sample,
         "weights": signature["weights"],
         "images": images,
         "batch_size": batch_size,
@@ -271,54 +277,51 @@ def _correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 # -- data -----------------------------------------------------------------------------------------
 def _describe(data: Any) -> str:
+    if getattr(data, "name", None):
+        return data.name
     parts = [str(getattr(data, "root", "") or "")]
     if isinstance(data, Dataset) and hasattr(data, "__len__"):
         parts.append(f"{len(data)} items")
     return f"{type(data).__name__}({', '.join(p for p in parts if p)})"
 
 
-def _num_images(data: Any, max_images: int | None) -> int | None:
-    if isinstance(data, Dataset) and hasattr(data, "__len__"):
-        return len(data) if max_images is None else min(len(data), max_images)
-    return max_images
+def _sample(data: Any, max_images: int | None, seed: int) -> tuple[Any, dict[str, Any] | None]:
+    """The images to evaluate: ``data`` itself, or a seeded stratified sample of ``max_images``
+    of it, and a record of which (None: all of them)."""
+    if max_images is None or (isinstance(data, Dataset) and max_images >= len(data)):
+        return data, None
+    if not isinstance(data, Dataset):
+        raise ValueError(
+            "max_images samples a dataset by class: pass an ImageSet (or a dataset with "
+            "targets), or cut the iterable of batches yourself"
+        )
+    record = {"images": max_images, "seed": seed, "kind": "stratified"}
+    if isinstance(data, ImageSet):
+        return data.sample(max_images, seed=seed), record
+    targets = getattr(data, "targets", None)
+    if targets is None:
+        raise ValueError(
+            f"{type(data).__name__} has no targets: max_images samples by class; pass an "
+            "ImageSet, or give the dataset a targets list"
+        )
+    return Subset(data, stratified_indices(targets, max_images, seed=seed)), record
 
 
 def _batches(
-    data: Dataset | Iterable[Batch],
-    start: int,
-    max_images: int | None,
-    batch_size: int,
-    num_workers: int | None,
+    data: Dataset | Iterable[Batch], start: int, batch_size: int, num_workers: int | None
 ) -> Iterator[Batch]:
-    """Batches from image ``start`` on, in the data's order, cut at ``max_images``."""
-    if isinstance(data, Dataset) and hasattr(data, "__len__"):
-        stop = len(data) if max_images is None else min(len(data), max_images)
-        if hasattr(data, "get_batch"):  # in memory: one indexing call per batch
-            for i in range(start, stop, batch_size):
-                yield data.get_batch(torch.arange(i, min(i + batch_size, stop)))
-            return
-        if num_workers is None:
-            num_workers = min(4, max(0, (os.cpu_count() or 1) - 1))
-        loader = DataLoader(
-            Subset(data, range(start, stop)),
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=num_workers,
-            pin_memory=torch.cuda.is_available(),
-        )
-        yield from loader
+    """Batches from image ``start`` on, in the data's order."""
+    if isinstance(data, Dataset):
+        rows = in_order(len(data) - start, batch_size, torch.arange(start, len(data)))
+        yield from load_batches(data, rows, num_workers=num_workers)
         return
     seen = 0
     for x, y in data:
         n = len(y)
-        if max_images is not None and seen + n > max_images:
-            x, y, n = x[: max_images - seen], y[: max_images - seen], max_images - seen
         if seen + n > start:
             skip = max(0, start - seen)  # resuming inside this batch
             yield (x[skip:], y[skip:]) if skip else (x, y)
         seen += n
-        if max_images is not None and seen >= max_images:
-            return
 
 
 # -- resuming -------------------------------------------------------------------------------------
@@ -356,10 +359,15 @@ def _check_same_measurement(results: Results, path: Path, signature: dict[str, A
     before = results.meta.get("accuracy") or {}
     if not any(r.top1 is not None for r in results):
         return
-    for key in ("weights", "data", "max_images"):
-        if key in before and before[key] != signature[key]:
+    if before.get("max_images") is not None:  # scored on the first N images, not a sample
+        raise ValueError(
+            f"{path} holds accuracies of the first {before['max_images']} images only: write to "
+            f"another results file (--out) or delete {path}"
+        )
+    for key in ("weights", "data", "sample"):
+        if before.get(key) != signature[key]:
             raise ValueError(
-                f"{path} holds accuracies measured with other {key} ({before[key]} vs "
+                f"{path} holds accuracies measured with other {key} ({before.get(key)} vs "
                 f"{signature[key]} now): write to another results file (--out) or delete {path}"
             )
 
@@ -378,7 +386,7 @@ def _load_progress(
         what="an snnet evaluation progress file",
         fix="move it away or delete it to start the evaluation over",
     )
-    for key in ("network", "weights", "data", "max_images"):
+    for key in ("network", "weights", "data", "sample"):
         if saved.get(key) != signature[key]:
             raise ValueError(
                 f"{p} holds an unfinished evaluation with a different {key} ({saved.get(key)} "

@@ -20,10 +20,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from snnet.controller import BudgetController
+from snnet.data.anchors import network_preprocessing
+from snnet.data.config import DataConfig
 from snnet.measure.latency import forget_latency, measure_latency
 from snnet.measure.results import Record, Results
 from snnet.network import SNNet
-from snnet.preprocess import DataConfig
 from snnet.rundir import RunDir
 from snnet.serialize import load, read_config
 from snnet.sources import from_zoo
@@ -47,16 +48,16 @@ class ServeError(Exception):
 
 
 # -- preprocessing --------------------------------------------------------------------------------
-#: PIL image -> (C, H, W) input: the network's :class:`~snnet.preprocess.DataConfig`, the one
+#: PIL image -> (C, H, W) input: the network's :class:`~snnet.data.DataConfig`, the one
 #: definition training, ``snnet evaluate`` and serving share (serving splits it in two:
 #: ``pixels`` per image on the event loop, ``normalize`` per batch in :meth:`ServedModel.predict`).
 Preprocess = DataConfig
 
 
 def preprocessing(net: SNNet, config: dict[str, Any]) -> Preprocess:
-    """How to turn an image into the network's input: what training recorded in ``config["data"]``,
-    else what snnet used before it recorded it (:meth:`DataConfig.of_network`)."""
-    return DataConfig.of_network(net, config)
+    """How to turn an image into the network's input: what training recorded with the network,
+    else what its anchors say (:func:`snnet.data.anchors.network_preprocessing`)."""
+    return network_preprocessing(net)
 
 
 def class_names(net: SNNet, config: dict[str, Any], num_classes: int) -> tuple[str, ...]:
@@ -65,7 +66,7 @@ def class_names(net: SNNet, config: dict[str, Any], num_classes: int) -> tuple[s
     if names and len(names) == num_classes:
         return tuple(names)
     if from_zoo(net.anchors):
-        from snnet.data import FASHION_MNIST_CLASSES
+        from snnet.data.config import FASHION_MNIST_CLASSES
 
         return FASHION_MNIST_CLASSES
     if num_classes == 1000:

@@ -19,23 +19,23 @@ import csv
 import json
 import os
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+import snnet.train.distributed as distributed
 from snnet.files import atomic_write, read_csv_rows, rewrite_csv
 from snnet.peft import load_saved_state, saved_state
 from snnet.rundir import RunDir
 from snnet.serialize import save
-from snnet.train import distributed
 from snnet.train.distributed import World
 
 if TYPE_CHECKING:
     from snnet.network import SNNet
-    from snnet.train.loop import TrainConfig
+    from snnet.train.config import TrainConfig
     from snnet.train.sampling import StitchSampler
 
 FORMAT = "snnet-train"
@@ -266,6 +266,8 @@ class Run:
     model_at: int = -1  # the step whose weights run_dir/model holds (-1: unknown)
     last_loss: float | None = None
     log: StepLog | None = None
+    losses: list[float] = field(default_factory=list)  # this rank's, every step so far
+    history: list[str] = field(default_factory=list)  # this rank's stitch of every step
 
 
 def restore(run: Run) -> list[dict[str, list]] | None:

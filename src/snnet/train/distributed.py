@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from snnet.network import SNNet
 from snnet.parts import Part
 from snnet.stitch import Stitch
+from snnet.threads import usable_cores
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def setup(device: str | torch.device | None = None) -> World:
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Ranks sharing a machine's cores: more threads than cores makes every rank crawl.
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        torch.set_num_threads(max(1, usable_cores() // local_world))
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

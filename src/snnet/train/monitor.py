@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
 
-from snnet.data import stratified_indices
+from snnet.data.batches import in_order, load_batches
+from snnet.data.images import ImageSet
 from snnet.files import read_csv_rows, rewrite_csv
 from snnet.measure.evaluate import StitchTree
 from snnet.network import SNNet
@@ -73,58 +73,40 @@ class Score:
 
 
 class Validation:
-    """The anchors and a few stitches (:func:`spread_stitches`) on up to ``max_images`` images
-    of ``dataset`` (a fixed sample drawn with ``seed``, stratified by class when the dataset
-    has ``targets``), all stitches in one pass
-    (:class:`~snnet.measure.evaluate.StitchTree`).
+    """The anchors and a few stitches (:func:`spread_stitches`) on ``images``, or on a seeded
+    stratified sample of ``max_images`` of them (every class in proportion: a steadier score
+    from few images), all stitches in one pass (:class:`~snnet.measure.evaluate.StitchTree`).
 
     Example:
-        >>> val = Validation(net, image_folder("data/val", train=False), max_images=1000)
+        >>> val = Validation(net, image_folder("data/val", config, strict=True), max_images=1000)
         >>> val(net)     # {Stitch('0'): Score(top1=85.1, loss=0.43), ...}
     """
 
     def __init__(
         self,
         net: SNNet,
-        dataset: Dataset,
+        images: ImageSet,
         *,
         stitches: list[Stitch] | None = None,
         max_images: int | None = 1000,
         batch_size: int = 256,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         seed: int = 0,
     ) -> None:
-        if len(dataset) == 0:
+        if len(images) == 0:
             raise ValueError("the validation set is empty")
         if max_images is not None and max_images < 1:
             raise ValueError(f"validation needs at least 1 image, got max_images={max_images}")
         self.stitches = stitches if stitches is not None else spread_stitches(net)
-        n = len(dataset) if max_images is None else min(max_images, len(dataset))
-        targets = getattr(dataset, "targets", None)
-        if n == len(dataset):
-            self.indices = torch.arange(n)
-        elif targets is not None:  # every class in proportion: a steadier score from few images
-            self.indices = torch.tensor(stratified_indices(targets, n, seed=seed))
-        else:
-            perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-            self.indices = perm[:n].sort().values
-        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+        self.images = images.sample(max_images, seed=seed) if max_images else images
+        self.batch_size, self.num_workers = batch_size, num_workers
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.images)
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        get_batch = getattr(self.dataset, "get_batch", None)
-        if get_batch is not None:
-            for chunk in self.indices.split(self.batch_size):
-                yield get_batch(chunk)
-            return
-        yield from DataLoader(
-            Subset(self.dataset, self.indices.tolist()),
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(0),  # not the global generator
-        )
+        rows = in_order(len(self.images), self.batch_size)
+        return load_batches(self.images, rows, num_workers=self.num_workers)
 
     def __call__(self, net: SNNet, *, autocast: Any = None) -> dict[Stitch, Score]:
         """Every chosen stitch's :class:`Score`; ``net`` is in eval mode meanwhile and gets its

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from snnet.stitch import Stitch
+from snnet.train.config import POLICIES, RANK_SAMPLING
 from snnet.train.importance import StitchImportance
 
 
@@ -44,8 +45,6 @@ def sample_grouped(groups: Sequence[Sequence[Stitch]], generator: torch.Generato
     return band[int(torch.randint(len(band), (1,), generator=generator))]
 
 
-POLICIES = ("uniform", "grouped", "importance")
-RANK_SAMPLING = ("independent", "same", "balanced")
 #: Cost bands used when grouping without an explicit ``gap``.
 DEFAULT_BANDS = 8
 
