@@ -1,14 +1,70 @@
-"""`snnet demo` end to end on the shipped family, cut short (the full run is the README's)."""
+"""`snnet demo` end to end on the shipped family, cut short; the full run's expected table is
+``docs/demo-table.txt``, which the README and the docs show."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 import snnet
 from snnet.cli import main
-from snnet.measure.results import Results
+from snnet.measure.results import Record, Results
 from snnet.rundir import RunDir
+from snnet.stitch import Stitch
 from snnet.zoo import demo_family_names
+from test_readme import code_blocks
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_TABLE = ROOT / "docs" / "demo-table.txt"
+
+
+def test_the_readme_shows_the_demo_table_file():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert DEMO_TABLE.read_text(encoding="utf-8") in code_blocks(readme, "")
+
+
+def test_the_demo_table_file_is_what_the_demo_prints():
+    """The file's rows, put through the demo's own report, give the file back: its format is
+    the formatter's, its Pareto marks are the front, its anchor lines are the report's."""
+    from snnet.demo import DemoReport, format_report
+
+    lines = DEMO_TABLE.read_text(encoding="utf-8").splitlines()
+    blank = lines.index("")
+    rows = [line.removesuffix("*").split() for line in lines[1:blank]]  # the Pareto mark
+    names = demo_family_names()
+    results = Results(
+        [
+            Record(
+                Stitch.parse(cells[0]),
+                float(cells[-4]) / 1e3,  # MMACs -> GMACs
+                int(cells[-3]),
+                top1=float(cells[-2]),
+                top5=float(cells[-1]),
+            )
+            for cells in rows
+        ],
+        network={"anchors": names},
+    )
+    before, after = zip(
+        *(re.findall(r"([\d.]+) % ->\s+([\d.]+) %", line)[0] for line in lines[blank + 3 :]),
+        strict=True,
+    )
+    report = DemoReport(
+        run_dir=Path("runs/demo"),
+        results_path=Path("runs/demo/results.json"),
+        plot_path=Path("runs/demo/pareto.png"),
+        model_dir=Path("runs/demo/model"),
+        seconds={},
+        anchors_before=[float(b) for b in before],
+        anchors_after=[float(a) for a in after],
+        pareto=[],
+    )
+    text = format_report(report, results, names)
+    # The file is the full run's: 71 stitches evaluated, the 20 shown being the front.
+    assert lines[blank + 1].startswith(f"71 stitches evaluated; {len(rows)} on the Pareto front")
+    expected = "\n".join(lines).replace("71 stitches evaluated", f"{len(rows)} stitches evaluated")
+    assert text.startswith(expected + "\n")
 
 
 @pytest.mark.slow
