@@ -42,7 +42,7 @@ from snnet.files import atomic_write
 from snnet.measure.results import Results
 from snnet.train import TrainConfig, train_loop
 from snnet.train.step import amp_dtype
-from snnet.train.fit import num_outputs
+from snnet.train.pipeline import num_outputs
 
 OUT = Path(__file__).parent / "results" / "cuda.json"
 FAMILIES = ("fmnist", "fmnist-xs-sm-l", "deit", "swin", "resnet", "resnet-swin", "levit")

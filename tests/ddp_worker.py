@@ -20,9 +20,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import snnet  # noqa: E402
 from families import vit_family  # noqa: E402
-from snnet.batches import EpochBatches  # noqa: E402
-from snnet.train import distributed  # noqa: E402
-from snnet.train import TrainConfig, train_loop  # noqa: E402
+from snnet.data import EpochBatches  # noqa: E402
+from snnet.train import (  # noqa: E402
+    TrainConfig,
+    distributed,
+    train_loop,
+)
 
 
 class Tensors(torch.utils.data.Dataset):

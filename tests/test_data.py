@@ -1,3 +1,7 @@
+"""The one data layer: image sets in memory and on disk, their preprocessing, samples, batches,
+augmentation of (image, target) pairs, and what --data resolves to."""
+
+import json
 import logging
 from pathlib import Path
 
@@ -7,18 +11,22 @@ import torch
 from PIL import Image
 
 from snnet.data import (
-    FASHION_MNIST_ENV,
-    FashionMNIST,
-    augment_batch,
+    Augment,
+    DataConfig,
+    ImageSet,
     fashion_mnist,
     image_folder,
-    make_loader,
+    load_batches,
+    resolve_data,
     write_image_folder,
 )
+from snnet.data.augment import shift_and_flip
+from snnet.data.batches import in_order
+from snnet.data.sources import FASHION_MNIST_ENV
 
 
 @pytest.fixture(scope="module")
-def fmnist_test() -> FashionMNIST:
+def fmnist_test() -> ImageSet:
     return fashion_mnist("test")
 
 
@@ -26,23 +34,25 @@ def test_fashion_mnist_splits_shapes_and_labels(fmnist_test):
     train = fashion_mnist("train")
     assert len(train) == 60_000 and len(fmnist_test) == 10_000
     for ds in (train, fmnist_test):
-        assert ds.images.shape == (len(ds), 28, 28) and ds.images.dtype == torch.uint8
+        assert ds.memory.shape == (len(ds), 1, 28, 28) and ds.memory.dtype == torch.uint8
         assert ds.targets.dtype == torch.int64
         assert set(ds.targets.unique().tolist()) == set(range(10))
     # the normalisation constants are those of the training split
-    pixels = train.images.float().div(255)
+    pixels = train.memory.float().div(255)
     assert pixels.mean().item() == pytest.approx(0.2860, abs=1e-3)
     assert pixels.std().item() == pytest.approx(0.3530, abs=1e-3)
 
 
-def test_fashion_mnist_item_and_batch_agree(fmnist_test):
+def test_an_item_is_uint8_pixels_and_a_batch_is_normalised_once(fmnist_test):
     x, y = fmnist_test[3]
-    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and isinstance(y, int)
-    xb, yb = fmnist_test[[3, 4]]
-    assert xb.shape == (2, 1, 28, 28) and yb.tolist() == [y, int(fmnist_test.targets[4])]
-    torch.testing.assert_close(xb[0], x)
-    batches = list(fmnist_test.batches(4096))
+    assert x.shape == (1, 28, 28) and x.dtype == torch.uint8 and isinstance(y, int)
+    xb, yb = fmnist_test.batch([3, 4])
+    assert xb.shape == (2, 1, 28, 28) and xb.dtype == torch.float32
+    assert yb.tolist() == [y, int(fmnist_test.targets[4])]
+    assert torch.equal(xb[0], fmnist_test.config.normalize(x))
+    batches = list(load_batches(fmnist_test, in_order(len(fmnist_test), 4096)))
     assert [len(b[1]) for b in batches] == [4096, 4096, 1808]
+    assert torch.equal(torch.cat([b[1] for b in batches]), fmnist_test.targets)
 
 
 def test_fashion_mnist_missing_root_names_the_fix(tmp_path, monkeypatch):
@@ -55,26 +65,55 @@ def test_fashion_mnist_missing_root_names_the_fix(tmp_path, monkeypatch):
         fashion_mnist("val")
 
 
-def test_augmentation_is_seeded_and_shape_preserving(fmnist_test):
-    imgs = fmnist_test.images[:64]
-    a = augment_batch(imgs, generator=torch.Generator().manual_seed(1))
-    b = augment_batch(imgs, generator=torch.Generator().manual_seed(1))
-    assert a.shape == imgs.shape and a.dtype == torch.uint8
+# -- augmentation of (image, target) pairs --------------------------------------------------------
+def test_light_augmentation_is_seeded_shape_preserving_and_moves_dense_targets(fmnist_test):
+    imgs, labels = fmnist_test.memory[:64], fmnist_test.targets[:64]
+    a, ya = shift_and_flip(
+        imgs, labels, pad=2, flip=0.5, generator=torch.Generator().manual_seed(1)
+    )
+    b, _ = shift_and_flip(imgs, labels, pad=2, flip=0.5, generator=torch.Generator().manual_seed(1))
+    assert a.shape == imgs.shape and a.dtype == torch.uint8 and torch.equal(ya, labels)
     assert torch.equal(a, b) and not torch.equal(a, imgs)
-    # with no padding and no flip it is the identity
-    assert torch.equal(augment_batch(imgs, pad=0, flip=False), imgs)
+    same, _ = shift_and_flip(imgs, labels, pad=0, flip=0.0)
+    assert torch.equal(same, imgs)  # with no shift and no flip it is the identity
+    # a dense target (a mask per image) moves exactly as its image does
+    masks = (imgs[:, 0] > 100).to(torch.uint8)  # (B, H, W)
+    moved, moved_masks = shift_and_flip(
+        imgs, masks, pad=2, flip=0.5, generator=torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(moved, a)
+    inside = moved_masks != 255  # what the shift uncovered is the ignore index
+    assert torch.equal((moved[:, 0] > 100).to(torch.uint8)[inside], moved_masks[inside])
 
 
-def test_make_loader_batches_fashion_mnist(fmnist_test):
-    loader = make_loader(fmnist_test, batch_size=1000, train=False)
-    xs, ys = zip(*loader, strict=True)
-    assert len(xs) == 10 and xs[0].shape == (1000, 1, 28, 28)
-    assert torch.equal(torch.cat(ys), fmnist_test.targets)  # eval: all items, in order
-    first = [next(iter(make_loader(fmnist_test, batch_size=32, train=True, seed=5)))[1]]
-    again = next(iter(make_loader(fmnist_test, batch_size=32, train=True, seed=5)))[1]
-    assert torch.equal(first[0], again)  # seeded shuffle
+def test_in_memory_augmentation_draws_per_batch_position_whatever_the_start(fmnist_test):
+    light = fmnist_test.subset(range(64)).augmented(Augment("light", hflip=0.5))
+    rows = in_order(64, 16)
+    whole = list(load_batches(light, rows, seed=3, epoch=1))
+    resumed = list(load_batches(light, rows[2:], seed=3, epoch=1, start=2))
+    assert torch.equal(whole[2][0], resumed[0][0]) and torch.equal(whole[3][0], resumed[1][0])
+    plain = list(load_batches(light.plain(), rows))
+    assert not torch.equal(whole[0][0], plain[0][0])
 
 
+def test_default_augmentation_follows_the_images():
+    from snnet.data import default_augment
+
+    rgb = DataConfig(3, (224, 224), (0.5,) * 3, (0.5,) * 3)
+    assert default_augment(rgb, [(500, 375, "RGB"), (256, 256, "RGB")]).kind == "timm"
+    assert default_augment(rgb, [(500, 375, "RGB"), (64, 64, "RGB")]).kind == "none"
+    assert default_augment(rgb, [(500, 375, "L")]).kind == "none"  # grey photos, made RGB
+    grey = DataConfig(1, (224, 224), (0.5,), (0.5,))
+    assert default_augment(grey, [(500, 375, "RGB")]).kind == "none"
+    assert default_augment(grey, [(32, 32, "L")], hflip=0.5) == Augment("light", hflip=0.5)
+    assert Augment("light").flip == 0.0 and Augment("timm").flip == 0.5
+    with pytest.raises(ValueError, match="--augment timm"):
+        Augment("light", scale=(0.5, 1.0))
+    with pytest.raises(ValueError, match="--augment light or timm"):
+        Augment("none", hflip=0.5)
+
+
+# -- image folders --------------------------------------------------------------------------------
 def _make_folder(root: Path) -> Path:
     """3 classes of tiny PNGs plus a corrupt PNG, a truncated PNG and a non-image file."""
     rng = np.random.default_rng(0)
@@ -91,68 +130,89 @@ def _make_folder(root: Path) -> Path:
     return root
 
 
-def test_image_folder_verify_skips_corrupt_files(tmp_path, caplog):
+RGB8 = DataConfig(3, (8, 8), (0.5,) * 3, (0.5,) * 3)
+
+
+def test_a_strict_folder_leaves_out_corrupt_files_up_front(tmp_path, caplog):
     root = _make_folder(tmp_path / "imgs")
     with caplog.at_level(logging.WARNING, logger="snnet.data"):
-        ds = image_folder(root, train=False, img_size=8, verify=True)
-    assert ds.classes == ["cat", "dog", "emu"] and len(ds) == 7
-    assert "broken.png" in caplog.text and "truncated.png" in caplog.text
+        ds = image_folder(root, RGB8, strict=True)
+    assert ds.classes == ("cat", "dog", "emu") and len(ds) == 7
+    assert "ignored 3 non-image or unreadable files" in caplog.text
     x, y = ds[0]
-    assert x.shape == (3, 8, 8) and x.dtype == torch.float32 and y == 0
-    assert sorted(ds.targets) == [0, 0, 0, 1, 1, 2, 2]
+    assert x.shape == (3, 8, 8) and x.dtype == torch.uint8 and y == 0
+    assert sorted(ds.targets.tolist()) == [0, 0, 0, 1, 1, 2, 2]
 
 
-def test_image_folder_getitem_replaces_corrupt_file_with_next(tmp_path, caplog):
+def test_a_training_folder_replaces_a_corrupt_file_with_the_next(tmp_path, caplog):
     root = _make_folder(tmp_path / "imgs")
-    ds = image_folder(root, train=True, img_size=8, in_chans=1)  # no verify: only extension filter
+    grey = DataConfig(1, (8, 8), (0.5,), (0.5,))
+    ds = image_folder(root, grey)  # not strict: only the extension filter
     assert len(ds) == 9  # both bad PNGs indexed, the .txt not
-    names = [p.name for p, _ in ds.samples]
+    names = [p.name for p in ds.files]
     bad = names.index("broken.png")
     with caplog.at_level(logging.WARNING, logger="snnet.data"):
         x, y = ds[bad]
         ds[bad]  # second failure of the same file: no second warning
     assert x.shape == (1, 8, 8)
-    assert y == ds.samples[bad + 1][1]  # deterministic: the next index
+    assert y == int(ds.targets[bad + 1])  # deterministic: the next index, with its label
     skips = [r for r in caplog.records if "skipping" in r.getMessage()]
     assert len(skips) == 1 and "broken.png" in skips[0].getMessage()  # warned once per file
     # the whole epoch goes through without an exception
-    loader = make_loader(ds, batch_size=4, train=False, num_workers=0)
-    assert sum(len(yb) for _, yb in loader) == 9
+    assert sum(len(y) for _, y in load_batches(ds, in_order(9, 4), num_workers=0)) == 9
+    strict = image_folder(root, grey).subset(range(len(ds)))
+    strict.strict = True
+    with pytest.raises(ValueError, match=r"cannot read image .*broken.png"):
+        strict[bad]
 
 
 def test_image_folder_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        image_folder(tmp_path / "missing", train=False)
+        image_folder(tmp_path / "missing", RGB8)
     (tmp_path / "flat").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "flat" / "a.png")
     with pytest.raises(ValueError, match=r"no class subfolders.*<class_name>"):
-        image_folder(tmp_path / "flat", train=False)
+        image_folder(tmp_path / "flat", RGB8)
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     (tmp_path / "empty" / "cls" / "readme.md").write_text("x")
     with pytest.raises(ValueError, match="no images found"):
-        image_folder(tmp_path / "empty", train=False)
-    with pytest.raises(ValueError, match="in_chans"):
-        image_folder(tmp_path / "empty", train=False, in_chans=2)
+        image_folder(tmp_path / "empty", RGB8)
+    with pytest.raises(ValueError, match=r"1 .grey. or 3 .RGB."):
+        DataConfig(2, (8, 8), (0.5,) * 2, (0.5,) * 2)
 
 
 def test_write_image_folder_round_trips_labels_and_pixels(fmnist_test, tmp_path):
     root = write_image_folder(fmnist_test, tmp_path / "fm", limit=40)
     assert not list(root.rglob("*.tmp"))
-    ds = image_folder(root, train=False, img_size=28, in_chans=1, crop_pct=1.0, verify=True)
+    ds = image_folder(root, DataConfig.fashion_mnist(), strict=True)
     assert len(ds) == 40
-    assert ds.classes[0].startswith("00_") and len(ds.classes) == len(set(ds.targets))
-    by_index = {int(p.stem): y for p, y in ds.samples}
+    assert ds.classes[0].startswith("00_") and len(ds.classes) == len(set(ds.targets.tolist()))
+    by_index = {int(p.stem): int(y) for p, y in zip(ds.files, ds.targets, strict=True)}
     assert by_index == {i: int(fmnist_test.targets[i]) for i in range(40)}
-    path = next(p for p, _ in ds.samples if p.stem == "000007")
-    assert np.array_equal(np.asarray(Image.open(path)), fmnist_test.images[7].numpy())
+    k = next(i for i, p in enumerate(ds.files) if p.stem == "000007")
+    assert np.array_equal(np.asarray(Image.open(ds.files[k])), fmnist_test.memory[7, 0].numpy())
+    # read from disk or from memory: the same normalised batch, bit for bit
+    from_disk = ds.batch([k])[0]
+    assert torch.equal(from_disk, fmnist_test.batch([7])[0])
     # a second call keeps finished files and writes nothing new
-    mtime = path.stat().st_mtime_ns
+    mtime = ds.files[k].stat().st_mtime_ns
     write_image_folder(fmnist_test, root, limit=40)
-    assert path.stat().st_mtime_ns == mtime
+    assert ds.files[k].stat().st_mtime_ns == mtime
 
 
-# -- preprocessing that follows the model ---------------------------------------------------------
-def _vit_net(in_chans: int = 3):
+def test_workers_give_the_batches_of_the_main_process_augmentation_included(tmp_path):
+    folder = _grey_folder(tmp_path / "images", 24, size=40)
+    cfg = DataConfig(1, (32, 32), (0.5,), (0.5,), crop_pct=0.875)
+    ds = image_folder(folder, cfg, augment=Augment("light", hflip=0.5))
+    rows = in_order(24, 8)
+    alone = list(load_batches(ds, rows, seed=1, epoch=2, num_workers=0))
+    workers = list(load_batches(ds, rows, seed=1, epoch=2, num_workers=2))
+    for (a, ya), (b, yb) in zip(alone, workers, strict=True):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+
+
+# -- preprocessing: what the anchors say, what the user sets --------------------------------------
+def _vit_net(in_chans: int = 3, **kwargs):
     import snnet
 
     torch.manual_seed(0)
@@ -166,6 +226,7 @@ def _vit_net(in_chans: int = 3):
             num_heads=2,
             num_classes=10,
             in_chans=in_chans,
+            **kwargs,
         )
         for d in (16, 32)
     ]
@@ -185,29 +246,112 @@ def _grey_folder(root: Path, n: int = 40, size: int = 32, mode: str = "L") -> Pa
     return root
 
 
-def test_data_config_comes_from_timm_and_round_trips_through_json():
+def test_preprocessing_comes_from_timm_and_round_trips_through_json():
     from timm.data import resolve_model_data_config
 
-    from snnet.preprocess import Augment, DataConfig
+    from snnet.data import resolve_preprocessing
 
     net = _vit_net()
-    cfg = DataConfig.for_anchors(net.anchors)
+    pre = resolve_preprocessing(net.anchors)
+    cfg = pre.config
     timm_cfg = resolve_model_data_config(net.anchors[0].model)
     assert cfg.input_size == (3, 32, 32)  # the anchors' size, not the pretrained 224
     assert cfg.mean == timm_cfg["mean"] and cfg.std == timm_cfg["std"]
     assert cfg.crop_pct == timm_cfg["crop_pct"]
     assert cfg.interpolation == timm_cfg["interpolation"]
+    assert set(pre.origin.values()) == {"timm's pretrained config of the architecture"}
     full = DataConfig(1, (28, 28), (0.1,), (0.2,), classes=("a", "b"), augment=Augment("light"))
     again = DataConfig.from_json(full.to_json())
     assert again == full and again.classes == full.classes and again.augment == full.augment
     # one-channel timm anchors: the RGB statistics averaged; the demo anchors: Fashion-MNIST's
-    grey = DataConfig.for_anchors(_vit_net(in_chans=1).anchors)
+    grey = resolve_preprocessing(_vit_net(in_chans=1).anchors).config
     assert grey.channels == 1 and grey.mean == (pytest.approx(sum(timm_cfg["mean"]) / 3),)
-    from snnet.sources import from_source
-    from snnet.zoo import demo_family_names
+    import snnet
 
-    zoo = [from_source({"kind": "zoo", "name": n}) for n in demo_family_names()[:2]]
-    assert DataConfig.for_anchors(zoo) == DataConfig.fashion_mnist()
+    zoo, _ = snnet.resolve_anchors("fmnist")
+    assert resolve_preprocessing(zoo).config == DataConfig.fashion_mnist()
+
+
+def test_overrides_win_and_say_where_they_come_from():
+    from snnet.data import resolve_preprocessing
+
+    net = _vit_net()
+    pre = resolve_preprocessing(
+        net.anchors,
+        {"mean": [0.5, 0.5, 0.5], "std": [0.5] * 3, "crop_pct": 1},
+        origin={"mean": "--mean", "std": "--std", "crop_pct": "--crop-pct"},
+    )
+    assert pre.config.mean == (0.5,) * 3 and pre.config.crop_pct == 1.0
+    text = pre.describe()
+    assert "crop_pct 1" in text and "mean: --mean" in text and "crop_pct: --crop-pct" in text
+    with pytest.raises(ValueError, match="3 values of --mean"):
+        resolve_preprocessing(net.anchors, {"mean": [0.5]})
+    with pytest.raises(ValueError, match="--crop-pct must lie in"):
+        resolve_preprocessing(net.anchors, {"crop_pct": 1.5})
+    with pytest.raises(ValueError, match="unknown --interpolation"):
+        resolve_preprocessing(net.anchors, {"interpolation": "cubic"})
+
+
+def test_anchors_that_disagree_are_refused_until_the_user_says(tmp_path):
+    import snnet
+    from snnet.data import resolve_preprocessing
+
+    a = snnet.timm_anchor("deit_tiny_patch16_224", img_size=32, depth=1, num_classes=3)
+    b = snnet.timm_anchor("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3)
+    c = snnet.timm_anchor("resnet18", img_size=32, num_classes=3)
+    # deit: ImageNet's statistics; vit (augreg): 0.5 / 0.5; resnet18: crop 0.95, not 0.9
+    with pytest.raises(ValueError, match=r"different preprocessing \(mean is .* for deit_tiny"):
+        resolve_preprocessing([a, b])
+    with pytest.raises(ValueError, match=r"crop_pct is 0.9 for deit.* but 0.95 for resnet18"):
+        resolve_preprocessing([a, c])
+    with pytest.raises(ValueError, match="--std"):
+        resolve_preprocessing([a, b], {"mean": [0.5] * 3})
+    fixed = resolve_preprocessing([a, b], {"mean": [0.5] * 3, "std": [0.5] * 3})
+    assert fixed.config.mean == (0.5,) * 3 and fixed.config.crop_pct == 0.9
+
+
+def test_a_checkpoint_carries_its_own_preprocessing_in_a_hub_config(tmp_path):
+    import timm
+
+    import snnet
+    from snnet.data import read_data_config, resolve_preprocessing
+
+    model = timm.create_model("deit_tiny_patch16_224", img_size=32, depth=1, num_classes=3)
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    hub = {"architecture": "deit_tiny_patch16_224", "num_classes": 3}
+    hub["pretrained_cfg"] = {"mean": [0.5] * 3, "std": [0.25] * 3, "crop_pct": 1.0}
+    (folder / "config.json").write_text(json.dumps(hub))
+    anchor = snnet.timm_anchor(
+        "deit_tiny_patch16_224",
+        checkpoint=folder / "pytorch_model.bin",
+        img_size=32,
+        depth=1,
+        num_classes=3,
+    )
+    pre = resolve_preprocessing([anchor])
+    assert pre.config.std == (0.25,) * 3 and pre.config.crop_pct == 1.0
+    assert "config.json beside" in pre.origin["std"]
+    # snnet's own config.json (a saved network) is not a hub config
+    (folder / "config.json").write_text(json.dumps({"format": "snnet-network", "data": {}}))
+    plain = snnet.timm_anchor(
+        "deit_tiny_patch16_224",
+        checkpoint=folder / "pytorch_model.bin",
+        img_size=32,
+        depth=1,
+        num_classes=3,
+    )
+    assert resolve_preprocessing([plain]).config.std == (0.229, 0.224, 0.225)
+    # --data-config reads a flat file, a hub config, or a saved network's config
+    flat = tmp_path / "d.json"
+    flat.write_text(json.dumps({"mean": [0.1] * 3, "interpolation": "bilinear"}))
+    assert read_data_config(flat) == {"mean": [0.1] * 3, "interpolation": "bilinear"}
+    (folder / "config.json").write_text(json.dumps(hub))
+    assert read_data_config(folder / "config.json")["std"] == [0.25] * 3
+    flat.write_text(json.dumps({"size": 3}))
+    with pytest.raises(ValueError, match="sets none of mean"):
+        read_data_config(flat)
 
 
 @pytest.mark.parametrize(
@@ -223,12 +367,18 @@ def test_data_config_comes_from_timm_and_round_trips_through_json():
         ),
     ],
 )
-def test_serving_halves_of_the_transform_equal_the_whole_bit_for_bit(cfg):
-    # Serving keeps uint8 pixels per image and normalises whole batches (on the device): the
-    # network must see exactly what training's evaluation transform gives.
-    from snnet.preprocess import DataConfig
+def test_the_two_halves_of_the_transform_equal_timms_whole_transform(cfg):
+    # Pixels per image, normalisation per batch: exactly what timm's evaluation transform gives.
+    from timm.data import create_transform
 
     cfg = DataConfig(**cfg)
+    whole = create_transform(
+        input_size=cfg.input_size,
+        mean=cfg.mean,
+        std=cfg.std,
+        crop_pct=cfg.crop_pct,
+        interpolation=cfg.interpolation,
+    )
     rng = np.random.default_rng(0)
     images = [
         Image.fromarray(rng.integers(0, 256, (h, w, c), np.uint8).squeeze(), m)
@@ -236,47 +386,36 @@ def test_serving_halves_of_the_transform_equal_the_whole_bit_for_bit(cfg):
     ]
     pixels = torch.stack([cfg.pixels(img) for img in images])
     assert pixels.dtype == torch.uint8 and pixels.shape == (3, *cfg.input_size)
-    assert torch.equal(cfg.normalize(pixels), torch.stack([cfg(img) for img in images]))
+    expected = torch.stack([whole(img.convert(cfg.mode)) for img in images])
+    assert torch.equal(cfg.normalize(pixels), expected)
     with pytest.raises(TypeError, match="uint8"):
         cfg.normalize(pixels.float())
 
 
-def test_the_saved_network_records_its_preprocessing_and_old_saves_load_as_before(tmp_path):
-    import json
-
+def test_the_saved_network_records_its_preprocessing_and_evaluation_uses_it(tmp_path):
     import snnet
     from snnet.cli.evaluate import open_data
-    from snnet.preprocess import DataConfig
 
     folder = _grey_folder(tmp_path / "images")
     net = _vit_net(in_chans=1)
-    # saved before snnet recorded preprocessing: no "data"; evaluated with 0.5/0.5 as before
-    old = snnet.save(net, tmp_path / "old")
-    assert "data" not in json.loads((old / "config.json").read_text())
-    loaded = snnet.load(old)
-    assert loaded.data_config is None
-    images, _ = open_data(loaded, folder)
-    cfg = net.anchors[0].model.pretrained_cfg  # evaluate's old call: timm's crop, 0.5/0.5
-    before = image_folder(
-        folder,
-        train=False,
-        img_size=32,
-        in_chans=1,
-        crop_pct=cfg["crop_pct"],
-        interpolation=cfg["interpolation"],
-    )
-    for i in (0, 7):
-        assert torch.equal(images[i][0], before[i][0])
-    # recorded: what training used comes back, and evaluation uses it
     cfg = DataConfig(1, (32, 32), (0.25,), (0.5,), crop_pct=1.0, classes=tuple("0123456789"))
     net.data_config = cfg
-    new = snnet.save(net, tmp_path / "new")
-    assert json.loads((new / "config.json").read_text())["data"]["mean"] == [0.25]
-    loaded = snnet.load(new)
+    saved = snnet.save(net, tmp_path / "new")
+    assert json.loads((saved / "config.json").read_text())["data"]["mean"] == [0.25]
+    loaded = snnet.load(saved)
     assert loaded.data_config == cfg and loaded.data_config.classes == cfg.classes
-    images, _ = open_data(loaded, folder)
-    pixels = torch.from_numpy(np.array(Image.open(images.samples[0][0]))).float() / 255
-    torch.testing.assert_close(images[0][0][0], (pixels - 0.25) / 0.5)
+    images = open_data(loaded, folder)
+    pixels = torch.from_numpy(np.array(Image.open(images.files[0]))).float() / 255
+    torch.testing.assert_close(images.batch([0])[0][0, 0], (pixels - 0.25) / 0.5)
+    # an override on top of the record (evaluate's --mean/--std ...)
+    other = open_data(loaded, folder, {"mean": [0.0], "std": [1.0]})
+    torch.testing.assert_close(other.batch([0])[0][0, 0], pixels)
+    # a network saved without a record: what its anchors say
+    bare = _vit_net(in_chans=1)
+    images = open_data(snnet.load(snnet.save(bare, tmp_path / "bare")), folder)
+    from snnet.data import resolve_preprocessing
+
+    assert images.config == resolve_preprocessing(bare.anchors).config
 
 
 def test_serving_and_evaluation_preprocess_alike(tmp_path):
@@ -285,71 +424,23 @@ def test_serving_and_evaluation_preprocess_alike(tmp_path):
 
     folder = _grey_folder(tmp_path / "images", size=40)
     for net in (_vit_net(), _vit_net(in_chans=1)):
-        images, _ = open_data(net, folder)
+        images = open_data(net, folder)
         prep = preprocessing(net, {})
-        with Image.open(images.samples[3][0]) as im:
-            torch.testing.assert_close(prep(im), images[3][0])
-
-
-def test_default_augmentation_follows_the_images():
-    from snnet.preprocess import Augment, DataConfig, default_augment
-
-    rgb = DataConfig(3, (224, 224), (0.5,) * 3, (0.5,) * 3)
-    assert default_augment(rgb, [(500, 375, "RGB"), (256, 256, "RGB")]).kind == "timm"
-    assert default_augment(rgb, [(500, 375, "RGB"), (64, 64, "RGB")]).kind == "none"
-    assert default_augment(rgb, [(500, 375, "L")]).kind == "none"  # grey photos, made RGB
-    grey = DataConfig(1, (224, 224), (0.5,), (0.5,))
-    assert default_augment(grey, [(500, 375, "RGB")]).kind == "none"
-    assert default_augment(grey, [(32, 32, "L")], hflip=0.5) == Augment("light", hflip=0.5)
-    assert Augment("light").flip == 0.0 and Augment("timm").flip == 0.5
-    with pytest.raises(ValueError, match="--augment timm"):
-        Augment("light", scale=(0.5, 1.0))
-    with pytest.raises(ValueError, match="--augment light or timm"):
-        Augment("none", hflip=0.5)
-
-
-def test_light_augmentation_shifts_within_the_evaluation_crop_and_is_seeded():
-    from snnet.preprocess import Augment, DataConfig
-
-    cfg = DataConfig(1, (32, 32), (0.5,), (0.5,))
-    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32), np.uint8), "L")
-    plain = cfg.transform()(img)
-    light = cfg.transform(Augment("light"))
-    torch.manual_seed(3)
-    a = [light(img) for _ in range(8)]
-    torch.manual_seed(3)
-    b = [light(img) for _ in range(8)]
-    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    assert all(x.shape == plain.shape for x in a)
-    assert any(not torch.equal(x, plain) for x in a)
-    # a shift: the image moved by at most 2 px (1/16 of 32), zero padding at the border
-    x = a[0][0]
-    found = False
-    for dy in range(-2, 3):
-        for dx in range(-2, 3):
-            moved = torch.full_like(plain[0], -1.0)  # zero pixels, normalised
-            src = plain[0][max(0, -dy) : 32 - max(0, dy), max(0, -dx) : 32 - max(0, dx)]
-            moved[max(0, dy) : 32 - max(0, -dy), max(0, dx) : 32 - max(0, -dx)] = src
-            found = found or torch.equal(moved, x)
-    assert found
+        with Image.open(images.files[3]) as im:
+            torch.testing.assert_close(prep(im), images.batch([3])[0][0])
 
 
 # -- one resolver for --data ----------------------------------------------------------------------
 def test_a_root_with_train_and_val_trains_on_train_and_holds_out_val(tmp_path):
-    from snnet.data import resolve_data
-    from snnet.preprocess import DataConfig
-
     _grey_folder(tmp_path / "d" / "train", 40)
     _grey_folder(tmp_path / "d" / "val", 20)
     cfg = DataConfig(1, (32, 32), (0.5,), (0.5,))
     data = resolve_data(tmp_path / "d", cfg, num_classes=10)
-    assert len(data.train) == len(data.plain) == 40 and len(data.val) == 20
+    assert len(data.train) == 40 and len(data.val) == 20
     assert data.config.classes == tuple(f"c{i}" for i in range(10))
-    assert data.config.augment.kind == "none"  # small grey images
-    assert data.train is data.plain
-    torch.testing.assert_close(
-        data.plain[5][0], cfg.transform()(Image.open(data.plain.samples[5][0]))
-    )
+    assert data.config.augment.kind == "none" and data.train.augment is None  # small grey images
+    with Image.open(data.train.files[5]) as im:
+        torch.testing.assert_close(data.train.batch([5])[0][0], cfg(im))
     # evaluating the same root reads val; an explicit --val replaces it
     assert len(resolve_data(tmp_path / "d", cfg, split="eval").val) == 20
     _grey_folder(tmp_path / "other", 30)
@@ -367,63 +458,49 @@ def test_a_root_with_train_and_val_trains_on_train_and_holds_out_val(tmp_path):
         resolve_data(tmp_path / "missing", cfg)
 
 
-def test_fashion_mnist_trains_unaugmented_by_default_exactly_as_before():
-    from snnet.data import resolve_data
-    from snnet.preprocess import Augment, DataConfig
-
+def test_fashion_mnist_trains_unaugmented_by_default():
     data = resolve_data("fmnist", DataConfig.fashion_mnist())
-    assert data.train is data.plain and not data.train.augment  # the demo's data, untouched
+    assert data.train.augment is None  # the demo's data, untouched
     assert data.config == DataConfig.fashion_mnist() and data.config.augment == Augment("none")
     assert len(data.val) == 10_000  # the test split is held out
     light = resolve_data("fmnist", DataConfig.fashion_mnist(), augment=Augment("light"))
-    assert light.train.augment and not light.plain.augment
-    assert light.plain.images is light.train.images
+    assert light.train.augment is not None and light.train.plain().augment is None
+    assert light.train.plain().memory is light.train.memory
     with pytest.raises(ValueError, match="--augment light"):
         resolve_data("fmnist", DataConfig.fashion_mnist(), augment=Augment("timm"))
+    # in memory, any normalisation; another size or a crop needs image files
+    other = DataConfig(1, (28, 28), (0.5,), (0.5,))
+    assert resolve_data("fmnist", other).train.config.mean == (0.5,)
+    with pytest.raises(ValueError, match="pass --data PATH"):
+        resolve_data("fmnist", DataConfig(1, (32, 32), (0.5,), (0.5,)))
+    with pytest.raises(ValueError, match="pass --data PATH"):
+        resolve_data("fmnist", DataConfig(1, (28, 28), (0.5,), (0.5,), crop_pct=0.9))
 
 
-def test_augmentation_with_flip_probability_keeps_the_draws_of_flip_true(fmnist_test):
-    imgs = fmnist_test.images[:64]
-    a = augment_batch(imgs, flip=True, generator=torch.Generator().manual_seed(4))
-    b = augment_batch(imgs, flip=0.5, generator=torch.Generator().manual_seed(4))
-    assert torch.equal(a, b)
-    never = augment_batch(imgs, pad=0, flip=0.0, generator=torch.Generator().manual_seed(4))
-    assert torch.equal(never, imgs)
-
-
-def test_least_squares_reads_the_unaugmented_images(tmp_path, monkeypatch):
-    import snnet.train.loop
-    from snnet.batches import first_images
-    from snnet.data import resolve_data
-    from snnet.preprocess import Augment, DataConfig
+def test_least_squares_reads_a_stratified_sample_of_the_unaugmented_images(tmp_path, monkeypatch):
+    import snnet.train.pipeline
+    from snnet.data import resolve_preprocessing
     from snnet.train import TrainConfig, fit
 
     _grey_folder(tmp_path / "d", 40)
     net = _vit_net(in_chans=1)
     data = resolve_data(
-        tmp_path / "d", DataConfig.for_anchors(net.anchors), augment=Augment("light", hflip=1.0)
+        tmp_path / "d",
+        resolve_preprocessing(net.anchors).config,
+        augment=Augment("light", hflip=1.0),
     )
     seen = []
-    monkeypatch.setattr(snnet.train.loop, "init_least_squares", lambda net, x, **kw: seen.append(x))
-    config = TrainConfig(steps=1, batch_size=8)
-    fit(
-        net,
-        data.train,
-        config,
-        ls_dataset=data.plain,
-        data_config=data.config,
-        ls_init=8,
-        progress=False,
+    monkeypatch.setattr(
+        snnet.train.pipeline, "init_least_squares", lambda net, x, **kw: seen.append(x)
     )
-    assert torch.equal(seen[0], first_images(data.plain, 8, seed=0))
-    torch.manual_seed(0)
-    assert not torch.equal(seen[0], first_images(data.train, 8, seed=0))  # flipped, shifted
+    fit(net, data, TrainConfig(steps=1, batch_size=8), ls_init=10, progress=False)
+    sample = data.train.plain().sample(10, seed=0)
+    assert torch.equal(seen[0], sample.batch(range(10))[0])
+    assert sorted(sample.targets.tolist()) == list(range(10))  # one image of each class
     assert net.data_config == data.config and net.data_config.augment.flip == 1.0
-    with pytest.raises(ValueError, match="without augmentation"):
-        fit(net, data.train, config, ls_dataset=data.plain.subset([0, 1]), progress=False)
 
 
-# -- a fixed share of the images ------------------------------------------------------------------
+# -- one meaning of "N images" --------------------------------------------------------------------
 def test_stratified_sample_is_proportional_seeded_and_covers_every_class():
     from snnet.data import stratified_indices
 
@@ -438,43 +515,63 @@ def test_stratified_sample_is_proportional_seeded_and_covers_every_class():
     assert stratified_indices(targets, 500) == list(range(100))
 
 
-def test_evaluate_max_images_is_a_stratified_sample(tmp_path, capsys):
+def test_every_reader_of_n_images_draws_the_same_stratified_sample(tmp_path):
     import snnet
     from snnet.cli import main
     from snnet.measure.results import Results
+    from snnet.train.monitor import Validation
 
     folder = _grey_folder(tmp_path / "images", 60)  # 6 per class, in class order
-    model = snnet.save(_vit_net(in_chans=1), tmp_path / "run")
+    net = _vit_net(in_chans=1)
+    model = snnet.save(net, tmp_path / "run")
+    images = image_folder(folder, snnet.load(model).data_config or _config(net), strict=True)
+    picked = images.sample(20, seed=0)
+    assert np.bincount(picked.targets).tolist() == [2] * 10  # the first 20 would be 4 classes
+    # the command line and the library record the sample they scored
     args = ["evaluate", str(model), "--data", str(folder), "--max-images", "20", "--workers", "0"]
     assert main(args) == 0
     meta = Results.load(model / "results.json").meta["accuracy"]
-    assert meta["images"] == 20 and "stratified sample of 20 (seed 0)" in meta["data"]
-    from snnet.data import sample
+    assert meta["images"] == 20 and meta["sample"] == {
+        "images": 20,
+        "seed": 0,
+        "kind": "stratified",
+    }
+    library = snnet.evaluate_all(net, images, max_images=20, progress=False)
+    cli = Results.load(model / "results.json")
+    assert [r.top1 for r in library] == [r.top1 for r in cli]
+    # validation draws it too
+    assert torch.equal(Validation(net, images, max_images=20).images.targets, picked.targets)
+    # results of the first N images are not reused as a sample
+    cli.meta["accuracy"].update(max_images=20, sample=None)
+    cli.save(model / "results.json")
+    assert main(args[:-4]) == 2
 
-    picked = sample(image_folder(folder, train=False, img_size=32, in_chans=1), 20, seed=0)
-    assert np.bincount(picked.targets).tolist() == [2] * 10  # the first 20 would be 4 classes
+
+def _config(net):
+    from snnet.data import resolve_preprocessing
+
+    return resolve_preprocessing(net.anchors).config
 
 
 def test_train_max_images_trains_on_a_stratified_sample_and_resume_keeps_it(tmp_path, capsys):
     import snnet
     from snnet.cli import main
-    from snnet.data import Data, sample_training
-    from snnet.train.checkpoint import load_checkpoint
     from snnet.train import TrainConfig, fit
+    from snnet.train.checkpoint import load_checkpoint
 
     out = tmp_path / "run"
     args = ["train", "fmnist", "--out", str(out), "--epochs", "1", "--batch-size", "8"]
-    args += ["--ls-init", "16", "--quiet", "--seed", "3"]
+    args += ["--ls-init", "16", "--quiet", "--seed", "3", "--val-images", "50"]
     assert main([*args, "--max-images", "40"]) == 0
     assert "stratified sample of 40 (seed 3)" in capsys.readouterr().out
     assert load_checkpoint(out)["step"] == 5  # 40 images, 8 a step
     # The same run, from the Python API on the sample it names: the same weights.
-    anchors, options = snnet.resolve_anchors("fmnist")
+    anchors, options = snnet.resolve_anchors("fmnist", seed=3)
     net = snnet.SNNet(anchors, **options)
-    train = fashion_mnist("train")
-    data = sample_training(Data(FashionMNIST.data_config, train=train, plain=train), 40, seed=3)
+    data = resolve_data("fmnist", DataConfig.fashion_mnist()).sample_training(40, seed=3)
     assert np.bincount(data.train.targets.numpy()).tolist() == [4] * 10
-    fit(net, data.train, TrainConfig(epochs=1, batch_size=8, seed=3), ls_init=16, progress=False)
+    config = TrainConfig(epochs=1, batch_size=8, seed=3)
+    fit(net, data, config, ls_init=16, progress=False, val_images=50)
     for (name, a), (_, b) in zip(
         snnet.load(out / "model").state_dict().items(), net.state_dict().items(), strict=True
     ):
@@ -486,8 +583,7 @@ def test_train_max_images_trains_on_a_stratified_sample_and_resume_keeps_it(tmp_
     assert "cannot hold all 10 classes: give --max-images 10" in capsys.readouterr().err
 
 
-def test_cli_trains_fashion_mnist_exactly_as_fit_on_the_plain_dataset(tmp_path):
-    # What `snnet train fmnist` ran before --data had a resolver: fit(net, fashion_mnist("train")).
+def test_cli_trains_fashion_mnist_exactly_as_fit(tmp_path):
     import snnet
     from snnet.cli import main
     from snnet.train import TrainConfig, fit
@@ -496,19 +592,19 @@ def test_cli_trains_fashion_mnist_exactly_as_fit_on_the_plain_dataset(tmp_path):
     assert main(["train", "fmnist", "--out", str(tmp_path / "cli"), *args]) == 0
     anchors, options = snnet.resolve_anchors("fmnist")
     net = snnet.SNNet(anchors, **options)
-    config = TrainConfig(steps=3, batch_size=32)
-    fit(net, fashion_mnist("train"), config, ls_init=64, progress=False)
+    fit(
+        net, fashion_mnist("train"), TrainConfig(steps=3, batch_size=32), ls_init=64, progress=False
+    )
     cli = snnet.load(tmp_path / "cli")
     for (name, a), (_, b) in zip(cli.state_dict().items(), net.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
-    assert cli.data_config == net.data_config == FashionMNIST.data_config
+    assert cli.data_config == net.data_config == DataConfig.fashion_mnist()
 
 
 def test_augmentation_options_map_to_one_augment_value():
     import argparse
 
     from snnet.cli.common import add_data_arguments, augment_from_args
-    from snnet.preprocess import Augment
 
     p = argparse.ArgumentParser()
     add_data_arguments(p)

@@ -18,10 +18,9 @@ import torch
 from PIL import Image
 
 import snnet
-from snnet.data import resolve_data
+from snnet.data import resolve_data, resolve_preprocessing
 from snnet.measure.evaluate import evaluate_all
 from snnet.measure.results import Results
-from snnet.preprocess import DataConfig
 from snnet.train import TrainConfig, fit
 
 pytestmark = pytest.mark.slow
@@ -121,17 +120,9 @@ def test_cli_trains_a_digits_folder_like_the_python_api_and_reproducibly(digits,
     # The same recipe through the Python API.
     found, options = snnet.resolve_anchors(anchors, img_size=32, num_classes=10)
     net = snnet.SNNet(found, **options)
-    data = resolve_data(digits, DataConfig.for_anchors(net.anchors))
+    data = resolve_data(digits, resolve_preprocessing(net.anchors).config)
     assert data.config.augment.kind == "none"  # small grey images: no augmentation
-    fit(
-        net,
-        data.train,
-        CONFIG,
-        ls_dataset=data.plain,
-        data_config=data.config,
-        ls_init=LS_INIT,
-        progress=False,
-    )
+    fit(net, data, CONFIG, ls_init=LS_INIT, progress=False)
     held_out = resolve_data(digits, net.data_config, split="eval").val
     api = evaluate_all(net, held_out, progress=False)
 

@@ -101,7 +101,7 @@ def test_save_and_load_an_exported_stitch(family, tmp_path):
 def test_an_exported_stitch_carries_the_networks_preprocessing(tmp_path):
     """A stitch deployed on its own must see images as training did: the normalisation, size and
     class names recorded in the SN-Net travel into the export and back."""
-    from snnet.preprocess import DataConfig
+    from snnet.data import DataConfig
 
     net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
     stitch = next(s for s in net.stitches if not s.is_anchor)

@@ -13,25 +13,24 @@ import pytest
 import torch
 
 import snnet
-from snnet.batches import EpochBatches
 from snnet.cli import main
-from snnet.data import FashionMNIST, fashion_mnist
+from snnet.data import EpochBatches, ImageSet, fashion_mnist
 from snnet.measure.evaluate import evaluate_all
 from snnet.measure.results import Record, Results, hypervolume, kendall_tau
 from snnet.rundir import RunDir
 from snnet.stitch import Stitch
+from snnet.train import TrainConfig, train_loop
 from snnet.train.checkpoint import load_checkpoint, save_checkpoint
 from snnet.train.importance import Importance, StitchImportance, agreement, load_ranking, saliencies
-from snnet.train import TrainConfig, train_loop
 from test_train import SignalAfter, state_equal, stopped_run, tiny_fmnist_net
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def fmnist_slice() -> FashionMNIST:
+def fmnist_slice() -> ImageSet:
     test = fashion_mnist("test")
-    return FashionMNIST(test.images[:512], test.targets[:512])
+    return test.subset(range(512))
 
 
 def backward(net: snnet.SNNet, stitch: Stitch) -> None:
@@ -255,7 +254,7 @@ sys.path.insert(0, {tests!r})
 import snnet.train.loop
 from families import vit_family
 from snnet.train import distributed
-from snnet.batches import EpochBatches
+from snnet.data import EpochBatches
 from snnet.train import TrainConfig, train_loop
 
 runs = []

@@ -15,8 +15,8 @@ from snnet.lstsq import init_least_squares
 from snnet.measure.evaluate import StitchTree
 from snnet.peft import adapting, lora_parameters, saved_state
 from snnet.serialize import network_config
-from snnet.train.checkpoint import load_checkpoint
 from snnet.train import TrainConfig, train_loop
+from snnet.train.checkpoint import load_checkpoint
 from snnet.train.step import make_optimizer
 
 MODES = {

@@ -18,13 +18,12 @@ import torch
 
 import snnet
 from families import FAMILIES, vit_family
-from snnet.batches import EpochBatches
 from snnet.cli import main
-from snnet.data import FashionMNIST, fashion_mnist
-from snnet.train.checkpoint import Diverged, StepLog, load_checkpoint
+from snnet.data import Augment, DataConfig, EpochBatches, ImageSet, fashion_mnist
 from snnet.train import TrainConfig, fit, get_lr, train_loop
-from snnet.train.step import network_groups
+from snnet.train.checkpoint import Diverged, StepLog, load_checkpoint
 from snnet.train.sampling import StitchSampler, flops_groups
+from snnet.train.step import network_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,9 +49,8 @@ def tiny_fmnist_net(*, drop_rate: float = 0.0) -> snnet.SNNet:
 
 
 @pytest.fixture(scope="module")
-def fmnist_slice() -> FashionMNIST:
-    test = fashion_mnist("test")
-    return FashionMNIST(test.images[:512], test.targets[:512])
+def fmnist_slice() -> ImageSet:
+    return fashion_mnist("test").subset(range(512))
 
 
 def state_equal(a: snnet.SNNet, b: snnet.SNNet) -> bool:
@@ -98,7 +96,8 @@ class SignalAfter:
 
     def __init__(self, batches: EpochBatches, k: int) -> None:
         self.batches, self.k, self.served = batches, k, 0
-        self.dataset, self.order = batches.dataset, batches.order  # as EpochBatches has them
+        self.images, self.order = batches.images, batches.order  # as EpochBatches has them
+        self.num_workers = batches.num_workers
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -291,7 +290,7 @@ def test_config_json_round_trip_and_unknown_keys():
     "kwargs, message",
     [
         ({"lr": -1e-3}, "lr must be positive"),
-        ({"optimizer": "adam"}, "unknown optimizer 'adam'; choose adamw or sgd"),
+        ({"optimizer": "adam"}, "unknown optimizer 'adam'; choose one of adamw, sgd"),
         ({"epochs": 0}, "epochs must be at least 1"),
         ({"sampling": "random"}, "unknown sampling 'random'"),
         ({"rank_sampling": "all"}, "unknown rank_sampling 'all'"),
@@ -363,10 +362,9 @@ def test_cli_trains_an_image_folder_and_resumes(fmnist_slice, tmp_path, capsys):
     assert state_equal(snnet.load(out / "model"), net)
     # A family that does not match the data is a clear error, not a shape crash.
     assert main(["train", *family, "--out", str(tmp_path / "other"), "--quiet"]) == 2
-    assert (
-        "the anchors take (3, 32, 32) inputs but the data gives (1, 28, 28)"
-        in capsys.readouterr().err
-    )
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert "holds 1×28×28 images in memory" in err and "takes 3×32×32" in err, err
+    assert "pass --data PATH" in err
 
 
 def test_fmnist_preset_is_the_zoo_family_and_reloads_from_its_sources(tmp_path):
@@ -439,9 +437,9 @@ KILL_DURING_FINAL_SAVE = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 import torch
+import snnet.train
 import snnet.train.checkpoint
-import snnet.train.loop
-from snnet.data import FashionMNIST, fashion_mnist
+from snnet.data import fashion_mnist
 from test_train import tiny_fmnist_net
 
 real_save, calls = snnet.train.checkpoint.save, []
@@ -455,14 +453,14 @@ def save_then_die(net, path):
 
 snnet.train.checkpoint.save = save_then_die
 test = fashion_mnist("test")
-data = FashionMNIST(test.images[:128], test.targets[:128])
-config = snnet.train.loop.TrainConfig(epochs=1, batch_size=32, lr=3e-3, warmup=1)
-snnet.train.loop.fit(tiny_fmnist_net(), data, config, run_dir={run!r}, ls_init=32, progress=False)
+data = test.subset(range(128))
+config = snnet.train.TrainConfig(epochs=1, batch_size=32, lr=3e-3, warmup=1)
+snnet.train.fit(tiny_fmnist_net(), data, config, run_dir={run!r}, ls_init=32, progress=False)
 """
 
 
 def test_a_kill_during_the_final_model_save_never_leaves_an_older_model(fmnist_slice, tmp_path):
-    data = snnet.data.FashionMNIST(fmnist_slice.images[:128], fmnist_slice.targets[:128])
+    data = fmnist_slice.subset(range(128))
     config = TrainConfig(epochs=1, batch_size=32, lr=3e-3, warmup=1)
     whole = fit(
         tiny_fmnist_net(), data, config, run_dir=tmp_path / "whole", ls_init=32, progress=False
@@ -592,27 +590,6 @@ def test_every_config_field_is_a_train_option_with_its_default_and_help():
     assert options["steps"].type is int  # int | None: the option takes an int, default None
 
 
-def test_a_version_1_checkpoint_resumes_with_its_history(fmnist_slice, tmp_path):
-    # Version 1 kept every rank's losses and stitches inside the checkpoint and had no
-    # model_step; such a run still resumes exactly and its history moves to steps.csv.
-    config = TrainConfig(epochs=1, batch_size=64, lr=3e-3, warmup=2, steps=6)
-    batches = EpochBatches(fmnist_slice, 64, seed=config.seed)
-    whole = train_loop(tiny_fmnist_net(), batches, config, progress=False)
-    run = tmp_path / "run"
-    first = train_loop(
-        tiny_fmnist_net(), SignalAfter(batches, 4), config, run_dir=run, progress=False
-    )
-    state = load_checkpoint(run)
-    del state["model_step"], state["format"], state["version"]
-    state["log"] = [{"losses": first.losses, "stitches": first.stitches}]
-    snnet.train.checkpoint.save_checkpoint(run, state)
-    torch.save({**torch.load(run / "checkpoint.pt"), "version": 1}, run / "checkpoint.pt")
-    (run / "steps.csv").unlink()
-    rest = train_loop(tiny_fmnist_net(), batches, config, run_dir=run, resume=True, progress=False)
-    assert rest.losses == whole.losses and rest.stitches == whole.stitches
-    assert state_equal(snnet.load(run / "model"), whole.net)
-
-
 # -- reproducible by default ----------------------------------------------------------------------
 
 
@@ -623,7 +600,7 @@ def augmented_folder(fmnist_slice, tmp_path_factory):
     from snnet.data import image_folder, write_image_folder
 
     root = write_image_folder(fmnist_slice, tmp_path_factory.mktemp("images"), limit=64)
-    return image_folder(root, train=True, img_size=28, in_chans=1)
+    return image_folder(root, DataConfig.fashion_mnist(), augment=Augment("light", hflip=0.5))
 
 
 def test_two_identical_image_folder_runs_give_identical_weights(augmented_folder, tmp_path):
@@ -677,7 +654,7 @@ def test_an_images_augmentation_depends_on_seed_epoch_and_index_only(augmented_f
 def test_validation_changes_no_weight_and_writes_val_csv_and_tensorboard(fmnist_slice, tmp_path):
     from snnet.train.monitor import ValLog
 
-    val = FashionMNIST(fmnist_slice.images[:100], fmnist_slice.targets[:100])
+    val = fmnist_slice.subset(range(100))
     config = TrainConfig(epochs=2, batch_size=64, lr=3e-3, warmup=2, steps=12)  # 8 per epoch
     plain = fit(tiny_fmnist_net(drop_rate=0.1), fmnist_slice, config, ls_init=32, progress=False)
     run = tmp_path / "run"
@@ -710,9 +687,8 @@ def test_validation_changes_no_weight_and_writes_val_csv_and_tensorboard(fmnist_
     # a stitch scored alone, the same way, gives the same top-1
     net = watched.net.eval()
     with torch.no_grad():
-        images, labels = val.get_batch(
-            snnet.train.monitor.Validation(net, val, max_images=50).indices
-        )
+        sample = snnet.train.monitor.Validation(net, val, max_images=50).images
+        images, labels = sample.batch(range(50))
         top1 = 100 * float((net(images, stitch=rows[-1]["stitch"]).argmax(-1) == labels).sum()) / 50
     assert top1 == pytest.approx(rows[-1]["top1"])
 
@@ -720,7 +696,7 @@ def test_validation_changes_no_weight_and_writes_val_csv_and_tensorboard(fmnist_
 def test_val_csv_of_a_resumed_run_equals_an_uninterrupted_runs(fmnist_slice, tmp_path):
     from snnet.train.monitor import Validation
 
-    val_set = FashionMNIST(fmnist_slice.images[:64], fmnist_slice.targets[:64])
+    val_set = fmnist_slice.subset(range(64))
     config = TrainConfig(epochs=3, batch_size=128, lr=3e-3, warmup=1)  # 4 steps per epoch
     batches = EpochBatches(fmnist_slice, 128, seed=config.seed)
 
@@ -749,21 +725,23 @@ def test_validation_images_are_a_fixed_sample_of_every_class(fmnist_slice):
     from snnet.train.monitor import Validation
 
     net = tiny_fmnist_net()
-    idx = Validation(net, fmnist_slice, max_images=100, seed=1).indices
+
+    def picked(seed: int) -> torch.Tensor:
+        images = Validation(net, fmnist_slice, max_images=100, seed=seed).images
+        return images.memory.flatten(1).sum(1)  # which images: their pixel sums
+
+    targets = Validation(net, fmnist_slice, max_images=100, seed=1).images.targets
     share = torch.bincount(fmnist_slice.targets, minlength=10) * 100 / len(fmnist_slice)
-    assert (torch.bincount(fmnist_slice.targets[idx], minlength=10) - share).abs().max() < 1
-    assert torch.equal(idx, Validation(net, fmnist_slice, max_images=100, seed=1).indices)
-    assert not torch.equal(idx, Validation(net, fmnist_slice, max_images=100, seed=2).indices)
-    unlabelled = torch.utils.data.TensorDataset(fmnist_slice.images[:60].float())
-    assert len(set(Validation(net, unlabelled, max_images=20).indices.tolist())) == 20
+    assert (torch.bincount(targets, minlength=10) - share).abs().max() < 1
+    assert torch.equal(picked(1), picked(1)) and not torch.equal(picked(1), picked(2))
 
 
 def test_bad_validation_options_are_clear_errors(fmnist_slice):
     net = tiny_fmnist_net()
     with pytest.raises(ValueError, match="--val-every must be at least 1"):
         fit(net, fmnist_slice, TrainConfig(), val=fmnist_slice, val_every=0, progress=False)
-    with pytest.raises(ValueError, match="the validation set is empty"):
-        empty = FashionMNIST(fmnist_slice.images[:0], fmnist_slice.targets[:0])
+    with pytest.raises(ValueError, match="Fashion-MNIST test is empty"):
+        empty = fmnist_slice.subset([])
         fit(net, fmnist_slice, TrainConfig(), val=empty, progress=False)
 
 
@@ -933,7 +911,7 @@ def test_cached_teachers_hold_the_teachers_logits_and_a_resumed_run_equals_a_who
     )
     assert rest.losses == whole.losses and state_equal(rest.net, whole.net)
 
-    shifted = FashionMNIST(fmnist_slice.images, fmnist_slice.targets, augment=True)
+    shifted = fmnist_slice.augmented(Augment("light", hflip=0.5))
     with pytest.raises(ValueError, match="drop --cache-teachers"):
         train_loop(tiny_fmnist_net(), EpochBatches(shifted, 64), config, progress=False)
 

@@ -180,7 +180,7 @@ def run_demo(
 def format_report(report: DemoReport, results: Results, net_names: list[str]) -> str:
     """The demo's closing text: Pareto table, anchors before/after, timings, files."""
     from snnet.measure.results import format_table
-    from snnet.train.fit import anchor_table
+    from snnet.train.pipeline import anchor_table
 
     front = {r.stitch for r in results.pareto("gmacs", "top1")}
     shown = [r.stitch for r in results if r.stitch in front or r.stitch.is_anchor]

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -293,10 +294,26 @@ def _write_temp(directory: Path, name: str, write: Any, mode: str) -> Path:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())  # on disk before the rename, even across a power cut
-    except BaseException:
+    except BaseException as e:
+        full = _disk_full(e, directory)  # before the temp file's space is given back
         tmp.unlink(missing_ok=True)
+        if full is not None:
+            raise full from e
         raise
     return tmp
+
+
+def _disk_full(e: BaseException, directory: Path) -> OSError | None:
+    """The one ``OSError`` (ENOSPC, naming the file) for a write that failed because the disk
+    is full, whichever library raised it: ``torch.save`` and safetensors raise their own error
+    types with the C library's message inside. None for any other failure."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OSError(e.errno, os.strerror(e.errno), str(directory))
+    text = str(e)
+    said = "No space left on device" in text or "os error 28" in text or "code: 28" in text
+    if isinstance(e, Exception) and (said or shutil.disk_usage(directory).free < 1 << 20):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+    return None
 
 
 def _rename_in(pending: Path, path: Path) -> None:

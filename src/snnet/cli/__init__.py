@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import logging
 import sys
 from typing import NoReturn
 
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)  # the first positional
     # --help and bad options raise SystemExit (argparse's own way), after printing why.
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    if args.command != "serve":  # the server logs in its own format
+        _show_library_messages()
     try:
         return int(args._run(args) or 0)
     except BrokenPipeError:  # e.g. `snnet stitches deit | head`
@@ -83,8 +86,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-#: OSErrors about the machine rather than a path, still the user's to fix.
-_MACHINE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+class _ToStderr(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is when a message comes (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def _show_library_messages() -> None:
+    """What the library reports while it works (the anchors' scores before training, a
+    checkpoint re-headed), as plain lines on stderr."""
+    log = logging.getLogger("snnet")
+    if not log.handlers:
+        handler = _ToStderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def user_error(e: BaseException) -> str | None:
@@ -97,9 +115,15 @@ def user_error(e: BaseException) -> str | None:
     if e.errno is None:  # raised by snnet with its own message: "--data x does not exist"
         return " ".join(str(e).splitlines())
     path = e.filename
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" in {path}" if path else ""
+        return (
+            f"{e.strerror}{where}: free some space or write elsewhere (--out); what was there "
+            "before is kept (snnet writes a temporary file, then renames it)"
+        )
+    if e.errno == errno.EROFS:
+        return f"{path or 'the output'} is on a read-only file system: write elsewhere (--out)"
     if path is None:
-        if e.errno in _MACHINE_ERRORS:
-            return f"{e.strerror}; free some space or write elsewhere"
         return None
     if isinstance(e, PermissionError):
         return f"permission denied: {path}; choose a path you may use, or change its permissions"

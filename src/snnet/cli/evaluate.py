@@ -111,7 +111,7 @@ def open_data(
     anchors."""
     from snnet.data.anchors import network_preprocessing, with_overrides
     from snnet.data.resolve import resolve_data
-    from snnet.train.fit import num_outputs
+    from snnet.train.pipeline import num_outputs
 
     config = network_preprocessing(net)
     if path is None:

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from snnet.sources import resolve_anchors
     from snnet.threads import set_threads
     from snnet.train.checkpoint import check_run
-    from snnet.train.fit import anchor_table, fit
+    from snnet.train.pipeline import anchor_table, fit
 
     set_threads(args.threads)
     config = config_from_args(args)

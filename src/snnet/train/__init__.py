@@ -13,7 +13,7 @@ from typing import Any
 
 _PUBLIC = {
     "snnet.train.config": ("TrainConfig",),
-    "snnet.train.fit": ("fit",),
+    "snnet.train.pipeline": ("fit",),
     "snnet.train.loop": ("TrainResult", "train_loop"),
     "snnet.train.step": ("get_lr", "parameter_groups"),
 }

@@ -22,11 +22,11 @@ DISTILL = ("none", "end", "largest")
 
 
 Rule = tuple[str, Callable[[Any], bool]]
-AT_LEAST_1: Rule = ("at least 1", lambda v: v >= 1)
-NON_NEGATIVE: Rule = (">= 0", lambda v: v >= 0)
-POSITIVE: Rule = ("positive", lambda v: v > 0)
-PROBABILITY: Rule = ("in [0, 1]", lambda v: 0 <= v <= 1)
-BELOW_1: Rule = ("in [0, 1)", lambda v: 0 <= v < 1)
+AT_LEAST_1: Rule = ("be at least 1", lambda v: v >= 1)
+NON_NEGATIVE: Rule = ("be >= 0", lambda v: v >= 0)
+POSITIVE: Rule = ("be positive", lambda v: v > 0)
+PROBABILITY: Rule = ("lie in [0, 1]", lambda v: 0 <= v <= 1)
+BELOW_1: Rule = ("lie in [0, 1)", lambda v: 0 <= v < 1)
 
 
 def _knob(
@@ -110,7 +110,7 @@ class TrainConfig:
     importance_floor: float = _knob(
         0.2,
         "importance sampling: share of draws that stay uniform (every stitch keeps floor/N)",
-        rule=("in (0, 1] (every stitch keeps a chance)", lambda v: 0 < v <= 1),
+        rule=("lie in (0, 1] (every stitch keeps a chance)", lambda v: 0 < v <= 1),
     )
     importance_temperature: float = _knob(
         1.0,
@@ -154,7 +154,7 @@ class TrainConfig:
             if choices and value not in choices:
                 raise ValueError(f"unknown {f.name} {value!r}; choose one of {', '.join(choices)}")
             if rule is not None and not rule[1](value):
-                raise ValueError(f"{f.name} must be {rule[0]}, got {value}")
+                raise ValueError(f"{f.name} must {rule[0]}, got {value}")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr must lie in [0, lr={self.lr}], got {self.min_lr}")
 

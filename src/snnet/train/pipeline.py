@@ -130,7 +130,7 @@ def fit(
     check_free_space(net, run_dir, config)
     net.data_config = train.config
     net.to(world.device)
-    checks = anchor_images or _check_images(train, val, val_images, config.seed)
+    checks = anchor_images or _check_images(train, val, val_images, config.seed, say=not resume)
     anchors = [Stitch.anchor(i) for i in range(len(net.anchors))]
     score = Validation(net, checks, stitches=anchors, max_images=None, num_workers=workers)
     before = _anchors_before(net, score, run_dir, world, resume=resume)
@@ -170,33 +170,36 @@ def fit(
     return result
 
 
-def _check_images(train: ImageSet, val: ImageSet | None, n: int | None, seed: int) -> ImageSet:
+def _check_images(
+    train: ImageSet, val: ImageSet | None, n: int | None, seed: int, *, say: bool
+) -> ImageSet:
     """The images the anchors are scored on: a stratified sample of ``n`` held-out images, or of
     the training images (without augmentation) when there are none."""
     if val is not None:
         images = val.sample(n, seed=seed) if n else val
-        logger.info("scoring the anchors on %d images of %s", len(images), val.name)
+        if say:
+            logger.info("scoring the anchors on %d images of %s", len(images), val.name)
         return images
     images = train.plain().sample(n or len(train), seed=seed)
-    logger.info(
-        "no held-out images (root/val or --val): scoring the anchors on %d training images of %s "
-        "instead, which flatters them",
-        len(images),
-        train.name,
-    )
+    if say:
+        logger.info(
+            "no held-out images (root/val or --val): scoring the anchors on %d training images of %s "
+            "instead, which flatters them",
+            len(images),
+            train.name,
+        )
     return images
 
 
 def _anchors_before(
     net: SNNet, score: Validation, run_dir: Path | None, world: World, *, resume: bool
-) -> list[float]:
+) -> list[float] | None:
     """Each anchor's top-1 alone, measured now (a fresh run) or read back (a resumed one: its
     anchors may have trained already)."""
     path = RunDir(run_dir).summary if run_dir is not None else None
-    if resume and path is not None and path.is_file():
-        saved = json.loads(path.read_text()).get("anchors_before")
-        if saved is not None:
-            return list(saved)
+    if resume:  # measured when the run started: its anchors may have trained since
+        saved = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+        return saved.get("anchors_before")
     scores = [s.top1 for s in score(net).values()]
     logger.info(_table(net, scores, None))
     if path is not None and world.is_main:
