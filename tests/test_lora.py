@@ -13,8 +13,8 @@ from snnet.cli import main
 from snnet.export import export_stitch, load_stitch, save_stitch
 from snnet.lstsq import init_least_squares
 from snnet.measure.evaluate import StitchTree
-from snnet.peft import adapting, lora_parameters, saved_state
-from snnet.serialize import network_config
+from snnet.peft import adapting, lora_parameters
+from snnet.serialize import network_config, saved_state
 from snnet.train.checkpoint import load_checkpoint
 from snnet.train.loop import TrainConfig, make_optimizer, train_loop
 

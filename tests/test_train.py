@@ -21,9 +21,10 @@ from families import FAMILIES, vit_family
 from snnet.batches import EpochBatches
 from snnet.cli import main
 from snnet.data import FashionMNIST, fashion_mnist
+from snnet.train.bands import flops_groups
 from snnet.train.checkpoint import Diverged, StepLog, load_checkpoint
 from snnet.train.loop import TrainConfig, fit, get_lr, network_groups, train_loop
-from snnet.train.sampling import StitchSampler, flops_groups
+from snnet.train.sampling import StitchSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,9 +27,8 @@ import numpy as np
 import torch
 
 from snnet.files import atomic_write, read_csv_rows, rewrite_csv
-from snnet.peft import load_saved_state, saved_state
 from snnet.rundir import RunDir
-from snnet.serialize import save
+from snnet.serialize import load_saved_state, save, saved_state
 from snnet.train import distributed
 from snnet.train.distributed import World
 
