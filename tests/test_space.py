@@ -9,7 +9,8 @@ import timm
 import torch
 
 import snnet
-from snnet.space import SpaceConfig, StitchSpace, mapped_positions, sliding_windows, stage_positions
+from snnet.cuts import mapped_positions, sliding_windows, stage_positions
+from snnet.space import SpaceConfig, StitchSpace
 from snnet.stitch import Cut, Stitch
 
 DEIT = ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"]
