@@ -30,8 +30,6 @@ from snnet.sources import from_source
 from snnet.space import SpaceConfig
 
 FORMAT = "snnet"
-#: 2: ``adapters`` (low-rank stitching layers, PEFT mode) and ``anchor_sha256``; a network with
-#: the default adapters is still written as version 1, byte for byte as before.
 VERSION = 2
 
 
@@ -45,7 +43,7 @@ def network_config(net: SNNet) -> dict[str, Any]:
         extra["anchor_sha256"] = [anchor_digest(a) for a in net.anchors]
     return {
         "format": FORMAT,
-        "version": 2 if extra else 1,
+        "version": VERSION,
         **extra,
         "anchors": [
             {

@@ -610,8 +610,9 @@ def _train(
     torch.manual_seed(config.seed + world.rank)
     random.seed(config.seed + world.rank)
     np.random.seed(config.seed + world.rank)
-    old_log = restore(run) if resume else None
-    losses, history = open_log(run, resume=resume, old_log=old_log)  # this rank's steps so far
+    if resume:
+        restore(run)
+    losses, history = open_log(run, resume=resume)  # this rank's steps so far
     monitor = Monitor(  # validation, val.csv and TensorBoard: the main rank only
         val,
         run_dir,
