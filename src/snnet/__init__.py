@@ -59,7 +59,7 @@ def __getattr__(name: str) -> Any:
     if name in _MODULE_OF:
         value = getattr(importlib.import_module(_MODULE_OF[name]), name)
     else:
-        try:  # a submodule, as `import snnet` once imported them all: snnet.data, ...
+        try:  # a submodule: snnet.data, snnet.zoo, ...
             value = importlib.import_module(f"snnet.{name}")
         except ModuleNotFoundError as e:
             if e.name != f"snnet.{name}":

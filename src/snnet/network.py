@@ -72,7 +72,7 @@ class SNNet(nn.Module):
     ``stitch_alpha / r``); ``lora_rank=r`` is parameter-efficient mode: anchors frozen, shared
     LoRA on their ``lora_targets`` layers (added to the anchors given, in place, as PEFT does),
     one stitching layer per cut sharing its weight with its window's cuts (so one bias per cut).
-    Both default to 0: SN-Net v1, unchanged.
+    Both default to 0: SN-Net v1.
     """
 
     def __init__(

@@ -125,7 +125,7 @@ def load(
         if missing:
             raise ValueError(
                 f"anchors {missing} were given as modules, so snnet cannot rebuild them; pass "
-                "anchors=[...] to load() (build them as before; the weights come from the file)"
+                "anchors=[...] to load() (built as for the save; the weights come from the file)"
             )
         anchors = [
             _rebuild(a, pretrained=adapters.frozen_anchors, path=directory)
