@@ -4,7 +4,8 @@ Example:
     >>> import snnet
     >>> anchors, options = snnet.resolve_anchors("deit", pretrained=True)
     >>> net = snnet.SNNet(anchors, **options)                   # 71 stitches
-    >>> snnet.init_least_squares(net, calibration_images)
+    >>> images, _ = next(iter(train_loader))                    # (N, 3, 224, 224)
+    >>> snnet.init_least_squares(net, images)
     >>> net.stitch = "0:5-1:6"
 """
 
