@@ -190,7 +190,7 @@ FAMILIES: dict[str, tuple[Callable[[], list[nn.Module]], int]] = {
 #: family -> expected number of networks with directions="both" (SN-Netv2's two-way routes):
 #: anchors + small→large cuts + large→small cuts + large→small→large + small→large→small routes
 #: (the middle anchor runs >= 1 block; the return resumes past the block the route left).
-#: Large→small cuts in stages follow the nearest-neighbour depth map (space.mapped_positions).
+#: Large→small cuts in stages follow the nearest-neighbour depth map (cuts.mapped_positions).
 TWO_WAY: dict[str, int] = {
     "vit": 3 + 20 + 20 + 68 + 68,  # paired windows both ways: 10 + 10 cuts per pair
     "sequential": 2 + 2 + 2 + 1 + 1,  # down (0,1), (2,3): 1:0-0:1:2-1:3 and 0:0-1:1:2-0:3

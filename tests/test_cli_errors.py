@@ -111,7 +111,7 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     other = Results.for_network(snnet.SNNet(FAMILIES["sequential"][0]()))
     paths["other"] = other.save(tmp / "other.json")
     paths["empty"] = tmp / "empty.json"
-    paths["empty"].write_text(json.dumps({"format": "snnet-results", "records": []}))
+    paths["empty"].write_text(json.dumps({"format": "snnet-results", "version": 1, "records": []}))
     paths["bad"] = tmp / "bad.json"
     paths["bad"].write_text("{")
     paths["file"] = tmp / "file"

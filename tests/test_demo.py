@@ -101,21 +101,3 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert (out / "results.json").stat().st_mtime_ns >= mtime
     # The demo's run directory is the one layout: snnet.load and every command open it.
     assert RunDir.find(out) == RunDir(out) and len(snnet.load(out).stitches) == len(results)
-
-
-@pytest.mark.slow
-def test_a_demo_run_of_the_earlier_layout_is_continued_in_it(tmp_path, capsys):
-    """Before the one layout the demo kept model/, checkpoint.pt and train.json in RUN/train/."""
-    out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--steps", "4", "--eval-images", "64", "--quiet"]
-    assert main([*args, "--threads", "1"]) == 0
-    (out / "train").mkdir()
-    for name in ("model", "checkpoint.pt", "train.json", "steps.csv", "teacher.safetensors"):
-        if (out / name).exists():
-            (out / name).rename(out / "train" / name)
-    (out / "results.json").unlink()
-    assert RunDir.find(out).model == out / "train" / "model"
-    assert main([*args, "--threads", "1"]) == 0  # resumes there: nothing trained again
-    assert not (out / "model").exists() and not (out / "checkpoint.pt").exists()
-    assert json.loads((out / "train" / "train.json").read_text())["step"] == 4
-    assert len(Results.load(out / "results.json")) == 71

@@ -1,6 +1,7 @@
 """Exporting one stitch as a standalone model (safetensors, ONNX, torch.export), and the CLI from
 measuring latency to exporting the stitch a budget selects."""
 
+import importlib.util
 import json
 
 import pytest
@@ -8,7 +9,6 @@ import torch
 from torch import nn
 
 import snnet
-import snnet.export as export_mod
 from families import FAMILIES
 from snnet import Stitch
 from snnet.cli import main
@@ -142,9 +142,9 @@ def test_export_errors(tmp_path, monkeypatch):
     model = export_stitch(net, "0")
     with pytest.raises(ValueError, match="unknown export format 'tflite'"):
         export(model, tmp_path, ["tflite"])
-    real = export_mod.importlib.util.find_spec
+    real = importlib.util.find_spec
     monkeypatch.setattr(
-        export_mod.importlib.util,
+        importlib.util,
         "find_spec",
         lambda name, *a: None if name == "onnxscript" else real(name, *a),
     )

@@ -41,30 +41,17 @@ def test_the_layout_names_every_file(tmp_path):
     [
         ("saved", ".", "."),  # snnet.save alone: the directory is its own model
         ("run", "model", "."),  # snnet train --out / snnet demo --out
-        ("demo", "train/model", "train"),  # snnet demo before the one layout
         ("one", "deit", "."),  # a directory holding one saved network
     ],
 )
 def test_find_opens_every_layout_snnet_wrote(tmp_path, net, layout, model, training):
     root = tmp_path / layout
     snnet.save(net, root / model)
-    if layout == "demo":
-        (root / "train" / "checkpoint.pt").write_bytes(b"")
     run = RunDir.find(root)
     assert run.model.resolve() == (root / model).resolve()
     assert run.training.resolve() == (root / training).resolve()
     assert run.results == root / "results.json"  # results go where the command was pointed
     assert _same(snnet.load(root), net)  # snnet.load takes any of them
-
-
-def test_a_run_an_earlier_demo_started_continues_in_its_layout(tmp_path):
-    old = tmp_path / "old"
-    (old / "train").mkdir(parents=True)
-    (old / "train" / "checkpoint.pt").write_bytes(b"")
-    assert RunDir.at(old) == RunDir(old, model=old / "train" / "model", training=old / "train")
-    assert RunDir.at(tmp_path / "new") == RunDir(tmp_path / "new")
-    (old / "checkpoint.pt").write_bytes(b"")  # a run in the one layout wins
-    assert RunDir.at(old) == RunDir(old)
 
 
 def test_find_says_what_to_give_instead(tmp_path, net):
@@ -117,7 +104,7 @@ def test_bad_family_arguments_are_refused_when_parsed(capsys, option, value, mes
 
 def test_commands_find_the_model_of_a_training_or_demo_run(tmp_path):
     net = snnet.SNNet(vit_family()[:2])
-    for layout in ("saved", "run/model", "demo/train/model"):
+    for layout in ("saved", "run/model"):
         snnet.save(net, tmp_path / layout)
         assert RunDir.find(tmp_path / layout.split("/")[0]).model == tmp_path / layout
     (tmp_path / "empty").mkdir()

@@ -166,24 +166,6 @@ def test_weights_that_do_not_belong_to_their_config_are_refused(tmp_path):
         load_stitch(tmp_path / "sa")
 
 
-def test_files_saved_before_weights_were_hashed_still_load(tmp_path):
-    """What earlier snnet wrote: the same config without "sha256"."""
-    net = _net(0)
-    snnet.save(net, tmp_path / "net")
-    model = export_stitch(net, "0:1-1:2").eval()
-    save_stitch(model, tmp_path / "stitch")
-    for d in (tmp_path / "net", tmp_path / "stitch"):
-        config = json.loads((d / "config.json").read_text())
-        del config["sha256"]
-        (d / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    assert _same(snnet.load(tmp_path / "net"), net)
-    loaded = load_stitch(tmp_path / "stitch")
-    x = torch.randn(2, *model.input_size)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
-    assert loaded.info == model.info
-
-
 def test_export_replaces_every_artefact_of_the_previous_export(tmp_path):
     net = _net(0)
     first, second = export_stitch(net, "0"), export_stitch(net, "0:1-1:2")
@@ -226,7 +208,7 @@ def test_an_export_never_replaces_a_saved_network(tmp_path):
     "damage, message",
     [
         ("truncate", "not a complete safetensors file"),
-        ("truncate-old", "not a complete safetensors file"),
+        ("unhashed", "records no sha256"),
         ("config", "not valid JSON"),
         ("weights-missing", "incomplete"),
     ],
@@ -234,14 +216,13 @@ def test_an_export_never_replaces_a_saved_network(tmp_path):
 def test_damaged_files_are_one_line_errors_naming_the_fix(tmp_path, capsys, damage, message):
     snnet.save(_net(0), tmp_path / "net")
     weights, config = tmp_path / "net" / "model.safetensors", tmp_path / "net" / "config.json"
-    if damage.startswith("truncate"):
+    if damage == "truncate":
         weights.write_bytes(weights.read_bytes()[:1000])
-        if damage == "truncate-old":  # no hash recorded: the reader itself finds the damage
-            c = json.loads(config.read_text())
-            del c["sha256"]
-            config.write_text(json.dumps(c))
-        else:
-            message = "does not match"
+        message = "does not match"
+    elif damage == "unhashed":  # files whose config records no sha256 are never loaded
+        c = json.loads(config.read_text())
+        del c["sha256"]
+        config.write_text(json.dumps(c))
     elif damage == "config":
         config.write_text('{"format": "snnet", "anch')
     else:

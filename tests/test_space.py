@@ -9,7 +9,8 @@ import timm
 import torch
 
 import snnet
-from snnet.space import SpaceConfig, StitchSpace, mapped_positions, sliding_windows, stage_positions
+from snnet.cuts import mapped_positions, sliding_windows, stage_positions
+from snnet.space import SpaceConfig, StitchSpace
 from snnet.stitch import Cut, Stitch
 
 DEIT = ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"]
@@ -198,11 +199,11 @@ def test_mapped_positions():
     assert mapped_positions(6, 2) == [(2, 1), (5, 2)]
 
 
-def test_space_config_json_keeps_old_files_readable():
-    old = {"kernel_size": 2, "stride": 1, "nearest": True, "mode": "auto", "stages": None}
-    old["layer_per_position"] = False
-    assert SpaceConfig.from_json(old) == SpaceConfig()
-    assert SpaceConfig().to_json() == old  # results files measured before still match
+def test_space_config_json_names_only_the_options_a_space_uses():
+    plain = {"kernel_size": 2, "stride": 1, "nearest": True, "mode": "auto", "stages": None}
+    plain["layer_per_position"] = False
+    assert SpaceConfig.from_json(plain) == SpaceConfig()
+    assert SpaceConfig().to_json() == plain  # no SN-Netv2 option: the fingerprint stays short
     both = SpaceConfig(mode="mapped", directions="both", exclude_last=False)
     assert SpaceConfig.from_json(json.loads(json.dumps(both.to_json()))) == both
     assert both.to_json()["directions"] == "both" and both.to_json()["exclude_last"] is False
@@ -211,7 +212,7 @@ def test_space_config_json_keeps_old_files_readable():
     with pytest.raises(ValueError, match="mode='mapped'"):
         SpaceConfig(exclude_last=False)
     with pytest.raises(ValueError, match="unknown stitching options"):
-        SpaceConfig.from_json({**old, "direction": "both"})
+        SpaceConfig.from_json({**plain, "direction": "both"})
 
 
 def test_two_way_membership_errors_name_the_fix(deit_meta):

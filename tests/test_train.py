@@ -21,8 +21,9 @@ from families import FAMILIES, vit_family
 from snnet.cli import main
 from snnet.data import Augment, DataConfig, EpochBatches, ImageSet, fashion_mnist
 from snnet.train import TrainConfig, fit, get_lr, train_loop
+from snnet.train.bands import flops_groups
 from snnet.train.checkpoint import Diverged, StepLog, load_checkpoint
-from snnet.train.sampling import StitchSampler, flops_groups
+from snnet.train.sampling import StitchSampler
 from snnet.train.step import network_groups
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -778,14 +779,14 @@ def test_each_stitch_is_taught_by_its_end_anchor_or_the_largest():
     assert teacher_anchor(Stitch.anchor(0), largest, 3) == 2
 
 
-def test_recipe_options_default_to_the_behaviour_before_them():
+def test_recipe_options_default_to_off():
     config = TrainConfig()
     assert (config.distill, config.distill_temperature, config.anchor_probability) == (
         "none",
         2.0,
         None,
     )
-    # a checkpoint's config written before these options existed still resumes (checked below)
+    # a checkpoint whose config does not name them resumes with these defaults (checked below)
 
 
 @pytest.mark.parametrize(
@@ -819,14 +820,14 @@ def test_anchor_probability_sets_how_often_anchor_paths_train():
     assert all(always.draw()[0].is_anchor for _ in range(200))
 
 
-def test_no_anchor_probability_draws_exactly_as_before_the_option():
+def test_no_anchor_probability_draws_nothing_extra():
     from snnet.train.sampling import sample_stitch
 
     stitches = tiny_fmnist_net().stitches
     sampler = StitchSampler(stitches, seed=5)
-    old = torch.Generator().manual_seed(5 + 1_000_003)  # rank 0's generator, as it always was
+    rank0 = torch.Generator().manual_seed(5 + 1_000_003)  # rank 0's generator
     assert [sampler.draw()[0] for _ in range(300)] == [
-        sample_stitch(stitches, old) for _ in range(300)
+        sample_stitch(stitches, rank0) for _ in range(300)
     ]
 
 
@@ -928,7 +929,7 @@ def test_distillation_from_the_anchors_and_an_external_teacher_exclude_each_othe
         )
 
 
-def test_a_checkpoint_from_before_the_recipe_options_resumes(fmnist_slice, tmp_path):
+def test_a_checkpoint_without_newer_config_keys_resumes_with_their_defaults(fmnist_slice, tmp_path):
     config = TrainConfig(epochs=1, batch_size=64, lr=3e-3, warmup=2, steps=6)
     batches = EpochBatches(fmnist_slice, 64, seed=config.seed)
     whole = train_loop(tiny_fmnist_net(), batches, config, progress=False)

@@ -11,12 +11,11 @@ from timm.models.vision_transformer import VisionTransformer
 from snnet import zoo
 from snnet.cli import main
 from snnet.data import fashion_mnist
+from snnet.train.zoo_recipe import count_gmacs, evaluate_accuracy, train_demo_anchor
 from snnet.zoo import (
-    count_gmacs,
     create_demo_anchor,
     demo_anchor_record,
     demo_family_names,
-    train_demo_anchor,
     weights_path,
 )
 
@@ -35,7 +34,7 @@ def accuracies() -> dict[str, float]:
     # The whole test split (a few seconds): on the first 1,000 images alone the anchors' order
     # is within sampling noise.
     test = fashion_mnist("test")
-    return {n: zoo.evaluate_accuracy(create_demo_anchor(n), test) for n in NAMES}
+    return {n: evaluate_accuracy(create_demo_anchor(n), test) for n in NAMES}
 
 
 def test_family_has_at_least_three_equal_depth_anchors():
@@ -89,7 +88,7 @@ def test_shipped_weights_are_trained(accuracies):
 
 def test_untrained_anchor_is_near_chance(test_subset):
     torch.manual_seed(0)
-    acc = zoo.evaluate_accuracy(create_demo_anchor(NAMES[0], pretrained=False), test_subset)
+    acc = evaluate_accuracy(create_demo_anchor(NAMES[0], pretrained=False), test_subset)
     assert acc < 40.0
 
 
@@ -133,7 +132,7 @@ def test_train_writes_weights_and_record(tiny_fmnist, tmp_path):
     assert record["recipe"]["seed"] == 3 and record["recipe"]["epochs"] == 1
     assert 0.0 <= record["test_acc"] <= 100.0 and record["gmacs"] > 0
     model = create_demo_anchor(NAMES[0], weights_dir=out)
-    acc = zoo.evaluate_accuracy(model, fashion_mnist("test", tiny_fmnist))
+    acc = evaluate_accuracy(model, fashion_mnist("test", tiny_fmnist))
     assert acc == pytest.approx(record["test_acc"], abs=0.005)
     # same seed, same weights
     again = train_demo_anchor(

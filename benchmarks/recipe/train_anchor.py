@@ -10,6 +10,7 @@ from pathlib import Path
 
 import snnet.zoo as zoo
 from snnet.threads import set_threads
+from snnet.train.zoo_recipe import train_demo_anchor
 from snnet.zoo import DemoAnchorConfig
 
 # shallower and narrower than the shipped depth-12 anchors
@@ -35,5 +36,5 @@ if __name__ == "__main__":
     args = p.parse_args()
     set_threads(1)
     zoo.ZOO_ANCHORS.update(CANDIDATES)
-    r = zoo.train_demo_anchor(args.name, out_dir=args.weights, progress=False)
+    r = train_demo_anchor(args.name, out_dir=args.weights, progress=False)
     print(json.dumps({k: r[k] for k in ("name", "test_acc", "gmacs", "train_seconds")}))

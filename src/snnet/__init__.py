@@ -4,7 +4,8 @@ Example:
     >>> import snnet
     >>> anchors, options = snnet.resolve_anchors("deit", pretrained=True)
     >>> net = snnet.SNNet(anchors, **options)                   # 71 stitches
-    >>> snnet.init_least_squares(net, calibration_images)
+    >>> images, _ = next(iter(train_loader))                    # (N, 3, 224, 224)
+    >>> snnet.init_least_squares(net, images)
     >>> net.stitch = "0:5-1:6"
 """
 
@@ -43,7 +44,8 @@ _PUBLIC = {
     "snnet.measure.results": ("Record", "Results"),
     "snnet.measure.select": ("select",),
     "snnet.train": ("TrainConfig", "fit", "train_loop"),
-    "snnet.train.sampling": ("flops_groups", "sample_grouped", "sample_stitch"),
+    "snnet.train.bands": ("flops_groups",),
+    "snnet.train.sampling": ("sample_grouped", "sample_stitch"),
     "snnet.serialize": ("load", "save"),
     "snnet.space": ("SpaceConfig", "StitchSpace"),
     "snnet.stitch": ("Cut", "Stitch"),
@@ -58,7 +60,7 @@ def __getattr__(name: str) -> Any:
     if name in _MODULE_OF:
         value = getattr(importlib.import_module(_MODULE_OF[name]), name)
     else:
-        try:  # a submodule, as `import snnet` once imported them all: snnet.data, ...
+        try:  # a submodule: snnet.data, snnet.zoo, ...
             value = importlib.import_module(f"snnet.{name}")
         except ModuleNotFoundError as e:
             if e.name != f"snnet.{name}":

@@ -30,7 +30,6 @@ import os
 import re
 import secrets
 import shutil
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -47,10 +46,6 @@ HASHES = "sha256"
 # an artefact written by save_unit, waiting for its config to commit and for the rename into place.
 _TEMP = re.compile(r"^\.(?P<name>.+)\.snnet(?P<pid>\d+)-[0-9a-f]+\.tmp$")
 _PENDING = re.compile(r"^\.(?P<name>.+)\.(?P<sha>[0-9a-f]{64})\.snnet(?P<pid>\d+)\.pending$")
-# Temp files of snnet before pids were recorded (tempfile.mkstemp's 8 random characters): removed
-# when older than this process, which cannot still be writing them.
-_OLD_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
-_STARTED = time.time()
 
 Writer = Callable[[str], Any]
 
@@ -145,7 +140,7 @@ def save_unit(
 
 def unit_file(directory: str | Path, config: dict[str, Any], name: str) -> Path:
     """The file ``name`` of the unit whose config is ``config``, checked against the sha256 the
-    config records (configs written before snnet recorded hashes are taken as they are).
+    config records.
 
     A save killed after its commit is finished here (or, in a read-only directory, read from
     where it waits); a file that does not match is a clear error, never loaded.
@@ -154,11 +149,10 @@ def unit_file(directory: str | Path, config: dict[str, Any], name: str) -> Path:
     path = directory / name
     hashes = config.get(HASHES)
     if not isinstance(hashes, dict):
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found: the save in {directory} is incomplete; save it again"
-            )
-        return path
+        raise ValueError(
+            f"{directory / CONFIG} records no sha256 of its files, so they cannot be checked: "
+            "it was not written by snnet; save it again"
+        )
     want = hashes.get(name)
     if want is None:
         raise FileNotFoundError(
@@ -192,16 +186,13 @@ def tidy(directory: str | Path) -> None:
         names = [e.name for e in os.scandir(directory) if e.name.startswith(".")]
     except FileNotFoundError:
         return
-    temps = [(n, _TEMP.match(n) or _PENDING.match(n)) for n in names]
-    if not any(m for _, m in temps) and not any(_OLD_TEMP.match(n) for n in names):
+    temps = [(n, m) for n in names if (m := _TEMP.match(n) or _PENDING.match(n))]
+    if not temps:
         return
     hashes = _committed_hashes(directory)
     for name, m in temps:
         path = directory / name
-        if m is None:
-            if _OLD_TEMP.match(name) and _mtime(path) < _STARTED:
-                path.unlink(missing_ok=True)
-        elif "sha" in m.groupdict() and hashes.get(m["name"]) == m["sha"]:
+        if "sha" in m.groupdict() and hashes.get(m["name"]) == m["sha"]:
             _rename_in(path, directory / m["name"])  # committed: finish it
         elif not _alive(int(m["pid"])):
             path.unlink(missing_ok=True)
@@ -251,9 +242,9 @@ def read_json_config(
     hints: dict[str, str] | None = None,
     fix: str = "",
 ) -> dict[str, Any]:
-    """Read a JSON config of format ``fmt`` written by this or an older snnet, or explain why not
+    """Read a JSON config of format ``fmt`` and a version up to ``version``, or explain why not
     (``hints`` maps other formats to advice; ``fix``, if given, ends the message of a file that is
-    not JSON or not of format ``fmt``)."""
+    not JSON, not of format ``fmt`` or of no version)."""
     fix = f"; {fix}" if fix else ""
     try:
         config = json.loads(path.read_text())
@@ -265,7 +256,12 @@ def read_json_config(
     if found != fmt:
         hint = (hints or {}).get(found, "")
         raise ValueError(f"{path} is not {what} (format={found!r}){hint}{fix}")
-    if config.get("version", 0) > version:
+    found_version = config.get("version")
+    if not isinstance(found_version, int):
+        raise ValueError(
+            f"{path} records no version: it was not written by snnet{fix or '; write it again'}"
+        )
+    if found_version > version:
         raise ValueError(
             f"{path} was written by a newer snnet (version {config['version']}); upgrade snnet"
         )
@@ -349,13 +345,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return _STARTED
 
 
 def _fsync_dir(directory: Path) -> None:

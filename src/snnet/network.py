@@ -13,6 +13,7 @@ from torch import nn
 
 from snnet.adapters import Anchor, as_anchor
 from snnet.cost import Cost, count_params, part_macs
+from snnet.layers import StitchingLayer
 from snnet.parts import Part, Step, parts_of
 from snnet.peft import (
     AdapterConfig,
@@ -21,7 +22,6 @@ from snnet.peft import (
     freeze_anchors,
     keep_statistics,
     lora_parameters,
-    share_window_weights,
     stitching_layer,
 )
 from snnet.space import SpaceConfig, StitchSpace
@@ -72,7 +72,7 @@ class SNNet(nn.Module):
     ``stitch_alpha / r``); ``lora_rank=r`` is parameter-efficient mode: anchors frozen, shared
     LoRA on their ``lora_targets`` layers (added to the anchors given, in place, as PEFT does),
     one stitching layer per cut sharing its weight with its window's cuts (so one bias per cut).
-    Both default to 0: SN-Net v1, unchanged.
+    Both default to 0: SN-Net v1.
     """
 
     def __init__(
@@ -105,7 +105,7 @@ class SNNet(nn.Module):
         if self.adapter_config.frozen_anchors:
             for anchor in self.anchors:
                 add_lora(anchor, rank=lora_rank, alpha=lora_alpha, targets=lora_targets)
-            freeze_anchors(self)
+            freeze_anchors(self.anchors)
         self.space = StitchSpace.build(list(self.anchors), config)
         # The preprocessing training used (a snnet.data.DataConfig), saved with the network.
         self.data_config: Any = None
@@ -122,7 +122,7 @@ class SNNet(nn.Module):
                         f"cuts sharing layer {p.layer} see different shapes; set layer_per_position=True"
                     )
         if windows is not None:
-            share_window_weights(self, StitchSpace.build(list(self.anchors), windows))
+            self._share_window_weights(StitchSpace.build(list(self.anchors), windows))
         self._plans: dict[Stitch, tuple[Step, ...]] = {}
         self._parts: dict[Stitch, tuple[Part, ...]] = {}
         self._part_macs: dict[Part, int] | None = None
@@ -266,6 +266,22 @@ class SNNet(nn.Module):
                 self.train(was_training)
         return self._part_macs
 
+    def _share_window_weights(self, windows: StitchSpace) -> None:
+        """PEFT mode: cuts that share a stitching layer in ``windows`` (the space as configured,
+        one layer per window or front block) share that layer's weight here (one layer per cut),
+        each with its own bias: the stitch-specific biases, at the cost of one bias vector per
+        cut."""
+        first: dict[str, StitchingLayer] = {}
+        for (f, e), positions in self.space.positions.items():
+            window_of = {p.cut: p.layer for p in windows.positions[(f, e)]}
+            for p in positions:
+                key = f"{f}_{e}_{window_of[p.cut]}"
+                layer = self.layers[p.layer]
+                if key in first:
+                    layer.share_weight_with(first[key])
+                else:
+                    first[key] = layer
+
     def _check_order(self) -> None:
         macs = [self.cost(Stitch.anchor(i)).macs for i in range(len(self.anchors))]
         for i in range(len(macs) - 1):
@@ -318,7 +334,7 @@ class SNNet(nn.Module):
     def train(self, mode: bool = True) -> SNNet:
         super().train(mode)
         if self.adapter_config.frozen_anchors:
-            keep_statistics(self)
+            keep_statistics(self.anchors)
         return self
 
     def describe(self, stitch: Stitch | str) -> str:

@@ -30,7 +30,6 @@ merged weight itself; only the kernels' float rounding may differ).
 from __future__ import annotations
 
 import copy
-import hashlib
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,8 +45,6 @@ from snnet.layers import StitchingLayer
 
 if TYPE_CHECKING:
     from snnet.adapters import Anchor, FeatureShape
-    from snnet.network import SNNet
-    from snnet.space import StitchSpace
 
 Targets = Literal["attn", "attn+mlp"]
 TARGETS: tuple[str, ...] = ("attn", "attn+mlp")
@@ -245,84 +242,19 @@ def merge_lora(module: nn.Module, *, merge: bool) -> None:
         m.__class__ = nn.Linear if isinstance(m, nn.Linear) else nn.Conv2d
 
 
-# -- what a PEFT network saves ------------------------------------------------------------------
-def is_saved(name: str, net: SNNet) -> bool:
-    """Whether the state-dict entry ``name`` is saved: everything in full mode; in PEFT mode the
-    stitching layers (their frozen least-squares ``W0`` too: no source can rebuild it) and the
-    LoRA, not the frozen anchors, which are rebuilt from their sources."""
-    if not net.adapter_config.frozen_anchors:
-        return True
-    return name.startswith("layers.") or name.endswith((".lora_A", ".lora_B"))
-
-
-def saved_state(net: SNNet) -> dict[str, torch.Tensor]:
-    """The tensors a save or checkpoint of ``net`` holds (see :func:`is_saved`); a weight shared
-    by several cuts' layers is held once, under its first name."""
-    if not net.adapter_config.frozen_anchors:
-        return net.state_dict()
-    aliases = _aliases(net)
-    return {k: v for k, v in net.state_dict().items() if is_saved(k, net) and k not in aliases}
-
-
-def load_saved_state(net: SNNet, state: dict[str, torch.Tensor]) -> None:
-    """Load what :func:`saved_state` gave; anything missing or extra is a ``RuntimeError``."""
-    own = saved_state(net)
-    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
-    if missing or unexpected:
-        raise RuntimeError(
-            f"Error(s) in loading state: {len(missing)} missing (e.g. {missing[:1]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:1]})"
-        )
-    net.load_state_dict(state, strict=False)
-
-
-def anchor_digest(anchor: Anchor) -> str:
-    """sha256 of an anchor's own (frozen) tensors, LoRA excluded: a PEFT network saved on top of
-    these anchors refuses to load onto others."""
-    h = hashlib.sha256()
-    for name, t in sorted(anchor.model.state_dict().items()):
-        if name.endswith((".lora_A", ".lora_B")):
-            continue
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def freeze_anchors(net: SNNet) -> None:
+def freeze_anchors(anchors: nn.Module) -> None:
     """PEFT mode: the anchors' own parameters stop training (the LoRA's stay trainable)."""
-    lora = {id(p) for p in lora_parameters(net.anchors)}
-    for p in net.anchors.parameters():
+    lora = {id(p) for p in lora_parameters(anchors)}
+    for p in anchors.parameters():
         p.requires_grad_(id(p) in lora)
 
 
-def keep_statistics(net: SNNet) -> None:
+def keep_statistics(anchors: nn.Module) -> None:
     """PEFT mode: the anchors' normalisation layers stay in eval mode, so training never moves
     their running statistics (an anchor's output stays bit-identical)."""
-    for m in net.anchors.modules():
+    for m in anchors.modules():
         if isinstance(m, nn.modules.batchnorm._NormBase) and m.training:
             m.eval()
-
-
-def share_window_weights(net: SNNet, windows: StitchSpace) -> None:
-    """Cuts that share a stitching layer in ``windows`` (the space as configured, one layer per
-    window or front block) share that layer's weight in ``net`` (one layer per cut), each with
-    its own bias: the stitch-specific biases, at the cost of one bias vector per cut."""
-    first: dict[str, StitchingLayer] = {}
-    for (f, e), positions in net.space.positions.items():
-        window_of = {p.cut: p.layer for p in windows.positions[(f, e)]}
-        for p in positions:
-            key = f"{f}_{e}_{window_of[p.cut]}"
-            layer = net.layers[p.layer]
-            if key in first:
-                layer.share_weight_with(first[key])
-            else:
-                first[key] = layer
-
-
-def _aliases(net: SNNet) -> set[str]:
-    """State-dict names of parameters registered a second time (weights shared across cuts)."""
-    every = {n for n, _ in net.named_parameters(remove_duplicate=False)}
-    return every - {n for n, _ in net.named_parameters()}
 
 
 def stitching_layer(

@@ -25,7 +25,6 @@ PRESETS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     # snnet's shipped Fashion-MNIST ViTs (snnet.zoo), offline: 1×28×28 inputs, 10 classes. The
     # demo family (zoo.DEMO_FAMILY) is read from here: widths 8 / 16 / 32.
     "fmnist": (("zoo=fmnist_vit_xs", "zoo=fmnist_vit_s", "zoo=fmnist_vit_m"), {}),
-    # Widths 8 / 24 / 64, the demo family before: the serving, SN-Netv2 and thread benchmarks
-    # were measured on it and still run it.
+    # Widths 8 / 24 / 64: the family the serving, SN-Netv2 and thread benchmarks run.
     "fmnist-xs-sm-l": (("zoo=fmnist_vit_xs", "zoo=fmnist_vit_sm", "zoo=fmnist_vit_l"), {}),
 }

@@ -17,8 +17,7 @@ RUN afterwards (evaluate, latency, select, plot, export)::
       summary.json        what snnet demo found
 
 A directory written by ``snnet.save`` alone works too: it is its own model, and results go beside
-it. Runs of ``snnet demo`` before this layout kept the training files in ``RUN/train/``; they are
-still found, and the demo continues them there.
+it.
 """
 
 from __future__ import annotations
@@ -38,8 +37,6 @@ RESULTS = "results.json"
 PLOT = "pareto.png"
 SUMMARY = "summary.json"
 IMPORTANCE = "importance.json"
-#: Where snnet demo kept model/, checkpoint.pt and train.json before the one layout.
-OLD_DEMO_TRAINING = "train"
 
 
 @dataclass(frozen=True, init=False)
@@ -112,21 +109,13 @@ class RunDir:
 
     @classmethod
     def at(cls, path: str | Path) -> RunDir:
-        """The run to write into at ``path``: the layout above, or, for a run that an earlier
-        snnet demo started there, that run's own layout (so it continues where it was)."""
-        path = Path(path)
-        old = path / OLD_DEMO_TRAINING
-        new = cls(path)
-        if new.checkpoint.exists() or new.model.exists():
-            return new
-        if (old / CHECKPOINT).is_file() or (old / MODEL / CONFIG).is_file():
-            return cls(path, model=old / MODEL, training=old)
-        return new
+        """The run to write into (or continue) at ``path``: the layout above."""
+        return cls(path)
 
     @classmethod
     def find(cls, path: str | Path) -> RunDir:
-        """The run a command was pointed at: a run directory (of snnet train or snnet demo, in
-        any layout snnet wrote) or a directory written by ``snnet.save``. Results, plots and
+        """The run a command was pointed at: a run directory (of snnet train or snnet demo) or a
+        directory written by ``snnet.save`` (or a directory holding one). Results, plots and
         summaries go in ``path`` itself, so commands pointed at one directory meet in one
         results file."""
         path = Path(path)
@@ -141,7 +130,7 @@ class RunDir:
             )
         if (path / CONFIG).is_file():
             return cls(path, model=path, training=path)
-        run = cls.at(path)
+        run = cls(path)
         if (run.model / CONFIG).is_file():
             return run
         if run.checkpoint.is_file():

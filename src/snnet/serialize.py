@@ -3,11 +3,14 @@
 The pair is written as one unit (:func:`snnet.files.save_unit`): the config records the weights'
 sha256 and is committed last, so a kill during a save leaves the old network or the new one, and
 weights that do not belong to their config are refused on load. :func:`read_state` is the one
-reader of a safetensors file into a module, shared with exported stitches.
+reader of a safetensors file into a module, shared with exported stitches. :func:`saved_state` is
+what a save or a checkpoint of a network holds: everything, or in parameter-efficient mode only
+what was trained (the anchors are rebuilt from their sources and checked by :func:`anchor_digest`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,14 +24,12 @@ from snnet.adapters import Anchor
 from snnet.data.config import DataConfig
 from snnet.files import CONFIG, WEIGHTS, read_json_config, save_unit, unit_file
 from snnet.network import SNNet
-from snnet.peft import AdapterConfig, anchor_digest, load_saved_state, saved_state
+from snnet.peft import AdapterConfig
 from snnet.rundir import RunDir
 from snnet.sources import from_source
 from snnet.space import SpaceConfig
 
 FORMAT = "snnet"
-#: 2: ``adapters`` (low-rank stitching layers, PEFT mode) and ``anchor_sha256``; a network with
-#: the default adapters is still written as version 1, byte for byte as before.
 VERSION = 2
 
 
@@ -42,7 +43,7 @@ def network_config(net: SNNet) -> dict[str, Any]:
         extra["anchor_sha256"] = [anchor_digest(a) for a in net.anchors]
     return {
         "format": FORMAT,
-        "version": 2 if extra else 1,
+        "version": VERSION,
         **extra,
         "anchors": [
             {
@@ -124,7 +125,7 @@ def load(
         if missing:
             raise ValueError(
                 f"anchors {missing} were given as modules, so snnet cannot rebuild them; pass "
-                "anchors=[...] to load() (build them as before; the weights come from the file)"
+                "anchors=[...] to load() (built as for the save; the weights come from the file)"
             )
         anchors = [
             _rebuild(a, pretrained=adapters.frozen_anchors, path=directory)
@@ -139,7 +140,7 @@ def load(
                     "rebuilt now (it holds only what was trained, not the anchors): pass the "
                     "anchors it was trained on as anchors=[...]"
                 )
-    if config.get("data") and "channels" in config["data"]:  # absent in networks saved before
+    if config.get("data"):  # the preprocessing training recorded
         net.data_config = DataConfig.from_json(config["data"])
     load_weights(net, weights, map_location=map_location, expected=config)
     return net.to(map_location)  # where the weights were read to is where the network runs
@@ -215,3 +216,52 @@ def read_state(
             parts.append(f"{len(unexpected)} unexpected weights (e.g. {unexpected[0]})")
         raise ValueError(f"{path} {misfit} ({'; '.join(parts)}): {why}")
     return state
+
+
+# -- what a save holds -------------------------------------------------------------------------
+def is_saved(name: str, net: SNNet) -> bool:
+    """Whether the state-dict entry ``name`` is saved: everything in full mode; in PEFT mode the
+    stitching layers (their frozen least-squares ``W0`` too: no source can rebuild it) and the
+    LoRA, not the frozen anchors, which are rebuilt from their sources."""
+    if not net.adapter_config.frozen_anchors:
+        return True
+    return name.startswith("layers.") or name.endswith((".lora_A", ".lora_B"))
+
+
+def saved_state(net: SNNet) -> dict[str, torch.Tensor]:
+    """The tensors a save or checkpoint of ``net`` holds (see :func:`is_saved`); a weight shared
+    by several cuts' layers is held once, under its first name."""
+    if not net.adapter_config.frozen_anchors:
+        return net.state_dict()
+    aliases = _aliases(net)
+    return {k: v for k, v in net.state_dict().items() if is_saved(k, net) and k not in aliases}
+
+
+def load_saved_state(net: SNNet, state: dict[str, torch.Tensor]) -> None:
+    """Load what :func:`saved_state` gave; anything missing or extra is a ``RuntimeError``."""
+    own = saved_state(net)
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    if missing or unexpected:
+        raise RuntimeError(
+            f"Error(s) in loading state: {len(missing)} missing (e.g. {missing[:1]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:1]})"
+        )
+    net.load_state_dict(state, strict=False)
+
+
+def anchor_digest(anchor: Anchor) -> str:
+    """sha256 of an anchor's own (frozen) tensors, LoRA excluded: a PEFT network saved on top of
+    these anchors refuses to load onto others."""
+    h = hashlib.sha256()
+    for name, t in sorted(anchor.model.state_dict().items()):
+        if name.endswith((".lora_A", ".lora_B")):
+            continue
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _aliases(net: SNNet) -> set[str]:
+    """State-dict names of parameters registered a second time (weights shared across cuts)."""
+    every = {n for n, _ in net.named_parameters(remove_duplicate=False)}
+    return every - {n for n, _ in net.named_parameters()}

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from snnet import zoo
 from snnet.adapters import Anchor, as_anchor
 from snnet.data.config import PREPROCESSING
 from snnet.presets import PRESETS
@@ -21,8 +22,6 @@ logger = logging.getLogger(__name__)
 
 
 def _zoo_anchor(source: dict[str, Any], pretrained: bool) -> nn.Module:
-    from snnet import zoo  # imported on use: the demo family is optional for everything else
-
     return zoo.create_demo_anchor(source["name"], pretrained=pretrained)
 
 

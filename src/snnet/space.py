@@ -1,4 +1,5 @@
-"""The stitching space: which cuts exist between which anchors, and which layer serves each cut."""
+"""The stitching space: every stitch of a set of anchors (the routes through the cuts that
+:mod:`snnet.cuts` finds between each stitched pair), and which layer serves each cut."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from snnet.adapters.base import Anchor, FeatureShape
+from snnet.adapters.base import Anchor
+from snnet.cuts import check_shapes, paired_cuts, stage_cuts
 from snnet.stitch import Cut, Stitch
 
 
@@ -33,8 +35,8 @@ class SpaceConfig:
             anchor runs at least one block, and the return resumes past the block the route
             left, so no block runs twice. Large→small cuts: paired mode mirrors the sliding
             windows (they are symmetric); otherwise they follow the nearest-neighbour depth map
-            (:func:`mapped_positions`). Multi-hop increasing routes (``nearest=False``) stay
-            as they are; two-way routes join neighbours only.
+            (:func:`snnet.cuts.mapped_positions`). Multi-hop increasing routes
+            (``nearest=False``) stay as they are; two-way routes join neighbours only.
         exclude_last: in ``mode="mapped"``, leave out the last small→large position, the cut into
             the end anchor's head (the small anchor runs all its blocks, the large one only its
             head), as SN-Netv2 does; False keeps it (and the routes through it). No large→small
@@ -43,15 +45,14 @@ class SpaceConfig:
 
     ``mode="mapped"`` is SN-Netv2's rule: inside each stitched stage, front block ``j`` feeds the
     first end block past ``j``'s counterpart under the nearest-neighbour depth map, one position
-    and one layer per front block (see :func:`mapped_positions`). With ``directions="both"`` it
-    reproduces SN-Netv2's 134 networks for two plain ViTs of depth 12 and 12, or 12 and 24
-    (2 anchors + 11 SL + 11 LS + 55 LSL + 55 SLS); ``exclude_last=False`` gives 146 (+1 SL,
-    +11 LSL). For equal depths ``mode="unpaired"`` gives the same 134.
+    and one layer per front block (see :func:`snnet.cuts.mapped_positions`). With
+    ``directions="both"`` it reproduces SN-Netv2's 134 networks for two plain ViTs of depth 12
+    and 12, or 12 and 24 (2 anchors + 11 SL + 11 LS + 55 LSL + 55 SLS); ``exclude_last=False``
+    gives 146 (+1 SL, +11 LSL). For equal depths ``mode="unpaired"`` gives the same 134.
 
     DeiT-Ti/S/B (three anchors, depth 12) with ``directions="both"``: 2211 networks with the
     default paired windows (3 anchors + 2 × (34 up + 34 down + 518 + 518 routes back), 44
-    layers), 267 with ``mode="mapped"`` (3 + 2 × 132). The default ``"up"`` space is unchanged:
-    71.
+    layers), 267 with ``mode="mapped"`` (3 + 2 × 132). The default ``"up"`` space has 71.
 
     Example:
         >>> net = SNNet([deit_s, deit_b], config=SpaceConfig(mode="mapped", directions="both"))
@@ -88,10 +89,10 @@ class SpaceConfig:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["stages"] = list(self.stages) if self.stages is not None else None
-        # Options added later are written only when set, so a network built with the defaults
-        # writes the same JSON as before they existed, and results files measured then still
-        # match its fingerprint. from_json reads an absent key as its default.
-        for key in _LATER_OPTIONS:
+        # SN-Netv2's options are written only when set: the JSON of a space that does not use
+        # them (and so the fingerprint of its results files) does not name them. from_json reads
+        # an absent key as its default.
+        for key in _WRITTEN_WHEN_SET:
             if d[key] == getattr(SpaceConfig, key):
                 del d[key]
         return d
@@ -104,73 +105,7 @@ class SpaceConfig:
         return cls(**d)
 
 
-_LATER_OPTIONS = ("directions", "exclude_last")
-
-
-def sliding_windows(depth: int, kernel_size: int, stride: int) -> list[tuple[int, int, int]]:
-    """Paired positions ``(front block, end block, window)``: each window of ``kernel_size``
-    blocks, moved by ``stride``, adds every ordered pair inside it not seen yet; the pairs a window
-    adds share one stitching layer."""
-    seen: set[tuple[int, int]] = set()
-    out: list[tuple[int, int, int]] = []
-    window = 0
-    for start in range(0, depth, stride):
-        ids = range(start, min(start + kernel_size, depth))
-        new = [(j, k) for j in ids for k in ids if (j, k) not in seen]
-        if new:
-            seen.update(new)
-            out += [(j, k, window) for j, k in new]
-            window += 1
-    return out
-
-
-def stage_positions(front_depth: int, end_depth: int) -> list[tuple[int, int]]:
-    """Unpaired positions inside one stage, as local ``(front block, end block)`` indices.
-
-    Equal depths: ``(j, j+1)``. A shallower front: end block ``i`` takes front block
-    ``floor(i * d_f / d_e)`` for ``i = 1 .. d_e - 1`` (the SN-Net paper's rule for
-    stages of unequal depth).
-    """
-    if front_depth == end_depth:
-        return [(j, j + 1) for j in range(front_depth - 1)]
-    if front_depth < end_depth:
-        return [(i * front_depth // end_depth, i) for i in range(1, end_depth)]
-    raise ValueError(
-        f"unpaired stitching goes from a shallower stage into a deeper one; got a front stage of "
-        f"{front_depth} blocks into {end_depth}: order the anchors small to large"
-    )
-
-
-def mapped_positions(front_depth: int, end_depth: int) -> list[tuple[int, int]]:
-    """SN-Netv2's positions inside one stage, as local ``(front block, end block)`` indices, in
-    either direction (a shallower or a deeper front).
-
-    The nearest-neighbour depth map gives block ``i`` of the deeper stage its counterpart
-    ``m(i) = floor(i * d_shallow / d_deep)`` in the shallower one (``F.interpolate(mode="nearest")``
-    of the shallow block ids to the deep length, as SN-Netv2 computes it). Every hop continues
-    where the front stopped, so no block's work is run twice or skipped:
-
-    - shallow → deep: block ``j`` feeds the first deep block whose counterpart is ``j + 1``;
-    - deep → shallow: the last deep block of each counterpart group ``m(i)`` feeds shallow block
-      ``m(i) + 1`` (the other blocks of the group would feed the same block).
-
-    The last position is always ``(d_f - 1, d_e)``: past the stage (or into the head).
-
-    Example:
-        >>> mapped_positions(2, 4), mapped_positions(4, 2), mapped_positions(3, 2)
-        ([(0, 2), (1, 4)], [(1, 1), (3, 2)], [(1, 1), (2, 2)])
-    """
-    deep, shallow = max(front_depth, end_depth), min(front_depth, end_depth)
-
-    def m(i: int) -> int:
-        return i * shallow // deep
-
-    if front_depth <= end_depth:
-        return [
-            (j, next((k for k in range(end_depth) if m(k) > j), end_depth))
-            for j in range(front_depth)
-        ]
-    return [(i, m(i) + 1) for i in range(front_depth) if i == front_depth - 1 or m(i + 1) != m(i)]
+_WRITTEN_WHEN_SET = ("directions", "exclude_last")
 
 
 @dataclass(frozen=True)
@@ -214,19 +149,23 @@ class StitchSpace:
         positions = {}
         for f, e in pairs:
             if mode == "paired":
-                raw = _paired(anchors[f], anchors[e], config)
+                raw = paired_cuts(anchors[f], anchors[e], config.kernel_size, config.stride)
             else:
                 # Large→small pairs always take the mapped rule, and never cut into a head.
                 head = mode == "mapped" and not config.exclude_last and f < e
-                raw = _unpaired(
-                    anchors[f], anchors[e], config, mapped=mode == "mapped" or f > e, head=head
+                raw = stage_cuts(
+                    anchors[f],
+                    anchors[e],
+                    config.stages,
+                    mapped=mode == "mapped" or f > e,
+                    head=head,
                 )
             if not raw:
                 raise ValueError(
                     f"anchors {anchors[f].name} and {anchors[e].name} have no cut to stitch"
                 )
             for j, k, _ in raw:
-                _check_shapes(anchors[f], anchors[e], j, k)
+                check_shapes(anchors[f], anchors[e], j, k)
             groups = {}
             positions[(f, e)] = tuple(
                 Position(
@@ -349,69 +288,6 @@ class StitchSpace:
                 "(snnet train --all-pairs)"
             )
         return None
-
-
-def _paired(front: Anchor, end: Anchor, config: SpaceConfig) -> list[tuple[int, int, int]]:
-    if front.num_blocks != end.num_blocks:
-        raise ValueError(
-            f"paired stitching needs anchors of equal depth; {front.name} has {front.num_blocks} "
-            f"blocks and {end.name} {end.num_blocks}: use mode='unpaired'"
-        )
-    return sliding_windows(front.num_blocks, config.kernel_size, config.stride)
-
-
-def _unpaired(
-    front: Anchor, end: Anchor, config: SpaceConfig, *, mapped: bool = False, head: bool = False
-) -> list[tuple[int, int, int]]:
-    """Positions inside the stitched stages: :func:`stage_positions` (small→large, SN-Net), or
-    with ``mapped`` :func:`mapped_positions` (SN-Netv2; every large→small pair uses it). The
-    mapped rule's last position leaves the stage; it is kept only with ``head`` and only where
-    it enters the end anchor's head."""
-    fs, es = front.stages(), end.stages()
-    if config.stages is not None:
-        chosen = config.stages
-        missing = [s for s in chosen if s >= min(len(fs), len(es)) or s < 0]
-        if missing:
-            raise ValueError(
-                f"stage {missing[0]} does not exist: {front.name} has {len(fs)} stages and "
-                f"{end.name} {len(es)} (stages count from 0)"
-            )
-    else:
-        chosen = [s for s in range(min(len(fs), len(es))) if fs[s].stitchable and es[s].stitchable]
-    out = []
-    for s in chosen:
-        f0, e0 = fs[s].blocks.start, es[s].blocks.start
-        # Resolution first: mismatched families would otherwise fail on depth or order.
-        src, dst = front.feature_shapes()[f0 + 1], end.feature_shapes()[e0 + 1]
-        if src.rows != dst.rows:
-            raise ValueError(
-                f"cannot stitch stage {s}: {front.name} runs it at {src}, {end.name} at {dst}. "
-                "Unpaired stitching joins stages of equal resolution; pick stages where the anchors "
-                "match with stages=[...], or give them matching input and patch sizes"
-            )
-        df, de = len(fs[s].blocks), len(es[s].blocks)
-        if mapped:
-            last = f0 + df == front.num_blocks and e0 + de == end.num_blocks
-            local = mapped_positions(df, de)
-            local = local if last and head else local[:-1]
-        else:
-            local = stage_positions(df, de)
-        for j, k in local:
-            # One layer per front block: positions of different front blocks never share (the
-            # reference code shared one layer across front blocks and averaged their LS solutions).
-            out.append((f0 + j, e0 + k, f0 + j))
-    return out
-
-
-def _check_shapes(front: Anchor, end: Anchor, j: int, k: int) -> None:
-    src: FeatureShape = front.feature_shapes()[j + 1]
-    dst: FeatureShape = end.feature_shapes()[k]
-    if src.rows != dst.rows or (src.grid and dst.grid and src.grid != dst.grid):
-        raise ValueError(
-            f"cannot stitch {front.name} block {j} ({src}) into {end.name} block {k} ({dst}): "
-            "the anchors must see the same number of tokens / the same resolution there; give them "
-            "the same img_size and patch size, or stitch other stages"
-        )
 
 
 def _return_routes(n: int, positions: dict[tuple[int, int], tuple[Position, ...]]) -> list[Stitch]:

@@ -3,22 +3,20 @@ that depend on the thread count only; and freed memory kept for reuse (:func:`ke
 
 Two things make multi-threaded CPU runs collapse when other jobs share the cores. libgomp's
 threads spin while they wait for each other (``OMP_WAIT_POLICY=ACTIVE``, the default), so a
-thread that is descheduled stalls the whole team: one demo training step (batch 128, 2 threads)
-took 14 s instead of 0.4 s with other jobs on the 2 cores (``benchmarks/bench_threads.py``).
-:func:`wait_passively` sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the user chose a policy), which
+thread that is descheduled stalls the whole team, for many times a step's own time
+(``benchmarks/bench_threads.py`` measures it). :func:`wait_passively` sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the user chose a policy), which
 libgomp reads once, when torch loads: the command line calls it before anything imports torch.
 And more threads than free cores only queue: :func:`default_threads` takes half the cores this
-process may use (1 on a 2-core machine, where 1 thread was the fastest whenever other jobs ran),
-or ``OMP_NUM_THREADS`` when set (torchrun sets it to 1 per process).
+process may use (1 on a 2-core machine), or ``OMP_NUM_THREADS`` when set (torchrun sets it to 1
+per process).
 
 MKL may also run a BLAS call on fewer threads than torch asked for when it judges the machine
 busy (``MKL_DYNAMIC``), and a product split over fewer threads sums in another order.
 :func:`set_threads` turns that off through ``MKL_Set_Dynamic``, which PyTorch's CPU library
 exports (MKL is linked into it statically and reads the ``MKL_DYNAMIC`` variable once, at
 ``import torch``; the lower-case ``mkl_set_dynamic`` export is MKL's Fortran interface, which
-takes a pointer: calling it with 0 crashes). Measured beside a CPU hog, with or without it, the
-demo network trained to the same weights as on a quieter machine (0 of 500 tensors differed in
-21 runs of 40 steps at 1 and 2 threads; ``benchmarks/recipe/FINDINGS.md``, section C).
+takes a pointer: calling it with 0 crashes). With it off, a run's weights depend on its thread
+count, not on what else the machine runs (``benchmarks/recipe/FINDINGS.md``, section C).
 """
 
 from __future__ import annotations
@@ -92,9 +90,8 @@ def keep_freed_memory() -> bool:
     Why: torch's CPU tensors come from ``malloc``. glibc serves a block over 128 KiB with its own
     ``mmap`` and unmaps it when freed, and gives the heap's free top back past 128 KiB; a
     training step allocates and frees activations of 0.1-1 MB many times, so it keeps touching
-    fresh pages. 400 steps of the demo's recipe (1 thread) took 3.5 M page faults and 4.5 s of
-    system time; with blocks up to 32 MiB served from the heap and the heap trimmed only past
-    1 GiB, 56 k faults and 0.2 s, and the run was 1.075x faster (``benchmarks/bench_malloc.py``).
+    fresh pages (page faults and system time). Blocks up to 32 MiB are served from the heap here,
+    and the heap is trimmed only past 1 GiB (``benchmarks/bench_malloc.py`` measures the gain).
     Memory once used stays with the process until it exits.
     """
     if not sys.platform.startswith("linux"):

@@ -69,14 +69,16 @@ def run(args: argparse.Namespace) -> int:
     if args.zoo_command in (None, "list"):
         print(markdown_table(getattr(args, "weights", None) or zoo.WEIGHTS_DIR))
         return 0
+    from snnet.train.zoo_recipe import TrainRecipe, train_demo_anchor
+
     names = zoo.demo_family_names()
     unknown = sorted(set(args.name or ()) - set(zoo.ZOO_ANCHORS))
     if unknown:
         raise ValueError(
             f"unknown demo anchor {unknown[0]!r}; choose from {', '.join(zoo.ZOO_ANCHORS)}"
         )
-    args.epochs = zoo.TrainRecipe.epochs if args.epochs is None else args.epochs
-    args.seed = zoo.TrainRecipe.seed if args.seed is None else args.seed
+    args.epochs = TrainRecipe.epochs if args.epochs is None else args.epochs
+    args.seed = TrainRecipe.seed if args.seed is None else args.seed
     args.out = zoo.WEIGHTS_DIR if args.out is None else args.out
     if args.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out} is a file: give a folder for the weights")
     set_threads(args.threads)
     for name in names if args.all else args.name:
-        r = zoo.train_demo_anchor(
+        r = train_demo_anchor(
             name, epochs=args.epochs, out_dir=args.out, seed=args.seed, data_root=args.data
         )
         print(

@@ -175,7 +175,7 @@ def measure_latency(
     Resuming with other settings (batch size, threads, device) is an error unless
     ``overwrite=True``, which measures every stitch anew. Before the first stitch, the largest
     anchor runs for ``settle_s`` seconds: on a busy multi-threaded CPU the first seconds of a
-    process ran 100× slower here, which a warm-up counted in calls does not cover.
+    process can run far slower than the rest, which a warm-up counted in calls does not cover.
 
     Example:
         >>> results = measure_latency(net, Results.for_network(net), save_to="results.json")
@@ -196,19 +196,7 @@ def measure_latency(
     results.check_network(net)
     p = next(net.parameters())
     device = p.device
-    settings = _settings(net, batch_size, device, repeats, warmup)
-    before = results.meta.get("latency")
-    if overwrite or before is None:
-        forget_latency(results)
-    else:
-        diff = [k for k in _COMPARABLE if before.get(k) != settings[k]]
-        if diff and len(results.missing("latency_ms")) < len(results):
-            k = diff[0]
-            raise ValueError(
-                f"the results hold latencies measured with {k}={before.get(k)}, not {settings[k]}; "
-                "measure with the same settings, or pass overwrite=True (--overwrite) to start anew"
-            )
-    results.meta["latency"] = {**settings, **machine()}
+    _start(results, _settings(net, batch_size, device, repeats, warmup), overwrite=overwrite)
     todo = results.missing("latency_ms")
     if stitches is not None:
         wanted = {net.space.check(s) for s in stitches}
@@ -235,6 +223,23 @@ def measure_latency(
         bar.close()
         net.train(was_training)
     return results
+
+
+def _start(results: Results, settings: dict[str, Any], *, overwrite: bool) -> None:
+    """Record how this run measures in ``results.meta["latency"]``: anew (``overwrite``, or
+    nothing measured before), or resuming latencies measured with the same settings."""
+    before = results.meta.get("latency")
+    if overwrite or before is None:
+        forget_latency(results)
+    else:
+        diff = [k for k in _COMPARABLE if before.get(k) != settings[k]]
+        if diff and len(results.missing("latency_ms")) < len(results):
+            k = diff[0]
+            raise ValueError(
+                f"the results hold latencies measured with {k}={before.get(k)}, not {settings[k]}; "
+                "measure with the same settings, or pass overwrite=True (--overwrite) to start anew"
+            )
+    results.meta["latency"] = {**settings, **machine()}
 
 
 def _settle(net: SNNet, x: torch.Tensor, seconds: float, device: torch.device) -> None:

@@ -28,14 +28,23 @@ VERSION = 1
 
 
 @dataclass(frozen=True)
+class Unit:
+    """A unit to show a field's values in: a stored value ``v`` reads ``v * factor`` ``name``."""
+
+    name: str
+    factor: float = 1.0
+
+
+@dataclass(frozen=True)
 class Field:
     """What one measured column of :class:`Record` means.
 
     ``prose`` formats a value inside a sentence (``3 GMACs``), ``heading``/``cell`` a table column
-    (a format spec without width: widths follow the values), ``axis`` labels a plot axis whose
-    values are multiplied by ``axis_scale``. ``small`` is the heading and factor a table uses when
-    every value is below 1 (the demo family's MACs read as MMACs). ``measured_by`` is the command
-    that fills the field, named in errors when it is missing.
+    (a format spec without width: widths follow the values), ``axis`` labels a plot axis.
+    ``units``, largest first, are the units its values can be shown in; :meth:`unit_for` picks
+    the one that fits the values at hand (the demo family's MACs read as MMACs, ImageNet models'
+    as GMACs), and ``{unit}`` in ``heading`` or ``axis`` names it there. ``measured_by`` is the
+    command that fills the field, named in errors when it is missing.
     """
 
     name: str
@@ -45,26 +54,40 @@ class Field:
     cell: str
     axis: str
     measured_by: str
-    axis_scale: float = 1.0
-    small: tuple[str, float] | None = None
+    units: tuple[Unit, ...] = ()
 
     def format(self, value: float) -> str:
         """``value`` in a sentence, e.g. ``FIELDS["gmacs"].format(3.0) == "3 GMACs"``."""
         return self.prose.format(value)
 
+    def unit_for(self, values: Iterable[float | None]) -> Unit:
+        """The largest of :attr:`units` in which the largest of ``values`` is at least 1 (else
+        the smallest unit; a field without units is shown as stored).
+
+        Example:
+            >>> FIELDS["gmacs"].unit_for([0.0002, 0.003])
+            Unit(name='MMACs', factor=1000.0)
+        """
+        if not self.units:
+            return Unit("")
+        top = max((abs(v) for v in values if v is not None), default=0.0)
+        return next((u for u in self.units if top * u.factor >= 1), self.units[-1])
+
 
 _COSTS_BY = "snnet latency MODEL_DIR (or Results.for_network) fills costs"
 _LATENCY_BY = "snnet latency MODEL_DIR --results RESULTS"
 _ACCURACY_BY = "snnet evaluate MODEL_DIR --out RESULTS"
+_MACS = (Unit("GMACs"), Unit("MMACs", 1e3))
+_PARAMS = (Unit("M", 1e-6), Unit("k", 1e-3))
 
 #: Every measured field of :class:`Record`, in the order tables show them.
 FIELDS: dict[str, Field] = {
     f.name: f
     for f in (
-        Field("gmacs", "lower", "{:.3g} GMACs", "GMACs", ".3f",
-              "GMACs per image (multiply-adds)", _COSTS_BY, small=("MMACs", 1e3)),
+        Field("gmacs", "lower", "{:.3g} GMACs", "{unit}", ".3f",
+              "{unit} per image (multiply-adds)", _COSTS_BY, _MACS),
         Field("params", "lower", "{:,} params", "params", "d",
-              "parameters (M)", _COSTS_BY, axis_scale=1e-6),
+              "parameters ({unit})", _COSTS_BY, _PARAMS),
         Field("latency_ms", "lower", "{:.3g} ms", "ms", ".2f",
               "latency (ms per batch, median)", _LATENCY_BY),
         Field("latency_p90_ms", "lower", "{:.3g} ms p90", "p90 ms", ".2f",
@@ -328,8 +351,9 @@ def format_table(
     for n in shown:
         f, values = FIELDS[n], [getattr(r, n) for r in rows]
         heading, scale = f.heading, 1.0
-        if f.small and all(v is None or abs(v) < 1 for v in values):
-            heading, scale = f.small
+        if "{unit}" in f.heading:  # the unit that fits these values, e.g. MMACs for the demo
+            unit = f.unit_for(values)
+            heading, scale = f.heading.format(unit=unit.name), unit.factor
         cells = [
             "" if v is None else format(v * scale if scale != 1 else v, f.cell) for v in values
         ]

@@ -28,9 +28,8 @@ import torch
 
 import snnet.train.distributed as distributed
 from snnet.files import atomic_write, read_csv_rows, rewrite_csv
-from snnet.peft import load_saved_state, saved_state
 from snnet.rundir import RunDir
-from snnet.serialize import save
+from snnet.serialize import load_saved_state, save, saved_state
 from snnet.train.distributed import World
 
 if TYPE_CHECKING:
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
     from snnet.train.sampling import StitchSampler
 
 FORMAT = "snnet-train"
-#: 2: per-step losses and stitches moved from the checkpoint to steps.csv; ``model_step`` added.
 VERSION = 2
 #: What a checkpoint must hold to resume from it.
 KEYS = (
@@ -49,10 +47,12 @@ KEYS = (
     "scaler",
     "sampler",
     "step",
+    "total_steps",
     "epoch",
     "position",
     "world_size",
     "rng",
+    "model_step",
 )
 
 
@@ -139,23 +139,12 @@ class StepLog:
 
     COLUMNS = ("step", "rank", "stitch", "loss", "lr")
 
-    def __init__(
-        self,
-        run_dir: str | Path,
-        *,
-        upto: int | None,
-        write: bool = True,
-        old_log: list[dict[str, list]] | None = None,
-    ) -> None:
+    def __init__(self, run_dir: str | Path, *, upto: int | None, write: bool = True) -> None:
         self.path = RunDir(run_dir).train_log
         self._file = None
         if not write:
             return
         rows = [] if upto is None else [r for r in self._rows(self.path) if int(r[0]) <= upto]
-        if old_log and not rows:  # a version-1 checkpoint kept every rank's steps itself
-            per_rank = [zip(r["stitches"], r["losses"], strict=True) for r in old_log]
-            for step, ranks in enumerate(zip(*per_rank, strict=True), start=1):
-                rows += [[step, rank, s, repr(loss), ""] for rank, (s, loss) in enumerate(ranks)]
         rewrite_csv(self.path, self.COLUMNS, rows)
         self._file = open(self.path, "a", newline="")  # noqa: SIM115 (closed by close())
         self._writer = csv.writer(self._file)
@@ -270,9 +259,8 @@ class Run:
     history: list[str] = field(default_factory=list)  # this rank's stitch of every step
 
 
-def restore(run: Run) -> list[dict[str, list]] | None:
-    """Continue exactly where the checkpoint in ``run.run_dir`` left off. Returns the per-step
-    history a version-1 checkpoint kept inside itself (None from version 2 on)."""
+def restore(run: Run) -> None:
+    """Continue exactly where the checkpoint in ``run.run_dir`` left off."""
     state = load_checkpoint(run.run_dir)
     _check_resume(state, run.config, run.world.world_size, run.total)
     try:
@@ -287,9 +275,8 @@ def restore(run: Run) -> list[dict[str, list]] | None:
     run.sampler.load_state_dict(state["sampler"])
     run.step, run.epoch, run.position = state["step"], state["epoch"], state["position"]
     run.saved_at = run.step
-    run.model_at = state.get("model_step", -1)  # version 1 did not say: write model/ again
+    run.model_at = state["model_step"]
     set_rng_state(state["rng"][run.world.rank])
-    return state.get("log")
 
 
 def save_state(run: Run, *, with_model: bool) -> None:
@@ -348,22 +335,20 @@ def save_state(run: Run, *, with_model: bool) -> None:
     distributed.barrier(run.world)
 
 
-def open_log(
-    run: Run, *, resume: bool, old_log: list[dict[str, list]] | None = None
-) -> tuple[list[float], list[str]]:
+def open_log(run: Run, *, resume: bool) -> tuple[list[float], list[str]]:
     """Start ``steps.csv`` (rank 0), cut back to the checkpoint's step on resume; returns this
     rank's losses and stitches of the steps already done."""
     if run.run_dir is None:
         return [], []
     if run.world.is_main:
-        run.log = StepLog(run.run_dir, upto=run.step if resume else None, old_log=old_log)
+        run.log = StepLog(run.run_dir, upto=run.step if resume else None)
     distributed.barrier(run.world)
     return StepLog.read(run.run_dir, run.world.rank) if resume else ([], [])
 
 
 def _check_resume(state: dict[str, Any], config: TrainConfig, world_size: int, total: int) -> None:
-    # A knob the checkpoint does not name was added to TrainConfig after it was written: the run
-    # trained with that knob's default (new knobs default to the old behaviour).
+    # A knob the checkpoint does not name is newer than the checkpoint: the run trained with
+    # that knob's default (a new knob's default does what runs did without it).
     saved = {**{f.name: f.default for f in fields(config)}, **state["config"]}
     diff = [k for k, v in config.to_json().items() if saved.get(k) != v]
     if diff:
@@ -378,8 +363,8 @@ def _check_resume(state: dict[str, Any], config: TrainConfig, world_size: int, t
             f"{world_size}: resume with the same number of processes (exact data order and "
             "stitch sampling depend on it)"
         )
-    saved_total = state.get("total_steps")  # absent from checkpoints written before it was kept
-    if saved_total is not None and saved_total != total:
+    saved_total = state["total_steps"]
+    if saved_total != total:
         raise ValueError(
             f"the checkpoint's run has {saved_total} steps, this one would have {total}: the "
             "training data changed (--data, --max-images). Resume with the run's original data, "

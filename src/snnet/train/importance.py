@@ -32,6 +32,7 @@ import torch
 
 from snnet.files import atomic_write
 from snnet.stitch import Stitch
+from snnet.train.bands import default_gap, flops_groups
 
 if TYPE_CHECKING:
     from snnet.measure.results import Results
@@ -283,7 +284,6 @@ def _tau_within_bands(
     ranked: Sequence[Importance], measured: dict[Stitch, float], costs: dict[Stitch, float]
 ) -> tuple[float, int]:
     from snnet.measure.results import kendall_tau
-    from snnet.train.sampling import default_gap, flops_groups
 
     costs = {i.stitch: costs[i.stitch] for i in ranked}
     value = {i.stitch: i.value for i in ranked}

@@ -294,7 +294,7 @@ def _tune_anchors(
         desc="fine-tuning the anchors alone" if progress else None,
     )
     if has_checkpoint and _finished(phase_dir):
-        from snnet.peft import load_saved_state
+        from snnet.serialize import load_saved_state
 
         load_saved_state(net, load_checkpoint(phase_dir)["model"])
         return TrainResult(net, 0, 0)

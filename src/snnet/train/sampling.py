@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from snnet.stitch import Stitch
+from snnet.train.bands import default_gap, flops_groups
 from snnet.train.config import POLICIES, RANK_SAMPLING
 from snnet.train.importance import StitchImportance
 
@@ -23,36 +24,12 @@ def sample_stitch(stitches: Sequence[Stitch], generator: torch.Generator) -> Sti
     return stitches[int(torch.randint(len(stitches), (1,), generator=generator))]
 
 
-def flops_groups(costs: dict[Stitch, float], gap: float) -> list[list[Stitch]]:
-    """Stitches sorted by cost and cut into bands of width ``gap`` (SN-Netv2's resource-
-    constrained sampling): sampling a band, then a stitch in it, trains every cost range equally."""
-    if gap <= 0:
-        raise ValueError(f"gap must be positive, got {gap}")
-    order = sorted(costs, key=lambda s: (costs[s], str(s)))
-    groups: list[list[Stitch]] = []
-    low = None
-    for s in order:
-        if low is None or costs[s] >= low + gap:
-            groups.append([])
-            low = costs[s]
-        groups[-1].append(s)
-    return groups
-
-
 def sample_grouped(groups: Sequence[Sequence[Stitch]], generator: torch.Generator) -> Stitch:
     """A band uniformly, then a stitch inside it uniformly."""
     band = groups[int(torch.randint(len(groups), (1,), generator=generator))]
     return band[int(torch.randint(len(band), (1,), generator=generator))]
 
 
-#: Cost bands used when grouping without an explicit ``gap``.
-DEFAULT_BANDS = 8
-
-
-def default_gap(costs: dict[Stitch, float], bands: int = DEFAULT_BANDS) -> float:
-    """A band width that cuts the cost range into about ``bands`` bands."""
-    low, high = min(costs.values()), max(costs.values())
-    return (high - low) / bands if high > low else 1.0
 
 
 class StitchSampler:
@@ -71,7 +48,7 @@ class StitchSampler:
       follows ``policy`` (for ``uniform``, a band with probability proportional to its size).
 
     ``anchor_probability`` p makes every draw an anchor's own path with probability p, else the
-    policy's stitch (None: the policy alone, as before the option existed).
+    policy's stitch (None: the policy alone).
 
     Every rank draws the whole world's stitches from generators seeded the same everywhere, so
     each rank knows which stitch every other rank runs (gradient averaging needs it), and the
@@ -117,8 +94,7 @@ class StitchSampler:
             self.gap = gap if gap is not None else default_gap(costs)
             self.groups = flops_groups(costs, self.gap)
         self._group_of = {s: i for i, g in enumerate(self.groups) for s in g}
-        #: The importance estimate (policy "importance" only; None otherwise, and then the
-        #: sampler's state is what it always was).
+        #: The importance estimate (policy "importance" only; None otherwise).
         self.importance: StitchImportance | None = None
         if policy == "importance":
             self.importance = importance or StitchImportance(self.stitches)
@@ -127,7 +103,7 @@ class StitchSampler:
         # With anchor_probability p, a draw is an anchor's own path (uniformly among the anchors)
         # with probability p, else the policy's stitch: the shared blocks keep training on the
         # anchors' own paths instead of serving stitches almost every step. None draws nothing
-        # extra from the generators, so runs from before this option reproduce bit for bit.
+        # extra from the generators.
         self.anchor_probability = anchor_probability
         self.anchors = [s for s in self.stitches if s.is_anchor]
         if anchor_probability and not self.anchors:
