@@ -35,14 +35,14 @@ import traceback
 from pathlib import Path
 
 import torch
+from snnet.batches import EpochBatches
 
 import snnet
-from snnet.batches import EpochBatches
 from snnet.files import atomic_write
 from snnet.measure.results import Results
 from snnet.train import TrainConfig, train_loop
-from snnet.train.step import amp_dtype
 from snnet.train.pipeline import num_outputs
+from snnet.train.step import amp_dtype
 
 OUT = Path(__file__).parent / "results" / "cuda.json"
 FAMILIES = ("fmnist", "fmnist-xs-sm-l", "deit", "swin", "resnet", "resnet-swin", "levit")

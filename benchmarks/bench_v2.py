@@ -116,9 +116,10 @@ class TimedBatches:
 
 
 def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    from snnet.batches import EpochBatches, first_images
+
     import snnet
     import snnet.train.loop
-    from snnet.batches import EpochBatches, first_images
     from snnet.data import fashion_mnist
     from snnet.measure.evaluate import evaluate_all
     from snnet.rundir import RunDir

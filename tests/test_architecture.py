@@ -28,11 +28,13 @@ DOCS = ROOT / "docs" / "architecture.md"
 #: layers before it, never from one after it. (layer heading in docs/architecture.md, modules)
 LAYERS: list[tuple[str, list[str]]] = [
     ("Values and files", ["snnet.stitch", "snnet.presets", "snnet.files", "snnet.rundir",
-                          "snnet.threads"]),
+                          "snnet.threads", "snnet.data.config"]),
     ("Models", ["snnet.adapters", "snnet.adapters.*", "snnet.parts", "snnet.cost", "snnet.layers",
                 "snnet.cuts", "snnet.space", "snnet.peft", "snnet.network", "snnet.zoo",
                 "snnet.sources", "snnet.batchnorm", "snnet.lstsq"]),
-    ("Data", ["snnet.data", "snnet.data.*", "snnet.preprocess", "snnet.batches"]),
+    ("Data", ["snnet.data", "snnet.data.sample", "snnet.data.augment", "snnet.data.sources",
+              "snnet.data.images", "snnet.data.batches", "snnet.data.resolve",
+              "snnet.data.anchors"]),
     ("Saved networks", ["snnet.serialize"]),
     ("Measuring", ["snnet.measure", "snnet.measure.*"]),
     ("Training", ["snnet.train", "snnet.train.*"]),

@@ -49,14 +49,15 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    import snnet
     from snnet.batches import EpochBatches, first_images
+
+    import snnet
     from snnet.data import fashion_mnist
     from snnet.measure.evaluate import evaluate_all
     from snnet.stitch import Stitch
     from snnet.train import TrainConfig, get_lr
-    from snnet.train.step import make_optimizer
     from snnet.train.sampling import StitchSampler
+    from snnet.train.step import make_optimizer
 
     log = open(RESULTS / f"{args.name}.log", "w")  # noqa: SIM115
 

@@ -53,8 +53,9 @@ def main() -> None:
         lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
         ctypes.CDLL(str(lib)).MKL_Set_Dynamic(0)  # C interface, int by value
     torch.set_num_threads(args.threads)
-    import snnet
     from snnet.batches import EpochBatches, first_images
+
+    import snnet
     from snnet.data import fashion_mnist
     from snnet.train import TrainConfig, train_loop
 

@@ -340,7 +340,7 @@ def preprocess_overrides(args: argparse.Namespace) -> tuple[dict[str, Any], dict
 
 def augment_from_args(args: argparse.Namespace) -> Any:
     """The :class:`snnet.data.Augment` the options ask for; None: the data's default."""
-    from snnet.data.augment import Augment
+    from snnet.data.config import Augment
 
     knobs = {
         "scale": tuple(args.scale) if args.scale else None,

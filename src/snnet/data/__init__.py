@@ -22,9 +22,10 @@ from typing import Any
 
 _PUBLIC = {
     "snnet.data.anchors": ("Preprocessing", "read_data_config", "resolve_preprocessing"),
-    "snnet.data.augment": ("Augment", "default_augment"),
+    "snnet.data.augment": ("default_augment",),
     "snnet.data.batches": ("EpochBatches", "default_workers", "load_batches"),
     "snnet.data.config": (
+        "Augment",
         "FASHION_MNIST_CLASSES",
         "FASHION_MNIST_MEAN",
         "FASHION_MNIST_STD",

@@ -1,4 +1,5 @@
-"""How an image becomes the network's input, as a value: :class:`DataConfig`.
+"""How an image becomes the network's input, as values: :class:`DataConfig`, and the training
+augmentation it records, :class:`Augment` (its transforms live in :mod:`snnet.data.augment`).
 
 A network's ``DataConfig`` is resolved once from its anchors and the user's overrides
 (:mod:`snnet.data.anchors`), recorded in the saved network's ``config.json`` under ``"data"``,
@@ -21,10 +22,9 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from snnet.data.augment import Augment
-
 #: The fields of a DataConfig a user may set (``--mean`` ..., ``--data-config FILE.json``).
 PREPROCESSING = ("mean", "std", "crop_pct", "crop_mode", "interpolation")
+AUGMENTS = ("none", "light", "timm")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 CROP_MODES = ("center", "squash", "border")
 
@@ -44,6 +44,78 @@ FASHION_MNIST_CLASSES = (
     "bag",
     "ankle_boot",
 )
+
+
+@dataclass(frozen=True)
+class Augment:
+    """``none``, ``light`` (random shifts of up to 1/16 of the side with zero fill, flips only
+    with ``hflip``: a flip changes the meaning of digits and text) or ``timm`` (timm's ImageNet
+    recipe: random resized crop of ``scale``, flips, colour jitter, optional ``auto_augment``).
+
+    ``None`` knobs take the kind's default (timm: scale (0.08, 1), hflip 0.5, colour jitter 0.4;
+    light: hflip 0). ``auto``: the kind :func:`default_augment` picks for the data.
+
+    Example:
+        >>> Augment("timm", scale=(0.5, 1.0), auto_augment="rand-m9-mstd0.5")
+    """
+
+    kind: str = "none"
+    scale: tuple[float, float] | None = None
+    hflip: float | None = None
+    color_jitter: float | None = None
+    auto_augment: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in (*AUGMENTS, "auto"):
+            raise ValueError(f"unknown augmentation {self.kind!r}; choose {', '.join(AUGMENTS)}")
+        if self.hflip is None and self.kind in ("light", "timm"):  # equal values, equal recipes
+            object.__setattr__(self, "hflip", 0.5 if self.kind == "timm" else 0.0)
+        if self.kind == "none" and self.hflip:
+            raise ValueError("--hflip needs an augmentation: add --augment light or timm")
+        if self.hflip is not None and not 0 <= self.hflip <= 1:
+            raise ValueError(f"hflip is a probability in [0, 1], got {self.hflip}")
+        if self.scale is not None and not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {self.scale}")
+        only_timm = {"scale": self.scale, "color_jitter": self.color_jitter}
+        only_timm["auto_augment"] = self.auto_augment
+        given = [k.replace("_", "-") for k, v in only_timm.items() if v is not None]
+        if given and self.kind != "timm":  # auto too: these knobs choose timm
+            raise ValueError(
+                f"--{', --'.join(given)} apply to timm's augmentation only: add --augment timm "
+                f"(or drop them for --augment {self.kind})"
+            )
+
+    @property
+    def flip(self) -> float:
+        """Probability of a horizontal flip."""
+        if self.hflip is not None:
+            return self.hflip
+        return 0.5 if self.kind == "timm" else 0.0
+
+    @property
+    def active(self) -> bool:
+        """Whether it changes any image."""
+        return self.kind in ("light", "timm")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "scale": list(self.scale) if self.scale else None,
+            "hflip": self.flip,
+            "color_jitter": self.color_jitter,
+            "auto_augment": self.auto_augment,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Augment:
+        scale = d.get("scale")
+        return cls(
+            d.get("kind", "none"),
+            scale=tuple(scale) if scale else None,
+            hflip=d.get("hflip"),
+            color_jitter=d.get("color_jitter"),
+            auto_augment=d.get("auto_augment"),
+        )
 
 
 @dataclass(frozen=True)
@@ -145,8 +217,6 @@ class DataConfig:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> DataConfig:
-        from snnet.data.augment import Augment
-
         return cls(
             int(d["channels"]),
             (int(d["size"][0]), int(d["size"][1])),

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from snnet.data.augment import Augment, shift_and_flip, shift_pad, timm_steps
-from snnet.data.config import DataConfig, to_uint8
+from snnet.data.augment import shift_and_flip, shift_pad, timm_steps
+from snnet.data.config import Augment, DataConfig, to_uint8
 from snnet.data.sample import stratified_indices
 from snnet.data.sources import fashion_mnist_files, list_folder, read_idx
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from snnet.data.augment import Augment, default_augment
-from snnet.data.config import DataConfig
+from snnet.data.augment import default_augment
+from snnet.data.config import Augment, DataConfig
 from snnet.data.images import ImageSet, fashion_mnist, image_folder
 from snnet.data.sources import DataSource, locate, peek
 

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from snnet.adapters import Anchor, FeatureShape
+from snnet.data.config import DataConfig
 from snnet.layers import StitchingLayer
 from snnet.network import SNNet, run_plan
 from snnet.parts import Part, Step
 from snnet.peft import merge_lora
-from snnet.data.config import DataConfig
 from snnet.stitch import Stitch
 
 FORMAT = "snnet-stitch"

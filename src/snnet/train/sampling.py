@@ -30,8 +30,6 @@ def sample_grouped(groups: Sequence[Sequence[Stitch]], generator: torch.Generato
     return band[int(torch.randint(len(band), (1,), generator=generator))]
 
 
-
-
 class StitchSampler:
     """Picks every rank's stitch for each training step, identically on every rank.
 

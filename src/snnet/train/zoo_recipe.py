@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from snnet import zoo
 from snnet.cost import count_macs
-from snnet.data.augment import Augment
 from snnet.data.batches import EpochBatches, in_order, load_batches
+from snnet.data.config import Augment
 from snnet.data.images import ImageSet, fashion_mnist
 from snnet.files import atomic_write
 from snnet.train.step import get_lr, parameter_groups, set_lr
