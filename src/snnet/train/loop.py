@@ -46,6 +46,7 @@ from snnet.lstsq import init_least_squares
 from snnet.network import SNNet
 from snnet.preprocess import DataConfig
 from snnet.rundir import RunDir
+from snnet.settings import knob as _knob
 from snnet.stitch import Stitch
 from snnet.train import distributed
 from snnet.train.checkpoint import Diverged, Run, check_run, open_log, restore, save_state
@@ -60,11 +61,6 @@ AMP = ("auto", "off", "bf16", "fp16")
 DISTILL = ("none", "end", "largest")
 #: The anchors' weights at the start of a run with soft distillation: the teachers' source on resume.
 TEACHER_FILE = "teacher.safetensors"
-
-
-def _knob(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A TrainConfig field whose help text (and choices) the ``snnet train`` option reuses."""
-    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True, kw_only=True)
