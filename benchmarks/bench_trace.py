@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from snnet.files import atomic_write  # noqa: E402
-from snnet.serve.batcher import SWITCH_INTERVAL_S  # noqa: E402
+from snnet.serve.executor import SWITCH_INTERVAL_S  # noqa: E402
 from snnet.serve.model import ServedModel  # noqa: E402
 
 

@@ -32,7 +32,7 @@ _PUBLIC = {
     "snnet.presets": ("PRESETS",),
     "snnet.sources": ("resolve_anchors", "timm_anchor"),
     "snnet.batchnorm": ("batchnorm_stats", "recalibrate_batchnorm"),
-    "snnet.controller": ("BudgetController",),
+    "snnet.control": ("BudgetController", "SloController", "SloPolicy"),
     "snnet.cost": ("Cost",),
     "snnet.export": ("StitchedModel", "export_stitch", "load_stitch", "save_stitch"),
     "snnet.measure.evaluate": ("evaluate_all",),

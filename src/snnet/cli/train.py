@@ -7,11 +7,10 @@ Multi-GPU / multi-node: launch the same command with torchrun, e.g.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
-import typing
 from pathlib import Path
 
+from snnet import settings
 from snnet.cli.common import (
     add_data_arguments,
     add_family_arguments,
@@ -28,28 +27,12 @@ from snnet.train.config import TrainConfig
 def add_config_options(group: argparse._ArgumentGroup) -> None:
     """One option per TrainConfig field (``batch_size`` is ``--batch-size``), with the field's
     type, default, help and choices: a new field appears here by itself."""
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        kind = hints[f.name]
-        kind = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # X | None
-        help_text = f.metadata.get("help", "").replace("%", "%%")
-        if kind is bool:  # a switch, off by default (--cache-teachers)
-            group.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", help=help_text)
-            continue
-        if f.default is not None:
-            help_text += f" (default {f.default})"
-        group.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            type=kind,
-            default=f.default,
-            choices=f.metadata.get("choices"),
-            help=help_text,
-        )
+    settings.add_options(group, TrainConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig the options give; bad numbers fail here, before anything is built."""
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    return settings.from_args(TrainConfig, args)
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -31,9 +30,13 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from snnet.serve.batcher import Batcher, Prediction, ServeSettings
+from snnet.serve.backend import Backend
+from snnet.serve.batcher import Batcher
+from snnet.serve.errors import ServeError
+from snnet.serve.executor import Prediction
+from snnet.serve.images import decode_image
 from snnet.serve.metrics import Metrics
-from snnet.serve.model import ServedModel, ServeError, decode_image
+from snnet.serve.settings import ServeSettings
 
 STATIC = resources.files("snnet.serve") / "static"
 IMAGE_TYPES = ("image/", "application/octet-stream")
@@ -126,7 +129,7 @@ class Gate:
 
 
 async def _send_error(send: Send, e: ServeError) -> None:
-    response = _error_response(e)
+    response = error_response(e)
     await send(
         {
             "type": "http.response.start",
@@ -137,7 +140,8 @@ async def _send_error(send: Send, e: ServeError) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-def _error_response(e: ServeError) -> JSONResponse:
+def error_response(e: ServeError) -> JSONResponse:
+    """``e`` as JSON ``{"error": {"code", "message"}}`` with its status (and ``Retry-After``)."""
     headers = {"Retry-After": str(math.ceil(e.retry_after))} if e.retry_after else None
     return JSONResponse(e.to_json(), status_code=e.status, headers=headers)
 
@@ -206,11 +210,14 @@ async def read_request(request: Request, settings: ServeSettings) -> PredictRequ
 
 
 def answer(
-    model: ServedModel, preds: list[Prediction], top_k: int, latency_ms: Callable[[], float]
+    backend: Backend,
+    preds: list[Prediction],
+    top_k: int,
+    latency_ms: Callable[[], float],
 ) -> dict[str, Any]:
     """The JSON answer: top-k classes per image, the stitch that ran and the latency
     (``latency_ms()`` is called last, once the rest of the answer is built)."""
-    tops = model.top_k(torch.stack([p.probs for p in preds]), top_k)
+    tops = backend.top_k([p.probs for p in preds], top_k)
     stitches = {str(p.stitch) for p in preds}
     body = {
         "stitch": stitches.pop() if len(stitches) == 1 else None,
@@ -230,8 +237,13 @@ def answer(
     return body
 
 
+def decode_all(backend: Backend, blobs: list[bytes], settings: ServeSettings) -> list[Any]:
+    """Each image of a request decoded and made the backend's input (4xx if one is bad)."""
+    return [backend.pixels(decode_image(b, max_pixels=settings.max_pixels)) for b in blobs]
+
+
 def create_app(
-    model: ServedModel,
+    backend: Backend,
     settings: ServeSettings,
     *,
     api_key: str | None = None,
@@ -239,20 +251,19 @@ def create_app(
     batch_ms: dict | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
-    """The ASGI app serving ``model``; the batcher starts with the app and drains on shutdown.
+    """The ASGI app serving ``backend``; the batcher starts with the app and drains on shutdown.
 
     Example:
         >>> app = create_app(ServedModel.load("runs/demo"), ServeSettings(slo_ms=50))
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)
     """
-    state: dict[str, Any] = {"batcher": None}
-    metrics = Metrics(lambda: state["batcher"].queue_depth if state["batcher"] else 0)
+    routes = Routes(backend, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher = Batcher(model, settings, hooks=metrics, batch_ms=batch_ms, clock=clock)
+        batcher = Batcher(backend, settings, hooks=routes.metrics, batch_ms=batch_ms, clock=clock)
         await batcher.start()
-        state["batcher"] = app.state.batcher = batcher
+        routes.state["batcher"] = app.state.batcher = batcher
         try:
             yield
         finally:
@@ -263,117 +274,151 @@ def create_app(
         description="One stitchable network that holds a latency target by switching stitches.",
         lifespan=lifespan,
     )
-    app.state.model = model
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    routes.install(app)
+    app.add_middleware(Gate, api_key=api_key, admit=routes.admit, state=routes.state, clock=clock)
+    return app
 
-    def batcher() -> Batcher:
-        if state["batcher"] is None:
+
+class Routes:
+    """The endpoints of one replica's app, over its batcher once the app has started."""
+
+    def __init__(self, backend: Backend, settings: ServeSettings) -> None:
+        self.backend, self.settings = backend, settings
+        self.state: dict[str, Any] = {"batcher": None, "inflight": 0}  # shared with the Gate
+        self.metrics = Metrics(lambda: self.state["batcher"].queue_depth if self.ready else 0)
+
+    @property
+    def ready(self) -> bool:
+        return self.state["batcher"] is not None
+
+    def batcher(self) -> Batcher:
+        if not self.ready:
             raise ServeError(503, "not_ready", "the model is still loading", retry_after=1)
-        return state["batcher"]
+        return self.state["batcher"]
 
-    @app.exception_handler(ServeError)
-    async def serve_error(request: Request, e: ServeError) -> JSONResponse:
+    def install(self, app: FastAPI) -> None:
+        app.add_exception_handler(ServeError, self.serve_error)
+        app.add_exception_handler(HTTPException, http_error)
+        app.add_exception_handler(RequestValidationError, validation_error)
+        route = app.add_api_route
+        route(
+            "/v1/predict", self.predict, methods=["POST"], summary="Classify one or several images"
+        )
+        route(
+            "/v1/stitches",
+            self.stitches,
+            methods=["GET"],
+            summary="The Pareto front of latency against top-1, and all stitches",
+        )
+        route(
+            "/v1/stitch",
+            self.set_stitch,
+            methods=["PUT"],
+            summary="Set the stitch a server without an SLO runs",
+        )
+        route(
+            "/v1/status",
+            self.status,
+            methods=["GET"],
+            summary="Current stitch, SLO, recent latency, queue and load",
+        )
+        route("/healthz", healthz, methods=["GET"], summary="The process answers")
+        route(
+            "/readyz",
+            self.readyz,
+            methods=["GET"],
+            summary="Ready for traffic: model loaded, not draining",
+        )
+        route("/metrics", self.prometheus, methods=["GET"], summary="Prometheus metrics")
+        route("/", page, methods=["GET"], include_in_schema=False)
+        app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    async def serve_error(self, request: Request, e: ServeError) -> JSONResponse:
         if 400 <= e.status < 500:
-            metrics.errors.labels(e.code).inc()
-        return _error_response(e)
+            self.metrics.errors.labels(e.code).inc()
+        return error_response(e)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-        return JSONResponse(
-            {"error": {"code": code, "message": str(e.detail)}}, status_code=e.status_code
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
-        return JSONResponse(
-            {"error": {"code": "bad_request", "message": str(e.errors())}}, status_code=422
-        )
-
-    def admit() -> ServeError | None:
+    def admit(self) -> ServeError | None:
         """Refuse a prediction before reading it when the server already holds as many as its
         queue takes plus two batches in flight: under overload the backlog would otherwise wait
         in the HTTP layer, unseen by the queue bound."""
-        b = state["batcher"]
-        if b is not None and state["inflight"] >= b.max_queue() + 2 * settings.max_batch:
-            b._refuse("overload")
+        b = self.state["batcher"]
+        if b is not None and self.state["inflight"] >= b.max_queue() + 2 * self.settings.max_batch:
+            b.refuse("overload")
             return ServeError(
                 503, "overloaded", "too many requests in flight: retry later", retry_after=1
             )
         return None
 
-    state["inflight"] = 0
-    app.add_middleware(Gate, api_key=api_key, admit=admit, state=state, clock=clock)
-
-    @app.post("/v1/predict", summary="Classify one or several images")
-    async def predict(request: Request) -> dict[str, Any]:
+    async def predict(self, request: Request) -> dict[str, Any]:
         """Body: one image (``Content-Type: image/png``, ``image/jpeg``, ...) or
         ``multipart/form-data`` with files in any field (``image``/``images``). Options as query
         or form fields: ``stitch``, ``max_gmacs``, ``max_latency_ms``, ``top_k``."""
-        b = batcher()
+        b = self.batcher()
         arrived = request.scope.get(ARRIVED, b.clock())
-        req = await read_request(request, settings)
+        req = await read_request(request, self.settings)
         want = b.resolve(req.stitch, req.max_gmacs, req.max_latency_ms)
-        xs = [
-            model.preprocess.pixels(decode_image(blob, max_pixels=settings.max_pixels))
-            for blob in req.images
-        ]
-        preds = await b.submit(xs, want)
-        return answer(model, preds, req.top_k, lambda: b.finish(preds, arrived))
+        preds = await b.submit(decode_all(self.backend, req.images, self.settings), want)
+        return answer(self.backend, preds, req.top_k, lambda: b.finish(preds, arrived))
 
-    @app.get("/v1/stitches", summary="The Pareto front of latency against top-1, and all stitches")
-    async def stitches() -> dict[str, Any]:
-        front = {r.stitch for r in model.front}
-        rows = sorted(model.results, key=lambda r: (r.latency_ms or 0, r.gmacs))
+    async def stitches(self) -> dict[str, Any]:
+        m = self.backend
+        front = {r.stitch for r in m.front}
+        rows = sorted(m.results, key=lambda r: (r.latency_ms or 0, r.gmacs))
         return {
-            "current": str(model.net.stitch),
-            "front": [
-                {**r.to_json(), "describe": model.net.describe(r.stitch)} for r in model.front
-            ],
+            "current": str(self.batcher().stitch),
+            "front": [{**r.to_json(), "describe": m.describe(r.stitch)} for r in m.front],
             "stitches": [{**r.to_json(), "pareto": r.stitch in front} for r in rows],
-            "source": model.source,
-            "preprocess": model.preprocess.to_json(),
-            "classes": list(model.classes),
+            "source": m.source,
+            "preprocess": m.preprocess_json(),
+            "classes": list(m.classes),
         }
 
-    @app.put("/v1/stitch", summary="Set the stitch a server without an SLO runs")
-    async def set_stitch(request: Request) -> dict[str, Any]:
+    async def set_stitch(self, request: Request) -> dict[str, Any]:
         """Body ``{"stitch": "0:5-1:6"}``: a value swap, no weights move. Refused (409) when
         the server follows an SLO, since the controller owns the choice then."""
-        b = batcher()
+        b = self.batcher()
         try:
             body = await request.json()
             text = body["stitch"]
         except (ValueError, KeyError, TypeError):
             raise ServeError(400, "bad_request", 'send JSON {"stitch": "..."}') from None
-        if settings.slo_ms is not None:
+        if self.settings.slo_ms is not None:
             raise ServeError(409, "slo_mode", "the SLO controller chooses the stitch here")
-        want = b.resolve(text)
-        model.net.stitch = want.stitch
-        return {"stitch": str(model.net.stitch)}
+        b.executor.set_stitch(b.resolve(text).stitch)
+        return {"stitch": str(b.stitch)}
 
-    @app.get("/v1/status", summary="Current stitch, SLO, recent latency, queue and load")
-    async def status() -> dict[str, Any]:
-        return batcher().status()
+    async def status(self) -> dict[str, Any]:
+        return self.batcher().status()
 
-    @app.get("/healthz", summary="The process answers")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", summary="Ready for traffic: model loaded, not draining")
-    async def readyz() -> JSONResponse:
-        b = state["batcher"]
-        if b is None or b.draining or getattr(app.state, "shutting_down", False):
+    async def readyz(self, request: Request) -> JSONResponse:
+        b = self.state["batcher"]
+        if b is None or b.draining or getattr(request.app.state, "shutting_down", False):
             return JSONResponse({"status": "not ready"}, status_code=503)
-        return JSONResponse({"status": "ready", "stitch": str(model.net.stitch)})
+        return JSONResponse({"status": "ready", "stitch": str(b.stitch)})
 
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    async def prometheus(self) -> Response:
+        body = self.metrics.render()
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(str(STATIC / "index.html"))
 
-    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
-    return app
+async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+    return JSONResponse(
+        {"error": {"code": code, "message": str(e.detail)}}, status_code=e.status_code
+    )
+
+
+async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": "bad_request", "message": str(e.errors())}}, status_code=422
+    )
+
+
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+async def page() -> FileResponse:
+    return FileResponse(str(STATIC / "index.html"))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from snnet.serve.batcher import Hooks
+from snnet.serve.executor import Hooks
 from snnet.stitch import Stitch
 
 #: Latency buckets in seconds: fine around typical SLOs of small models (1 ms to 1 s).

@@ -1,25 +1,22 @@
-"""The served network: loading a run, its results and costs, decoding and preprocessing images.
+"""The torch backend of the server: a run's network loaded once per replica, its results and
+costs, preprocessing, and the stitches it runs traced (see :class:`~snnet.serve.backend.Backend`).
 
-Everything here is independent of the web framework: the FastAPI app and the Ray Serve
-deployment both build one :class:`ServedModel` per replica and hand it to a
-:class:`~snnet.serve.batcher.Batcher`.
+This is the one serving module that imports torch.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from snnet.controller import BudgetController
 from snnet.data.anchors import network_preprocessing
 from snnet.data.config import DataConfig
 from snnet.measure.latency import forget_latency, measure_latency
@@ -31,20 +28,6 @@ from snnet.sources import from_zoo
 from snnet.stitch import Stitch
 
 logger = logging.getLogger("snnet.serve")
-
-
-class ServeError(Exception):
-    """A request the server refuses: an HTTP status, a short code and a message naming the
-    problem (and, for overload, how many seconds to wait before retrying)."""
-
-    def __init__(
-        self, status: int, code: str, message: str, *, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
-
-    def to_json(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message}}
 
 
 # -- preprocessing --------------------------------------------------------------------------------
@@ -77,40 +60,15 @@ def class_names(net: SNNet, config: dict[str, Any], num_classes: int) -> tuple[s
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Decode PNG/JPEG/... bytes fully, or raise :class:`ServeError` naming the problem."""
-    if not data:
-        raise ServeError(400, "empty_image", "the image is empty (0 bytes)")
-    try:
-        img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:
-        raise ServeError(413, "image_too_large", str(e)) from None
-    except (UnidentifiedImageError, OSError):
-        raise ServeError(
-            400, "not_an_image", "the data is not an image PIL can read (PNG, JPEG, ...)"
-        ) from None
-    if img.width * img.height > max_pixels:
-        raise ServeError(
-            413,
-            "image_too_large",
-            f"the image is {img.width}×{img.height} pixels; at most {max_pixels:,} are accepted",
-        )
-    try:
-        img.load()
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ServeError(400, "truncated_image", f"the image could not be decoded: {e}") from None
-    return img
-
-
 # -- the model --------------------------------------------------------------------------------------
 class ServedModel:
-    """One network loaded for serving: the network in eval mode, its results (accuracy, cost and
-    latency of every stitch), the Pareto front of latency against top-1, preprocessing and class
-    names.
+    """One network loaded for serving on torch: the network in eval mode, its results
+    (accuracy, cost and latency of every stitch), the Pareto front of latency against top-1,
+    preprocessing and class names. It is a :class:`~snnet.serve.backend.Backend`.
 
     Example:
         >>> model = ServedModel.load("runs/demo")
-        >>> probs = model.predict(torch.stack([model.preprocess.pixels(img)]), model.front[-1].stitch)
+        >>> [probs] = model.run([model.pixels(img)], model.front[-1].stitch)
     """
 
     def __init__(
@@ -201,14 +159,10 @@ class ServedModel:
 
         Small networks spend most of a forward in Python, one module call and one operator
         dispatch at a time, and every operator called from Python gives up the GIL and must
-        win it back from the event loop, which holds it for up to Python's switch interval
-        while requests pour in: under a surge, each hand-back cost milliseconds. A trace runs
-        the whole batch (normalisation, the stitch, softmax) as one call from C++, on the same
-        parameter tensors (switching stays a lookup: no weight is copied). On the demo family
-        (1 thread, ``benchmarks/bench_trace.py``): 2.4-2.8× faster at batch 1, 1.7-2.4× at
-        batch 8, identical outputs, 0.12 s to trace and check a stitch; ``torch.compile`` took
-        30-43 s per stitch and ran slower.
-        ``torch.jit.trace`` is deprecated (FutureWarning) but has no replacement with that
+        win it back from the event loop. A trace runs the whole batch (normalisation, the
+        stitch, softmax) as one call from C++, on the same parameter tensors (switching stays a
+        lookup: no weight is copied); ``benchmarks/bench_trace.py`` measures the difference.
+        ``torch.jit.trace`` is deprecated (FutureWarning) but has no replacement with its
         start-up cost; a stitch whose trace fails, or disagrees with the eager forward at batch
         1 and ``max_batch``, stays eager and the log says why.
         """
@@ -255,9 +209,6 @@ class ServedModel:
             out[size] = {s: statistics.median(ts) for s, ts in times.items()}
         return out
 
-    def controller(self) -> BudgetController:
-        return BudgetController(self.net, self.results, cost="latency_ms")
-
     def predict(self, pixels: torch.Tensor, stitch: Stitch) -> torch.Tensor:
         """Class probabilities (B, classes, on the CPU) of ``stitch`` on a batch of uint8
         pixels (``preprocess.pixels`` of each image, stacked), normalised here, on the device:
@@ -269,7 +220,7 @@ class ServedModel:
     def _eager(self, stitch: Stitch) -> Callable[[torch.Tensor], torch.Tensor]:
         """uint8 pixels -> probabilities on ``stitch``, as a plain function: tracing a function
         records the parameters it reads as references (a module would be mirrored, all 800-odd
-        submodules of every anchor, 50× slower to trace)."""
+        submodules of every anchor, far slower to trace)."""
         net, normalize = self.net, self.preprocess.normalize
 
         def probabilities(pixels: torch.Tensor) -> torch.Tensor:
@@ -277,7 +228,44 @@ class ServedModel:
 
         return probabilities
 
-    def top_k(self, probs: torch.Tensor, k: int) -> list[list[dict[str, Any]]]:
+    # -- the Backend contract -------------------------------------------------------------------
+    def check(self, stitch: Stitch | str) -> Stitch:
+        return self.net.space.check(stitch)
+
+    def describe(self, stitch: Stitch) -> str:
+        return self.net.describe(stitch)
+
+    def preprocess_json(self) -> dict[str, Any]:
+        return self.preprocess.to_json()
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """(C, H, W) uint8: ``preprocess.pixels``; normalised per batch in :meth:`predict`."""
+        return self.preprocess.pixels(image)
+
+    def run(self, pixels: Sequence[torch.Tensor], stitch: Stitch) -> torch.Tensor:
+        """:meth:`predict` of the images stacked into one batch."""
+        return self.predict(torch.stack(list(pixels)), stitch)
+
+    def prepare(self, stitches: Iterable[Stitch], *, max_batch: int) -> list[Stitch]:
+        """:meth:`trace` ``stitches``, and log how long it took."""
+        start = time.perf_counter()
+        eager = self.trace(stitches, max_batch=max_batch)
+        logger.info(
+            "traced %d stitches (TorchScript) in %.1f s; %d stay eager",
+            len(self.traced),
+            time.perf_counter() - start,
+            len(eager),
+        )
+        return eager
+
+    @staticmethod
+    def set_threads(threads: int) -> None:
+        """torch's intra-op threads (a setting of the calling thread)."""
+        torch.set_num_threads(threads)
+
+    def top_k(self, probs: Sequence[torch.Tensor], k: int) -> list[list[dict[str, Any]]]:
+        """The ``k`` most probable classes of each row of ``probs`` (rows of :meth:`run`)."""
+        probs = probs if isinstance(probs, torch.Tensor) else torch.stack(list(probs))
         values, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)
         return [
             [{"index": i, "label": self.classes[i], "prob": v} for v, i in zip(vs, ix, strict=True)]

@@ -1,0 +1,87 @@
+"""What the serving core needs from the runtime that computes a network: the backend contract.
+
+The batcher, the app, the controller and the Ray deployment never touch tensors: they hand a
+backend per-image inputs it made (:meth:`Backend.pixels`) and get back per-image probabilities
+it can rank (:meth:`Backend.top_k`). :class:`~snnet.serve.model.ServedModel` is the torch
+backend; another runtime (ONNX Runtime, say) slots in by offering the same members, and
+:func:`load_backend` picks one for a directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from snnet.measure.results import Record, Results
+from snnet.stitch import Stitch
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+class Backend(Protocol):
+    """One network loaded for serving, with its results.
+
+    ``results`` holds every stitch's costs and accuracy, and latency measured on the device it
+    runs on; ``front`` the stitches on the Pareto front of latency against top-1, cheapest
+    first; ``classes`` the class names; ``source`` where it was loaded from.
+    """
+
+    results: Results
+    front: list[Record]
+    classes: tuple[str, ...]
+    source: str
+
+    def check(self, stitch: Stitch | str) -> Stitch:
+        """The stitch, or a ``ValueError`` saying why the network has no such stitch."""
+
+    def describe(self, stitch: Stitch) -> str:
+        """What ``stitch`` runs, in words."""
+
+    def preprocess_json(self) -> dict[str, Any]:
+        """How an image becomes the network's input, as JSON."""
+
+    def pixels(self, image: Image.Image) -> Any:
+        """One decoded image as the input :meth:`run` takes (resized and cropped, not yet
+        normalised: that is done per batch)."""
+
+    def run(self, pixels: Sequence[Any], stitch: Stitch) -> Sequence[Any]:
+        """Class probabilities of ``stitch``, one row per image of ``pixels`` (called on the
+        replica's worker thread)."""
+
+    def top_k(self, probs: Sequence[Any], k: int) -> list[list[dict[str, Any]]]:
+        """The ``k`` most probable classes (``index``, ``label``, ``prob``) of each row."""
+
+    def prepare(self, stitches: Iterable[Stitch], *, max_batch: int) -> list[Stitch]:
+        """Get ``stitches`` ready to run fast (trace, compile, warm up) for batches of up to
+        ``max_batch``; returns those that stay on the slow path."""
+
+    def batch_ms(self, sizes: Iterable[int]) -> dict[int, dict[Stitch, float]]:
+        """The time of a batch of each size per front stitch, measured now as :meth:`run`
+        runs it: what the SLO controller predicts from."""
+
+    def set_threads(self, threads: int) -> None:
+        """Compute with ``threads`` threads (called on the event loop's thread and on the
+        worker thread)."""
+
+
+def load_backend(
+    path: str | Path,
+    *,
+    results: str | Path | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> Backend:
+    """The backend for a run directory or saved network (``results``: its results file, default
+    the run's), loaded on ``device``; with ``threads``, set before loading (a load may measure
+    latency).
+
+    Example:
+        >>> backend = load_backend("runs/demo")
+    """
+    from snnet.serve.model import ServedModel  # torch: only the backend imports it
+
+    if threads is not None:
+        ServedModel.set_threads(threads)
+    return ServedModel.load(path, results=results, device=device)
