@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from snnet.files import atomic_write
 from snnet.rundir import RunDir
@@ -92,18 +92,52 @@ def run_demo(
         PosixPath('runs/demo/pareto.png')
     """
     from snnet.data.images import fashion_mnist
-    from snnet.measure.evaluate import evaluate_all
-    from snnet.measure.plot import plot_results
     from snnet.network import SNNet
     from snnet.sources import resolve_anchors
-    from snnet.train import TrainConfig, fit
+    from snnet.train import fit
 
     settings = settings or DemoSettings()
-    run = RunDir.at(out)
+    run = RunDir(out)
     seconds: dict[str, float] = {}
     anchors, options = resolve_anchors("fmnist")
     net = SNNet(anchors, **options)
-    config = TrainConfig(
+    resume = run.checkpoint.exists()
+    test = fashion_mnist("test")
+    t = time.perf_counter()
+    trained = fit(
+        net,
+        fashion_mnist("train"),
+        train_config(settings),
+        val=test if settings.val_images else None,
+        anchor_images=test,
+        run_dir=run.training,
+        resume=resume,
+        ls_init=settings.ls_images,
+        device=device,
+        progress=progress,
+        val_images=settings.val_images or None,
+    )
+    seconds["train (incl. least squares)"] = time.perf_counter() - t
+    report = DemoReport(
+        run.path, run.results, run.plot, run.model, seconds, trained.anchors_before, [], [],
+        stopped=trained.interrupted, steps=trained.steps, total_steps=trained.total_steps,
+    )  # fmt: skip
+    if trained.interrupted:
+        return report
+    report = _evaluate(net, test, run, settings, report, device=device, progress=progress)
+    summary = json.loads(run.summary.read_text()) if run.summary.is_file() else {}
+    summary.update({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(report).items()})
+    summary["settings"] = asdict(settings)
+    summary["resumed"] = resume  # timings then cover only what this run still had to do
+    atomic_write(run.summary, lambda f: json.dump(summary, f, indent=2))
+    return report
+
+
+def train_config(settings: DemoSettings) -> Any:
+    """The :class:`~snnet.train.TrainConfig` of the demo's recipe."""
+    from snnet.train import TrainConfig
+
+    return TrainConfig(
         epochs=settings.epochs,
         steps=settings.steps,
         batch_size=settings.batch_size,
@@ -116,38 +150,22 @@ def run_demo(
         anchor_probability=settings.anchor_probability,
         cache_teachers=settings.cache_teachers,
     )
-    resume = run.checkpoint.exists()
-    test = fashion_mnist("test")
-    t = time.perf_counter()
-    trained = fit(
-        net,
-        fashion_mnist("train"),
-        config,
-        val=test if settings.val_images else None,
-        anchor_images=test,
-        run_dir=run.training,
-        resume=resume,
-        ls_init=settings.ls_images,
-        device=device,
-        progress=progress,
-        val_images=settings.val_images or None,
-    )
-    seconds["train (incl. least squares)"] = time.perf_counter() - t
-    report = DemoReport(
-        run.path,
-        run.results,
-        run.plot,
-        run.model,
-        seconds,
-        trained.anchors_before,
-        [],
-        [],
-        stopped=trained.interrupted,
-        steps=trained.steps,
-        total_steps=trained.total_steps,
-    )
-    if trained.interrupted:
-        return report
+
+
+def _evaluate(
+    net: Any,
+    test: Any,
+    run: RunDir,
+    settings: DemoSettings,
+    report: DemoReport,
+    *,
+    device: str | None,
+    progress: bool,
+) -> DemoReport:
+    """Every stitch of the trained network on the test images, and the plot; the report with
+    what they found."""
+    from snnet.measure.evaluate import evaluate_all
+    from snnet.measure.plot import plot_results
 
     t = time.perf_counter()
     results = evaluate_all(
@@ -160,21 +178,15 @@ def run_demo(
         progress=progress,
         data_name="fashion-mnist test",
     )
-    seconds["evaluate every stitch"] = time.perf_counter() - t
+    report.seconds["evaluate every stitch"] = time.perf_counter() - t
     plot_results(results, run.plot, title=f"SN-Net on Fashion-MNIST: {len(results)} stitches")
-    report = DemoReport(
+    return DemoReport(
         **{
             **asdict(report),
             "anchors_after": [results[str(i)].top1 for i in range(len(net.anchors))],
             "pareto": [str(r.stitch) for r in results.pareto("gmacs", "top1")],
         }
     )
-    summary = json.loads(run.summary.read_text()) if run.summary.is_file() else {}
-    summary.update({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(report).items()})
-    summary["settings"] = asdict(settings)
-    summary["resumed"] = resume  # timings then cover only what this run still had to do
-    atomic_write(run.summary, lambda f: json.dump(summary, f, indent=2))
-    return report
 
 
 def format_report(report: DemoReport, results: Results, net_names: list[str]) -> str:

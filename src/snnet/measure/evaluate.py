@@ -147,28 +147,21 @@ def evaluate_all(
 ) -> Results:
     """Top-1 / top-5 accuracy of every stitch (or of ``stitches``) in one pass over ``data``.
 
-    ``data`` is an :class:`~snnet.data.ImageSet` (or any map-style dataset of ``(image,
-    label)``), batched here in order, ``batch_size`` at a time, or any iterable of ``(images,
-    labels)`` batches in a fixed order. ``max_images`` evaluates a seeded stratified sample of
-    that many images (every class in proportion, drawn with ``seed``; a dataset's ``targets``
-    say the classes); the results record which sample they scored. The network is moved to ``device``
-    (default: CUDA when available), put in eval mode and run under ``torch.inference_mode()``;
-    ``amp`` adds autocast (bfloat16 on CPU, float16 on CUDA). Afterwards the network is back on
-    the device and in the mode it had (if its weights were on one device).
+    ``data``: an :class:`~snnet.data.ImageSet` (or any map-style dataset of ``(image, label)``),
+    batched here in order, or an iterable of ``(images, labels)`` batches in a fixed order.
+    ``max_images``: a seeded stratified sample of that many images (drawn with ``seed``), which
+    the results record. The network runs on ``device`` (default: CUDA when available) in eval
+    mode under ``torch.inference_mode()`` (``amp``: autocast, bfloat16 on CPU, float16 on
+    CUDA), and gets its device and mode back afterwards.
 
-    With ``path`` (a results JSON file) the run is resumable: counts are saved to
-    ``NAME.progress.json`` beside it every ``checkpoint_every`` batches and on Ctrl-C or error,
-    and a rerun skips the images already counted (a dataset is indexed from there, an iterable is
-    read past them). Stitches already measured in ``path`` are not run again; the finished results
-    are merged into ``path`` (JSON + CSV) and the progress file is removed. A run that finds
-    nothing left to measure still rewrites a missing or stale CSV and removes a progress file
-    whose stitches are all measured (what a kill during the final save leaves). An output path
-    that cannot be written is an ``OSError`` before anything runs. Results of another
-    network, other weights or other data are a ``ValueError``. How accuracy was measured (data,
-    images, batch size, device, threads, a hash of the weights) goes to ``meta["accuracy"]``.
+    With ``path`` (a results JSON file) the run resumes: counts go to ``NAME.progress.json``
+    every ``checkpoint_every`` batches and on Ctrl-C or error, and a rerun continues from there;
+    stitches ``path`` holds already are not run again, and the results are merged into it (JSON
+    + CSV). An unwritable ``path`` is an ``OSError`` before anything runs; results of another
+    network, other weights, other data or another sample are a ``ValueError``. How accuracy was
+    measured goes to ``meta["accuracy"]``.
 
     Example:
-        >>> from snnet.data import fashion_mnist
         >>> results = evaluate_all(net, fashion_mnist("test"), path="runs/demo/results.json")
         >>> quick = evaluate_all(net, fashion_mnist("test"), max_images=1000)  # 100 per class
         >>> results["0:5-1:6"].top1, results.pareto("gmacs", "top1")
@@ -183,22 +176,7 @@ def evaluate_all(
     data_name = data_name or _describe(data)
     data, sample = _sample(data, max_images, seed)
     path = Path(path) if path is not None else None
-    if path is not None:
-        check_writable(path)  # fail now, not after the whole pass
-
-    # What is already known: finished stitches in the results file, counts in the progress file.
-    signature = {
-        "network": fingerprint(net),
-        "weights": weights_digest(net),
-        "data": data_name,
-        "sample": sample,
-    }
-    if path is not None and path.exists():
-        results = Results.load(path)
-        results.check_network(net)
-        _check_same_measurement(results, path, signature)
-    else:
-        results = Results.for_network(net)
+    results, signature = _known(net, path, data_name, sample)
     wanted = list(net.stitches) if stitches is None else [net.space.check(s) for s in stitches]
     todo = [s for s in dict.fromkeys(wanted) if results[s].top1 is None]
     if not todo:
@@ -206,26 +184,97 @@ def evaluate_all(
             _tidy(path, results)
         return results
     tree = StitchTree(net, todo)
-    index = {s: i for i, s in enumerate(tree.stitches)}
     state = _load_progress(path, signature, tree.stitches)  # (images, batches, counts (S, 2))
-
     was_training = net.training
     home = {t.device for t in [*net.parameters(), *net.buffers()]}
     net.to(device).eval()
-    autocast = torch.autocast(
-        device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=amp
-    )
-    total = len(data) if isinstance(data, Dataset) else None
-    bar = tqdm(
-        total=total,
-        initial=state[0],
-        unit="img",
-        desc=f"evaluating {len(todo)} stitches",
-        disable=not progress,
-    )
+    try:
+        batches = _batches(data, state[0], batch_size, num_workers)
+        total = len(data) if isinstance(data, Dataset) else None
+        state = _count(
+            tree, batches, state, total, device, amp, progress, path, signature, checkpoint_every
+        )
+    finally:
+        net.train(was_training)
+        if len(home) == 1:
+            net.to(home.pop())
+    _record(results, tree, state, signature, batch_size, device, amp)
+    if path is not None:
+        results.save(path)
+        progress_path(path).unlink(missing_ok=True)
+    return results
+
+
+def _record(
+    results: Results,
+    tree: StitchTree,
+    state: tuple[int, int, torch.Tensor],
+    signature: dict[str, Any],
+    batch_size: int,
+    device: torch.device,
+    amp: bool,
+) -> None:
+    """The pass's counts as accuracies, and how they were measured (``meta["accuracy"]``)."""
+    images = state[0]
+    if images == 0:
+        raise ValueError(f"no images in {signature['data']}: nothing to evaluate")
+    for s, (c1, c5) in zip(tree.stitches, state[2].tolist(), strict=True):
+        results.update(s, top1=100.0 * c1 / images, top5=100.0 * c5 / images)
+    results.meta["accuracy"] = {  # latency keeps its own entry
+        **{k: signature[k] for k in ("data", "sample", "weights")},
+        "images": images,
+        "batch_size": batch_size,
+        "device": str(device),
+        "amp": amp,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def _known(
+    net: SNNet, path: Path | None, data: str, sample: dict[str, Any] | None
+) -> tuple[Results, dict[str, Any]]:
+    """What ``path`` holds already (of this network, these weights, these images; an unwritable
+    ``path`` fails now, not after the whole pass), and the signature of this measurement."""
+    signature = {
+        "network": fingerprint(net),
+        "weights": weights_digest(net),
+        "data": data,
+        "sample": sample,
+    }
+    if path is None:
+        return Results.for_network(net), signature
+    check_writable(path)
+    if not path.exists():
+        return Results.for_network(net), signature
+    results = Results.load(path)
+    results.check_network(net)
+    _check_same_measurement(results, path, signature)
+    return results, signature
+
+
+def _count(
+    tree: StitchTree,
+    batches: Iterable[Batch],
+    state: tuple[int, int, torch.Tensor],
+    total: int | None,
+    device: torch.device,
+    amp: bool,
+    progress: bool,
+    path: Path | None,
+    signature: dict[str, Any],
+    checkpoint_every: int,
+) -> tuple[int, int, torch.Tensor]:
+    """The pass: top-1/top-5 hits of every stitch of ``tree``, added to ``state``; saved to the
+    progress file every ``checkpoint_every`` batches and when interrupted."""
+    index = {s: i for i, s in enumerate(tree.stitches)}
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=amp)
+    desc = f"evaluating {len(tree.stitches)} stitches"
+    bar = tqdm(total=total, initial=state[0], unit="img", desc=desc, disable=not progress)
     try:
         with torch.inference_mode(), autocast:
-            for x, y in _batches(data, state[0], batch_size, num_workers):
+            for x, y in batches:
                 x = x.to(device, non_blocking=True)
                 y = torch.as_tensor(y).to(device, non_blocking=True)
                 counts = torch.zeros(len(tree.stitches), 2, dtype=torch.long, device=device)
@@ -242,30 +291,7 @@ def evaluate_all(
         raise
     finally:
         bar.close()
-        net.train(was_training)
-        if len(home) == 1:
-            net.to(home.pop())
-
-    images = state[0]
-    if images == 0:
-        raise ValueError(f"no images in {data_name}: nothing to evaluate")
-    for s, (c1, c5) in zip(tree.stitches, state[2].tolist(), strict=True):
-        results.update(s, top1=100.0 * c1 / images, top5=100.0 * c5 / images)
-    results.meta["accuracy"] = {  # how accuracy was measured (latency keeps its own entry)
-        "data": data_name,
-        "sample": sample,
-        "weights": signature["weights"],
-        "images": images,
-        "batch_size": batch_size,
-        "device": str(device),
-        "amp": amp,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
-    if path is not None:
-        results.save(path)
-        progress_path(path).unlink(missing_ok=True)
-    return results
+    return state
 
 
 def _correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

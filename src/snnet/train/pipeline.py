@@ -110,23 +110,8 @@ def fit(
     if train is None:
         raise ValueError("the data has no training images")
     workers = default_workers(train) if num_workers is None else num_workers
-    run = RunDir(run_dir) if run_dir is not None else None
-    main_resume = resume and run is not None and run.checkpoint.is_file()
-    phase_started = run is not None and RunDir(run.training / ANCHOR_PHASE).checkpoint.is_file()
-    run_dir = check_run(  # a run stopped while tuning its anchors has no main checkpoint yet
-        run_dir,
-        resume=resume and not (phase_started and not main_resume),
-        save_every=save_every,
-        ls_init=ls_init,
-        num_workers=workers,
-    )
-    check_data(net, train, "the training data")
-    if val is not None:
-        check_data(net, val, val.name or "the validation data")
-    if val_every < 1:
-        raise ValueError(f"--val-every must be at least 1 epoch, got {val_every}")
-    if val_images is not None and val_images < 1:
-        raise ValueError(f"--val-images must be at least 1, got {val_images}")
+    run_dir, main_resume = _check_run(run_dir, resume, save_every, ls_init, workers)
+    _check_inputs(net, train, val, val_every, val_images)
     check_free_space(net, run_dir, config)
     net.data_config = train.config
     net.to(world.device)
@@ -135,13 +120,9 @@ def fit(
     score = Validation(net, checks, stitches=anchors, max_images=None, num_workers=workers)
     before = _anchors_before(net, score, run_dir, world, resume=resume)
     batches = EpochBatches(
-        train,
-        config.batch_size,
-        seed=config.seed,
-        rank=world.rank,
-        world_size=world.world_size,
-        num_workers=workers,
-    )
+        train, config.batch_size, seed=config.seed, rank=world.rank,
+        world_size=world.world_size, num_workers=workers,
+    )  # fmt: skip
     options = LoopOptions(run_dir=run_dir, resume=main_resume, save_every=save_every)
     if config.anchor_epochs and not main_resume:
         phase = _tune_anchors(net, batches, config, world, options, resume, progress)
@@ -151,23 +132,46 @@ def fit(
         sample = train.plain().sample(ls_init, seed=config.seed)
         (x, _), *_ = load_batches(sample, [torch.arange(len(sample))], num_workers=workers)
         init_least_squares(net, x, progress=progress and world.is_main)
-    validation = None
-    if val is not None:
-        sample = val.sample(val_images, seed=config.seed) if val_images else val
-        validation = Validation(net, sample, max_images=None, num_workers=workers)
+    validation = val and Validation(net, val, max_images=val_images, seed=config.seed)
+    desc = "training the SN-Net" if progress else None
     options = replace(
-        options,
-        progress=progress,
-        val=validation,
-        val_every=val_every,
-        teacher=teacher,
-        desc="training the SN-Net" if progress else None,
+        options, progress=progress, val=validation, val_every=val_every, teacher=teacher, desc=desc
     )
     result = run_loop(net, batches, config, world, options)
     result.anchors_before = before
     if not result.interrupted:
         result.anchors_after = _anchors_after(net, score, run_dir, world)
     return result
+
+
+def _check_run(
+    run_dir: str | Path | None, resume: bool, save_every: int, ls_init: int, workers: int
+) -> tuple[Path | None, bool]:
+    """The run directory, checked, and whether the main run resumes (a run stopped while tuning
+    its anchors alone has no main checkpoint yet)."""
+    run = RunDir(run_dir) if run_dir is not None else None
+    main_resume = resume and run is not None and run.checkpoint.is_file()
+    phase_started = run is not None and RunDir(run.training / ANCHOR_PHASE).checkpoint.is_file()
+    checked = check_run(
+        run_dir,
+        resume=resume and not (phase_started and not main_resume),
+        save_every=save_every,
+        ls_init=ls_init,
+        num_workers=workers,
+    )
+    return checked, main_resume
+
+
+def _check_inputs(
+    net: SNNet, train: ImageSet, val: ImageSet | None, val_every: int, val_images: int | None
+) -> None:
+    check_data(net, train, "the training data")
+    if val is not None:
+        check_data(net, val, val.name or "the validation data")
+    if val_every < 1:
+        raise ValueError(f"--val-every must be at least 1 epoch, got {val_every}")
+    if val_images is not None and val_images < 1:
+        raise ValueError(f"--val-images must be at least 1, got {val_images}")
 
 
 def _check_images(
