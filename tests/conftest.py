@@ -18,7 +18,7 @@ def fmnist_images() -> torch.Tensor:
     """512 real Fashion-MNIST test images as (N, 1, 28, 28) floats in [0, 1]."""
     from snnet.data import fashion_mnist
 
-    return fashion_mnist("test").images[:512].unsqueeze(1).float() / 255
+    return fashion_mnist("test").memory[:512].float() / 255
 
 
 def as_rgb(images: torch.Tensor, size: int) -> torch.Tensor:

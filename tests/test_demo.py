@@ -2,7 +2,12 @@
 ``docs/demo-table.txt``, which the README and the docs show."""
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +106,57 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert (out / "results.json").stat().st_mtime_ns >= mtime
     # The demo's run directory is the one layout: snnet.load and every command open it.
     assert RunDir.find(out) == RunDir(out) and len(snnet.load(out).stitches) == len(results)
+
+
+def _demo(out: Path, *, stop_when=None, sig=signal.SIGINT) -> subprocess.CompletedProcess:
+    """``snnet demo`` (a short one) in a process; with ``stop_when(out)``, stopped by ``sig``
+    as soon as that returns True."""
+    cmd = [sys.executable, "-m", "snnet", "demo", "--out", str(out), "--steps", "30"]
+    cmd += ["--eval-images", "2600", "--quiet", "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    if stop_when is None:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not stop_when(out):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the demo ended before the moment to stop it"
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def _table(stdout: str) -> str:
+    """What the demo printed, but its timings."""
+    return "\n".join(line for line in stdout.splitlines() if not line.startswith("time: "))
+
+
+def _training(out: Path) -> bool:
+    """Some steps done, more to come (steps.csv: a header and a line per step)."""
+    log = RunDir(out).train_log
+    return log.is_file() and len(log.read_text().splitlines()) > 3
+
+
+@pytest.mark.slow
+def test_a_demo_stopped_at_any_point_stops_and_the_same_command_finishes_it(tmp_path):
+    whole = _demo(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    out = tmp_path / "stopped"
+    moments = [
+        ("anchors scored, before least squares", lambda o: RunDir(o).summary.is_file(), "INT"),
+        ("training", _training, "TERM"),
+        ("evaluating", lambda o: (o / "results.progress.json").is_file(), "INT"),
+    ]
+    for moment, when, name in moments:
+        sig = getattr(signal, f"SIG{name}")
+        stopped = _demo(out, stop_when=when, sig=sig)
+        assert stopped.returncode == 128 + sig, (moment, stopped.stderr[-3000:])
+        assert "run the same command again to continue" in stopped.stderr, moment
+        assert "Pareto front" not in stopped.stdout and not (out / "results.json").exists()
+        if moment == "training":  # it says where it stopped; the checkpoint is there
+            assert "training stopped at step" in stopped.stderr
+    again = _demo(out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _table(again.stdout).replace(str(out), "OUT") == _table(whole.stdout).replace(
+        str(tmp_path / "whole"), "OUT"
+    )

@@ -23,7 +23,7 @@ class Images(Dataset):
 
     def __init__(self, n: int = 200, *, batched: bool = False, size: int = 32) -> None:
         ds = fashion_mnist("test")
-        self.x = as_rgb(ds.images[:n].unsqueeze(1).float() / 255, size)
+        self.x = as_rgb(ds.memory[:n].float() / 255, size)
         self.y = ds.targets[:n]
         self.requested: list[int] = []
         if batched:  # like snnet.data.FashionMNIST: one indexing call per batch

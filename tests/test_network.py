@@ -41,7 +41,7 @@ def test_checkpoint_errors_name_the_fix(tmp_path):
     torch.save(other.state_dict(), tmp_path / "resnet.pth")
     with pytest.raises(ValueError, match=r"could not load .*resnet\.pth into vit_tiny"):
         snnet.timm_anchor("vit_tiny_patch16_224", checkpoint=tmp_path / "resnet.pth", img_size=32)
-    with pytest.raises(RuntimeError, match="Offline"):
+    with pytest.raises(OSError, match="Offline"):
         snnet.timm_anchor("vit_tiny_patch16_224", pretrained=True, img_size=32)
     with pytest.raises(ValueError, match="Did you mean deit_small_patch16_224"):
         snnet.timm_anchor("deit_smal_patch16_224")

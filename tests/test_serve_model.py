@@ -3,6 +3,8 @@ start-up where the results lack it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -79,16 +81,14 @@ def test_a_stitch_whose_trace_fails_or_disagrees_stays_eager(run_dir, monkeypatc
 
 
 def test_preprocessing_of_the_demo_family_matches_training():
-    from snnet.data import normalize
     from snnet.serve.model import Preprocess
 
-    u8 = torch.randint(
-        0, 256, (28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
-    )
+    test = snnet.data.fashion_mnist("test")
     prep = Preprocess(
         1, (28, 28), (snnet.data.FASHION_MNIST_MEAN,), (snnet.data.FASHION_MNIST_STD,)
     )
-    torch.testing.assert_close(prep(Image.fromarray(u8.numpy(), "L")), normalize(u8[None])[0])
+    u8 = test.memory[0, 0]
+    assert torch.equal(prep(Image.fromarray(u8.numpy(), "L")), test.batch([0])[0][0])
     assert prep(Image.fromarray(np.zeros((56, 40, 3), np.uint8), "RGB")).shape == (1, 28, 28)
 
 
@@ -105,7 +105,8 @@ def test_timm_anchors_preprocess_with_their_data_config():
     assert prep.mean == tuple(timm_cfg["mean"]) and prep.std == tuple(timm_cfg["std"])
     x = prep(Image.fromarray(np.full((64, 48), 200, np.uint8), "L"))  # grey is made RGB
     assert x.shape == (3, 32, 32)
-    custom = preprocessing(net, {"data": {"mean": [0.5] * 3, "std": [0.25] * 3}})
+    net.data_config = replace(prep, mean=(0.5,) * 3, std=(0.25,) * 3)  # what training recorded
+    custom = preprocessing(net, {})
     assert custom.mean == (0.5,) * 3 and custom.std == (0.25,) * 3
 
 

@@ -24,9 +24,7 @@ NAMES = demo_family_names()
 
 @pytest.fixture(scope="module")
 def test_subset():
-    ds = fashion_mnist("test")
-    ds.images, ds.targets = ds.images[:1000], ds.targets[:1000]
-    return ds
+    return fashion_mnist("test").subset(range(1000))
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +114,7 @@ def tiny_fmnist(tmp_path):
     root.mkdir()
     for split, prefix, n in (("train", "train", 256), ("test", "t10k", 128)):
         ds = fashion_mnist(split)
-        _write_idx(root / f"{prefix}-images-idx3-ubyte.gz", ds.images[:n].numpy())
+        _write_idx(root / f"{prefix}-images-idx3-ubyte.gz", ds.memory[:n, 0].numpy())
         _write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", ds.targets[:n].numpy())
     return root
 

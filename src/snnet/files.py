@@ -228,6 +228,8 @@ def check_writable(path: str | Path) -> Path:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except PermissionError as e:
         raise PermissionError(errno.EACCES, "Permission denied", str(folder)) from e
+    except OSError as e:  # a read-only file system, no space for even an empty file
+        raise OSError(e.errno, e.strerror, str(folder)) from e
     os.close(fd)
     probe.unlink()
     return path

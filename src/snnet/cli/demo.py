@@ -39,15 +39,36 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGTERM outside training, raised like Ctrl-C so that evaluation saves its progress."""
+    """Ctrl-C or SIGTERM outside training's own handler, raised like Ctrl-C so that evaluation
+    saves its progress."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
 
 
-def _stop(signum: int, frame: object) -> None:
-    raise Stopped(signum)
+class StopRequests:
+    """Ctrl-C and SIGTERM while the demo runs: each raises :class:`Stopped` and is remembered,
+    because Python drops an exception raised inside a finaliser (a progress bar closing), and a
+    demo asked to stop must stop. Training installs its own handler while it runs (it stops at
+    the next step boundary); the previous handlers come back on exit."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = signum
+        raise Stopped(signum)
+
+    def __enter__(self) -> StopRequests:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,15 +84,13 @@ def run(args: argparse.Namespace) -> int:
     names = demo_family_names()
     print(f"snnet demo: stitching {', '.join(names)} (shipped Fashion-MNIST ViTs) into {args.out}")
     again = f"run the same command again to continue (snnet demo --out {args.out} ...)"
-    previous = signal.signal(signal.SIGTERM, _stop)
-    try:
-        report = run_demo(args.out, settings, device=args.device, progress=not args.quiet)
-    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM outside training's own handler
-        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
-        print(f"\nsnnet demo: stopped; nothing is lost: {again}", file=sys.stderr)
-        return 128 + signum
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with StopRequests() as requests:
+        try:
+            report = run_demo(args.out, settings, device=args.device, progress=not args.quiet)
+        except KeyboardInterrupt as e:  # outside training, which stops at a step boundary
+            signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+            print(f"\nsnnet demo: stopped; nothing is lost: {again}", file=sys.stderr)
+            return 128 + signum
     if report.stopped:
         print(
             f"\nsnnet demo: training stopped at step {report.steps} of {report.total_steps} "
@@ -79,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 128 + report.stopped
+    if requests.signum:  # asked to stop where the exception could not reach the demo
+        print(f"\nsnnet demo: stopped; nothing is lost: {again}", file=sys.stderr)
+        return 128 + requests.signum
     print()
     print(format_report(report, Results.load(report.results_path), names))
     return 0

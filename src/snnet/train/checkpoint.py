@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import snnet.train.distributed as distributed
-from snnet.files import atomic_write, read_csv_rows, rewrite_csv
+from snnet.files import atomic_write, check_writable, read_csv_rows, rewrite_csv
 from snnet.rundir import RunDir
 from snnet.serialize import load_saved_state, save, saved_state
 from snnet.train.distributed import World
@@ -225,6 +225,7 @@ def check_run(
         existing.is_dir(),
         f"--out {run_dir}: {existing} is a file, not a directory; choose another --out",
     )
+    check_writable(checkpoint_path(run_dir))  # a read-only or forbidden --out fails now
     has_checkpoint = checkpoint_path(run_dir).is_file()
     if resume and not has_checkpoint:
         load_checkpoint(run_dir)  # the FileNotFoundError that says what to do
