@@ -35,9 +35,9 @@ import traceback
 from pathlib import Path
 
 import torch
-from snnet.batches import EpochBatches
 
 import snnet
+from snnet.data import EpochBatches
 from snnet.files import atomic_write
 from snnet.measure.results import Results
 from snnet.train import TrainConfig, train_loop

@@ -75,9 +75,7 @@ class Timed:
 
 def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
-    from snnet.batches import EpochBatches
-
-    from snnet.data import fashion_mnist
+    from snnet.data import EpochBatches, fashion_mnist
     from snnet.train import TrainConfig, distributed, train_loop
 
     world = distributed.setup("cpu")

@@ -110,7 +110,6 @@ def one_seed(
 
     import snnet
     import snnet.presets
-    from snnet.batches import first_images
     from snnet.data import fashion_mnist
     from snnet.demo import DemoSettings, run_demo
     from snnet.measure.evaluate import evaluate_all
@@ -142,7 +141,7 @@ def one_seed(
     if before_training:  # before training: random vs least-squares stitching layers, same anchors
         random_init = evaluate_all(net, test, max_images=eval_images, device=device, progress=False)
         snnet.init_least_squares(
-            net, first_images(fashion_mnist("train"), settings.ls_images, seed=seed)
+            net, fashion_mnist("train").tensors(settings.ls_images, seed=seed)[0]
         )
         ls_init = evaluate_all(net, test, max_images=eval_images, device=device, progress=False)
         before = {

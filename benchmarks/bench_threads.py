@@ -41,7 +41,7 @@ set_threads(threads)
 anchors, options = snnet.resolve_anchors("fmnist-xs-sm-l")
 net = snnet.SNNet(anchors, **options).train()
 opt = make_optimizer(net, TrainConfig())
-x, y = fashion_mnist("train").get_batch(torch.arange(128))
+x, y = fashion_mnist("train").batch(torch.arange(128))
 rng = random.Random(0)
 times = []
 for i in range(2 + steps):

@@ -116,11 +116,9 @@ class TimedBatches:
 
 
 def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    from snnet.batches import EpochBatches, first_images
-
     import snnet
     import snnet.train.loop
-    from snnet.data import fashion_mnist
+    from snnet.data import EpochBatches, fashion_mnist
     from snnet.measure.evaluate import evaluate_all
     from snnet.rundir import RunDir
     from snnet.threads import set_threads
@@ -168,7 +166,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     resume = run.checkpoint.exists()
     if not resume:
-        snnet.init_least_squares(net, first_images(train, LS_IMAGES, seed=RECIPE["seed"]))
+        snnet.init_least_squares(net, train.tensors(LS_IMAGES, seed=RECIPE["seed"])[0])
     batches = TimedBatches(EpochBatches(train, config.batch_size, seed=config.seed))
     started = time.perf_counter()
     result = train_loop(net, batches, config, run_dir=run.training, resume=resume, progress=False)

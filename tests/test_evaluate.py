@@ -11,7 +11,7 @@ import snnet
 from conftest import as_rgb
 from families import FAMILIES, vit_family
 from snnet.cli import main
-from snnet.data import fashion_mnist, write_image_folder
+from snnet.data import fashion_mnist, stratified_indices, write_image_folder
 from snnet.measure.evaluate import StitchTree, evaluate_all, progress_path
 from snnet.measure.plot import plot_results
 from snnet.measure.results import Results
@@ -25,6 +25,7 @@ class Images(Dataset):
         ds = fashion_mnist("test")
         self.x = as_rgb(ds.memory[:n].float() / 255, size)
         self.y = ds.targets[:n]
+        self.targets = self.y  # the classes a stratified sample (max_images) keeps in proportion
         self.requested: list[int] = []
         if batched:  # like snnet.data.FashionMNIST: one indexing call per batch
             self.get_batch = self._get_batch
@@ -134,7 +135,9 @@ def test_subset_and_max_images(vit, images):
     measured = {str(r.stitch) for r in results if r.top1 is not None}
     assert measured == {"2", "0:1-1:2"}
     assert results.meta["accuracy"]["images"] == 50
-    expected = one_by_one(vit, [(images.x[:50], images.y[:50])])
+    assert results.meta["accuracy"]["sample"] == {"images": 50, "seed": 0, "kind": "stratified"}
+    picked = stratified_indices(images.y, 50, seed=0)
+    expected = one_by_one(vit, [(images.x[picked], images.y[picked])])
     assert (results["2"].top1, results["2"].top5) == expected[snnet.Stitch.parse("2")]
     amp = evaluate_all(vit, images, stitches=["2"], max_images=50, amp=True, progress=False)
     assert amp.meta["accuracy"]["amp"] and 0 <= amp["2"].top1 <= 100
@@ -203,7 +206,7 @@ def test_errors(vit, tmp_path, images):
     other = snnet.SNNet(vit_family(), kernel_size=1)
     with pytest.raises(ValueError, match="another network"):
         evaluate_all(other, images, path=path, progress=False)
-    with pytest.raises(ValueError, match="other max_images"):
+    with pytest.raises(ValueError, match="other sample"):
         evaluate_all(vit, images, path=path, max_images=10, progress=False)
     with torch.no_grad():
         vit.layers[next(iter(vit.layers))].weight.add_(1)  # as after more training

@@ -49,10 +49,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    from snnet.batches import EpochBatches, first_images
-
     import snnet
-    from snnet.data import fashion_mnist
+    from snnet.data import EpochBatches, fashion_mnist
     from snnet.measure.evaluate import evaluate_all
     from snnet.stitch import Stitch
     from snnet.train import TrainConfig, get_lr
@@ -68,7 +66,7 @@ def main() -> None:
     train, test = fashion_mnist("train"), fashion_mnist("test")
     anchors, options = snnet.resolve_anchors("fmnist")
     net = snnet.SNNet(anchors, **options)
-    snnet.init_least_squares(net, first_images(train, 512, seed=args.seed), progress=False)
+    snnet.init_least_squares(net, train.tensors(512, seed=args.seed)[0], progress=False)
     n_anchors = len(net.anchors)
     anchor_stitches = [Stitch.anchor(i) for i in range(n_anchors)]
     before = evaluate_all(

@@ -53,17 +53,15 @@ def main() -> None:
         lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
         ctypes.CDLL(str(lib)).MKL_Set_Dynamic(0)  # C interface, int by value
     torch.set_num_threads(args.threads)
-    from snnet.batches import EpochBatches, first_images
-
     import snnet
-    from snnet.data import fashion_mnist
+    from snnet.data import EpochBatches, fashion_mnist
     from snnet.train import TrainConfig, train_loop
 
     anchors, options = snnet.resolve_anchors("fmnist")
     net = snnet.SNNet(anchors, **options)
     train = fashion_mnist("train")
     t = time.perf_counter()
-    snnet.init_least_squares(net, first_images(train, 512, seed=0), progress=False)
+    snnet.init_least_squares(net, train.tensors(512, seed=0)[0], progress=False)
     ls_seconds = time.perf_counter() - t
     torch.save(
         net.state_dict(), args.out + ".init.pt"

@@ -125,7 +125,7 @@ def in_order(n: int, batch_size: int, indices: torch.Tensor | None = None) -> li
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     idx = torch.arange(n) if indices is None else torch.as_tensor(indices, dtype=torch.long)
-    return list(idx.split(batch_size))
+    return [row for row in idx.split(batch_size) if len(row)]
 
 
 class EpochBatches:

@@ -142,6 +142,21 @@ class ImageSet(Dataset):
         idx = stratified_indices(self.targets, n, seed=seed)
         return self.subset(idx, name=f"{self.name}, stratified sample of {n} (seed {seed})")
 
+    def tensors(
+        self, n: int | None = None, *, seed: int = 0, num_workers: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` images (a seeded stratified sample; all without ``n``) as one normalised
+        ``(n, C, H, W)`` batch and their labels, without augmentation: e.g. the calibration
+        images of :func:`snnet.init_least_squares`.
+
+        Example: ``x, _ = fashion_mnist("train").tensors(512, seed=0)``
+        """
+        from snnet.data.batches import load_batches
+
+        images = self.plain() if n is None else self.plain().sample(n, seed=seed)
+        rows = [torch.arange(len(images))]
+        return next(iter(load_batches(images, rows, num_workers=num_workers)))
+
     # -- items and batches ---------------------------------------------------------------------
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         """Image ``index`` as uint8 pixels (C, H, W) and its label; augmentation draws from the

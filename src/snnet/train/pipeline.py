@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import snnet.train.distributed as distributed
-from snnet.data.batches import EpochBatches, default_workers, load_batches
+from snnet.data.batches import EpochBatches, default_workers
 from snnet.data.images import ImageSet
 from snnet.data.resolve import Data, check_classes
 from snnet.files import atomic_write
@@ -129,8 +129,7 @@ def fit(
         if phase.interrupted:
             return replace(phase, anchors_before=before)
     if not main_resume and ls_init > 0:
-        sample = train.plain().sample(ls_init, seed=config.seed)
-        (x, _), *_ = load_batches(sample, [torch.arange(len(sample))], num_workers=workers)
+        x, _ = train.tensors(ls_init, seed=config.seed, num_workers=workers)
         init_least_squares(net, x, progress=progress and world.is_main)
     validation = val and Validation(net, val, max_images=val_images, seed=config.seed)
     desc = "training the SN-Net" if progress else None
