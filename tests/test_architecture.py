@@ -28,10 +28,11 @@ DOCS = ROOT / "docs" / "architecture.md"
 #: layers before it, never from one after it. (layer heading in docs/architecture.md, modules)
 LAYERS: list[tuple[str, list[str]]] = [
     ("Values and files", ["snnet.stitch", "snnet.presets", "snnet.files", "snnet.rundir",
-                          "snnet.threads", "snnet.settings", "snnet.data.config"]),
+                          "snnet.threads", "snnet.settings", "snnet.data.config", "snnet.task"]),
     ("Models", ["snnet.adapters", "snnet.adapters.*", "snnet.parts", "snnet.cost", "snnet.layers",
                 "snnet.cuts", "snnet.space", "snnet.peft", "snnet.network", "snnet.zoo",
-                "snnet.sources", "snnet.batchnorm", "snnet.lstsq"]),
+                "snnet.sources", "snnet.batchnorm", "snnet.lstsq", "snnet.dense",
+                "snnet.dense.*"]),
     ("Data", ["snnet.data", "snnet.data.sample", "snnet.data.augment", "snnet.data.sources",
               "snnet.data.images", "snnet.data.batches", "snnet.data.resolve",
               "snnet.data.anchors"]),

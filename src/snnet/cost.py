@@ -15,10 +15,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from snnet.parts import Part, Step, parts_of, run_parts
+from snnet.dense.levels import tap_key
+from snnet.parts import Levels, Part, Step, parts_of, run_parts
 
 if TYPE_CHECKING:
     from snnet.adapters import Anchor
+    from snnet.dense.head import DenseHead
 
 _aten = torch.ops.aten
 
@@ -66,10 +68,13 @@ def part_macs(
     anchors: Sequence[Anchor],
     layers: Mapping[str, nn.Module],
     layer_inputs: Mapping[str, tuple[int, int]],
+    dense: DenseHead | None = None,
 ) -> dict[Part, int]:
     """Multiply-adds of every part, each measured once on one zero image: each anchor's parts in
     order, then each stitching layer on the output of the block ``layer_inputs[key] = (anchor,
-    block)``. Run in eval mode (the caller's), so dropout and BatchNorm behave as at inference."""
+    block)``; with ``dense`` (a dense network's head) every tap on its block's output and the
+    head on the head anchor's levels. Run in eval mode (the caller's), so dropout and BatchNorm
+    behave as at inference."""
     macs: dict[Part, int] = {}
     leaving: dict[tuple[int, int], torch.Tensor] = {}  # (anchor, block) -> its output
     for a, anchor in enumerate(anchors):
@@ -82,4 +87,34 @@ def part_macs(
     for key, (a, block) in layer_inputs.items():
         part = Part("layer", layer=key)
         macs[part], _ = count_macs(run_parts, (part,), anchors, layers, leaving[a, block])
+    if dense is not None:
+        macs.update(_dense_macs(anchors, layers, dense, leaving))
+    return macs
+
+
+def _dense_macs(
+    anchors: Sequence[Anchor],
+    layers: Mapping[str, nn.Module],
+    dense: DenseHead,
+    leaving: Mapping[tuple[int, int], torch.Tensor],
+) -> dict[Part, int]:
+    """Every tap a stitch may run, and the head, on the head anchor's own levels."""
+    macs: dict[Part, int] = {}
+    head = len(anchors) - 1
+    levels: tuple[torch.Tensor, ...] | None = None
+    for a, blocks in enumerate(dense.blocks):
+        for level, b in enumerate(blocks):
+            part = Part("tap", a, b, None if a == head else tap_key(a, level), level)
+            macs[part], out = count_macs(run_parts, (part,), anchors, layers, leaving[a, b], dense)
+            if a == head:
+                levels = (
+                    out.levels
+                    if levels is None
+                    else tuple(
+                        new if new is not None else old
+                        for new, old in zip(out.levels, levels, strict=True)
+                    )
+                )
+    h = Levels(leaving[head, anchors[head].num_blocks - 1], levels)
+    macs[Part("decode")], _ = count_macs(run_parts, (Part("decode"),), anchors, layers, h, dense)
     return macs

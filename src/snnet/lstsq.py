@@ -16,6 +16,7 @@ from collections.abc import Iterable
 import torch
 from tqdm.auto import tqdm
 
+from snnet.dense.levels import tap_key
 from snnet.layers import to_rows
 from snnet.network import SNNet
 
@@ -32,11 +33,13 @@ def init_least_squares(
     batch_size: int = 32,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Set every stitching layer to its least-squares solution on ``images``.
+    """Set every stitching layer to its least-squares solution on ``images``; in a dense network
+    also every tap layer, onto the head anchor's features at the tap's level.
 
     ``images`` is a tensor ``(N, C, H, W)`` or an iterable of such batches (labels, if the items
     are tuples, are ignored). The anchors run in eval mode, so the result does not depend on
-    dropout. Returns each layer's relative residual ``||[X,1]A - Y|| / ||Y||`` on the data.
+    dropout. Returns each layer's relative residual ``||[X,1]A - Y|| / ||Y||`` on the data (tap
+    layers as ``taps.KEY``).
 
     Example:
         >>> residuals = snnet.init_least_squares(net, calibration_images)   # a few hundred images
@@ -46,9 +49,7 @@ def init_least_squares(
     device = next(net.parameters()).device
     was_training = net.training
     net.eval()
-    gram: dict[str, torch.Tensor] = {}
-    cross: dict[str, torch.Tensor] = {}
-    y_sq: dict[str, torch.Tensor] = {}
+    sums = _Sums()
     seen = 0
     for batch in tqdm(images, desc="least squares", unit="batch", disable=not progress):
         if isinstance(batch, (tuple, list)):
@@ -56,36 +57,76 @@ def init_least_squares(
         batch = batch.to(device)
         seen += batch.shape[0]
         feats = [anchor.boundaries(batch) for anchor in net.anchors]
-        # Cuts share front outputs and end inputs: rows, Gram and norm are built once per boundary.
-        fronts: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        ends: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        for (f, e), positions in net.space.positions.items():
-            for p in positions:
-                layer = net.layers[p.layer]
-                if (f, p.cut.out_block) not in fronts:
-                    x = to_rows(feats[f][p.cut.out_block + 1], layer.src.layout).double()
-                    x = _with_ones(x)  # (rows, C_front + 1)
-                    fronts[(f, p.cut.out_block)] = (x, x.T @ x)
-                if (e, p.cut.in_block) not in ends:
-                    y = to_rows(
-                        feats[e][p.cut.in_block], layer.dst.layout
-                    ).double()  # (rows, C_end)
-                    ends[(e, p.cut.in_block)] = (y, (y * y).sum())
-                x, g = fronts[(f, p.cut.out_block)]
-                y, yy = ends[(e, p.cut.in_block)]
-                gram[p.layer] = gram.get(p.layer, 0) + g
-                cross[p.layer] = cross.get(p.layer, 0) + x.T @ y
-                y_sq[p.layer] = y_sq.get(p.layer, 0) + yy
+        _add_stitching_layers(net, feats, sums)
+        if net.dense is not None:
+            _add_taps(net, feats, sums)
     if seen == 0:
         raise ValueError("least-squares init needs at least one calibration image")
     residuals = {}
-    for key, g in gram.items():
+    for key, g in sums.gram.items():
         # gelsd: SVD-based, gives the minimum-norm solution even when features are rank-deficient.
-        a = torch.linalg.lstsq(g.cpu(), cross[key].cpu(), driver="gelsd").solution
-        net.layers[key].set_affine(a[:-1].T.float(), a[-1].float())
+        a = torch.linalg.lstsq(g.cpu(), sums.cross[key].cpu(), driver="gelsd").solution
+        layer = net.dense.taps[key[5:]] if key.startswith("taps.") else net.layers[key]
+        layer.set_affine(a[:-1].T.float(), a[-1].float())
         # ||XA - Y||² = AᵀGA - 2AᵀXᵀY + YᵀY, all from the accumulated sums.
         a = a.to(g.device)
-        err = (a * (g @ a)).sum() - 2 * (a * cross[key]).sum() + y_sq[key]
-        residuals[key] = float(err.clamp_min(0).sqrt() / y_sq[key].sqrt())
+        err = (a * (g @ a)).sum() - 2 * (a * sums.cross[key]).sum() + sums.y_sq[key]
+        residuals[key] = float(err.clamp_min(0).sqrt() / sums.y_sq[key].sqrt())
     net.train(was_training)
     return residuals
+
+
+class _Sums:
+    """The normal equations of every layer, summed over batches in float64: ``[X,1]ᵀ[X,1]``,
+    ``[X,1]ᵀY`` and ``||Y||²``."""
+
+    def __init__(self) -> None:
+        self.gram: dict[str, torch.Tensor] = {}
+        self.cross: dict[str, torch.Tensor] = {}
+        self.y_sq: dict[str, torch.Tensor] = {}
+
+    def add(
+        self, key: str, x: tuple[torch.Tensor, torch.Tensor], y: tuple[torch.Tensor, torch.Tensor]
+    ) -> None:
+        (rows, g), (target, yy) = x, y
+        self.gram[key] = self.gram.get(key, 0) + g
+        self.cross[key] = self.cross.get(key, 0) + rows.T @ target
+        self.y_sq[key] = self.y_sq.get(key, 0) + yy
+
+
+def _inputs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = _with_ones(x.double())  # (rows, C_front + 1)
+    return x, x.T @ x
+
+
+def _targets(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    y = y.double()  # (rows, C_end)
+    return y, (y * y).sum()
+
+
+def _add_stitching_layers(net: SNNet, feats: list[list[torch.Tensor]], sums: _Sums) -> None:
+    # Cuts share front outputs and end inputs: rows, Gram and norm are built once per boundary.
+    fronts: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    ends: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    for (f, e), positions in net.space.positions.items():
+        for p in positions:
+            layer = net.layers[p.layer]
+            j, k = p.cut.out_block, p.cut.in_block
+            if (f, j) not in fronts:
+                fronts[(f, j)] = _inputs(to_rows(feats[f][j + 1], layer.src.layout))
+            if (e, k) not in ends:
+                ends[(e, k)] = _targets(to_rows(feats[e][k], layer.dst.layout))
+            sums.add(p.layer, fronts[(f, j)], ends[(e, k)])
+
+
+def _add_taps(net: SNNet, feats: list[list[torch.Tensor]], sums: _Sums) -> None:
+    """Each tap layer maps its anchor's level onto the head anchor's same level."""
+    blocks, head = net.dense.blocks, len(net.anchors) - 1
+
+    def level(a: int, lv: int) -> torch.Tensor:
+        b = blocks[a][lv]
+        return to_rows(net.anchors[a].feature_map(feats[a][b + 1], b), "nchw")
+
+    for a in range(head):
+        for lv in range(len(blocks[a])):
+            sums.add(f"taps.{tap_key(a, lv)}", _inputs(level(a, lv)), _targets(level(head, lv)))

@@ -13,8 +13,9 @@ from torch import nn
 
 from snnet.adapters import Anchor, as_anchor
 from snnet.cost import Cost, count_params, part_macs
+from snnet.dense.head import DenseHead
 from snnet.layers import StitchingLayer
-from snnet.parts import Part, Step, parts_of
+from snnet.parts import Part, Step, parts_of, run_parts
 from snnet.peft import (
     AdapterConfig,
     adapting,
@@ -26,6 +27,7 @@ from snnet.peft import (
 )
 from snnet.space import SpaceConfig, StitchSpace
 from snnet.stitch import Stitch
+from snnet.task import Task
 
 
 def run_plan(
@@ -73,6 +75,13 @@ class SNNet(nn.Module):
     LoRA on their ``lora_targets`` layers (added to the anchors given, in place, as PEFT does),
     one stitching layer per cut sharing its weight with its window's cuts (so one bias per cut).
     Both default to 0: SN-Net v1.
+
+    ``task``: what the network predicts (:class:`~snnet.task.Task`). Classification (the
+    default) runs each stitch's end anchor's own head. A dense task (segmentation, depth) runs
+    one head shared by every stitch instead (``net.dense``, a
+    :class:`~snnet.dense.head.DenseHead`), fed by feature levels taken from the anchors the
+    stitch runs: ``net(x, stitch=s)`` is then ``(B, classes, H, W)`` logits or ``(B, H, W)``
+    depths, and the stitches are those of classification.
     """
 
     def __init__(
@@ -85,11 +94,18 @@ class SNNet(nn.Module):
         lora_rank: int = 0,
         lora_alpha: float | None = None,
         lora_targets: str = "attn",
+        task: Task | None = None,
         **space_options: Any,
     ) -> None:
         super().__init__()
         if config is not None and space_options:
             raise ValueError("pass either config=SpaceConfig(...) or keyword options, not both")
+        self.task = task or Task()
+        if self.task.dense and lora_rank:
+            raise ValueError(
+                "parameter-efficient mode (--lora-rank) is for classification: train a dense "
+                "task with full anchors (low-rank stitching layers, --stitch-rank, work)"
+            )
         config = config or SpaceConfig(**space_options)
         self.adapter_config = AdapterConfig(
             stitch_rank, stitch_alpha, lora_rank, lora_alpha, lora_targets
@@ -123,6 +139,8 @@ class SNNet(nn.Module):
                     )
         if windows is not None:
             self._share_window_weights(StitchSpace.build(list(self.anchors), windows))
+        #: The head every stitch shares, for a dense task (None: classification).
+        self.dense = DenseHead.build(self.task, list(self.anchors)) if self.task.dense else None
         self._plans: dict[Stitch, tuple[Step, ...]] = {}
         self._parts: dict[Stitch, tuple[Part, ...]] = {}
         self._part_macs: dict[Part, int] | None = None
@@ -204,7 +222,9 @@ class SNNet(nn.Module):
         stitch = self._resolve(stitch)
         parts = self._parts.get(stitch)
         if parts is None:
-            parts = self._parts[stitch] = parts_of(self.plan(stitch))
+            plan = self.plan(stitch)
+            parts = self.dense.parts(plan) if self.dense is not None else parts_of(plan)
+            self._parts[stitch] = parts
         return parts
 
     def part_members(self, part: Part) -> dict[str, nn.Module | torch.Tensor]:
@@ -212,14 +232,20 @@ class SNNet(nn.Module):
         names in this network."""
         if part.kind == "layer":
             return {f"layers.{part.layer}": self.layers[part.layer]}
+        if part.kind == "decode":
+            return {"dense.decoder": self.dense.decoder}
+        if part.kind == "tap":
+            key = part.layer
+            return {f"dense.taps.{key}": self.dense.taps[key]} if key is not None else {}
         anchor = self.anchors[part.anchor]
         prefix = f"anchors.{part.anchor}.model."
         return {prefix + path: obj for path, obj in anchor.part_members(part.of_anchor)}
 
     def part_parameters(self, part: Part) -> list[nn.Parameter]:
         """The parameters ``part`` runs, each once."""
-        if part.kind == "layer":
-            return list(self.layers[part.layer].parameters())
+        if part.kind in ("layer", "tap", "decode"):
+            params = (m.parameters() for m in self.part_members(part).values())
+            return [p for group in params for p in group]
         return list(self.anchors[part.anchor].part_parameters(part.of_anchor))
 
     def parameters_of(self, stitch: Stitch | str) -> list[nn.Parameter]:
@@ -231,8 +257,10 @@ class SNNet(nn.Module):
         return list(params.values())
 
     def forward(self, x: torch.Tensor, stitch: Stitch | str | None = None) -> torch.Tensor:
-        steps = self.plan(self.stitch if stitch is None else stitch)
-        return run_plan(steps, self.anchors, self.layers, x)
+        stitch = self.stitch if stitch is None else stitch
+        if self.dense is not None:
+            return run_parts(self.parts(stitch), self.anchors, self.layers, x, self.dense)
+        return run_plan(self.plan(stitch), self.anchors, self.layers, x)
 
     # -- cost ---------------------------------------------------------------------------------
     def cost(self, stitch: Stitch | str) -> Cost:
@@ -261,7 +289,7 @@ class SNNet(nn.Module):
             }
             was_training = self.training
             try:
-                self._part_macs = part_macs(self.eval().anchors, self.layers, inputs)
+                self._part_macs = part_macs(self.eval().anchors, self.layers, inputs, self.dense)
             finally:
                 self.train(was_training)
         return self._part_macs
@@ -306,7 +334,8 @@ class SNNet(nn.Module):
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``{"anchors": [...], "layers": [...]}``: the two groups SN-Net trains at different
-        rates; in PEFT mode also ``"lora"`` (the anchors' LoRA, out of ``"anchors"``)."""
+        rates; in PEFT mode also ``"lora"`` (the anchors' LoRA, out of ``"anchors"``), for a
+        dense task ``"head"`` (the shared head and its tap layers)."""
         lora = lora_parameters(self.anchors)
         ids = {id(p) for p in lora}
         groups = {
@@ -315,6 +344,8 @@ class SNNet(nn.Module):
         }
         if lora:
             groups["lora"] = lora
+        if self.dense is not None:
+            groups["head"] = list(self.dense.parameters())
         return groups
 
     def trained_stitches(self) -> tuple[Stitch, ...]:
@@ -343,4 +374,5 @@ class SNNet(nn.Module):
         return " -> ".join(f"{self.anchors[s.anchor].name}[{s.start}:{s.stop}]" for s in steps)
 
     def extra_repr(self) -> str:
-        return f"stitches={len(self.stitches)}, layers={len(self.layers)}"
+        task = f", task={self.task.kind}" if self.dense is not None else ""
+        return f"stitches={len(self.stitches)}, layers={len(self.layers)}{task}"

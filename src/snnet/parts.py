@@ -1,5 +1,6 @@
 """What a stitch runs, part by part: an anchor's stem, one of its blocks, its head, or a
-stitching layer.
+stitching layer; in a dense network also the taps that keep a block's features for the dense
+head, and that head (``decode``).
 
 :meth:`SNNet.parts <snnet.network.SNNet.parts>` lists a stitch's parts in run order, and
 everything that asks "what does this stitch run" reads that list: its cost, the parameters it
@@ -18,6 +19,15 @@ from torch import nn
 
 if TYPE_CHECKING:
     from snnet.adapters import Anchor
+    from snnet.dense.head import DenseHead
+
+
+class Levels(NamedTuple):
+    """What passes between the parts of a dense stitch: the features the next block takes, and
+    the feature levels kept for the dense head so far (None where no tap has run yet)."""
+
+    h: torch.Tensor
+    levels: tuple[torch.Tensor | None, ...]
 
 
 class Step(NamedTuple):
@@ -32,7 +42,9 @@ class Step(NamedTuple):
 @dataclass(frozen=True)
 class Part:
     """One piece of computation: an anchor's ``"stem"``, its ``"block"`` ``block`` or its
-    ``"head"``, or the stitching ``"layer"`` keyed ``layer``.
+    ``"head"``, or the stitching ``"layer"`` keyed ``layer``. A dense network adds ``"tap"``
+    (the output of ``block`` of ``anchor`` kept as feature level ``level``, through the tap
+    layer keyed ``layer``, None for the head anchor's own) and ``"decode"`` (the shared head).
 
     Example:
         >>> net.parts("0:1-1:2")[3]
@@ -41,10 +53,11 @@ class Part:
         ('anchor 1 block 2', True)
     """
 
-    kind: Literal["stem", "block", "head", "layer"]
+    kind: Literal["stem", "block", "head", "layer", "tap", "decode"]
     anchor: int | None = None
     block: int | None = None
     layer: str | None = None
+    level: int | None = None
 
     @property
     def of_anchor(self) -> str | int:
@@ -54,6 +67,10 @@ class Part:
     def __str__(self) -> str:
         if self.kind == "layer":
             return f"layer {self.layer}"
+        if self.kind == "decode":
+            return "dense head"
+        if self.kind == "tap":
+            return f"anchor {self.anchor} block {self.block} as level {self.level}"
         return f"anchor {self.anchor} " + (
             f"block {self.block}" if self.kind == "block" else self.kind
         )
@@ -75,11 +92,17 @@ def run_parts(
     parts: Sequence[Part],
     anchors: Sequence[Anchor],
     layers: Mapping[str, nn.Module],
-    h: torch.Tensor,
-) -> torch.Tensor:
+    h: torch.Tensor | Levels,
+    dense: DenseHead | None = None,
+) -> torch.Tensor | Levels:
     """Run a stretch of parts on ``h`` (what enters the first of them); consecutive blocks of
-    one anchor go through one ``forward_blocks`` call. For measuring parts one by one and for
-    sharing prefixes between stitches; a whole stitch runs through :func:`snnet.network.run_plan`."""
+    one anchor go through one ``forward_blocks`` call. For measuring parts one by one, for
+    sharing prefixes between stitches and for dense stitches (``dense``: the network's dense
+    head, which runs the taps and the decoding; between them a :class:`Levels` is passed on).
+    A classification stitch runs through :func:`snnet.network.run_plan`."""
+    levels = None
+    if isinstance(h, Levels):
+        h, levels = h
     i = 0
     while i < len(parts):
         p = parts[i]
@@ -94,7 +117,11 @@ def run_parts(
             h = layers[p.layer](h)
         elif p.kind == "stem":
             h = anchors[p.anchor].forward_stem(h)
+        elif p.kind == "tap":
+            levels = dense.tap(p, anchors[p.anchor], h, levels)
+        elif p.kind == "decode":
+            return dense.decode(levels)
         else:
             h = anchors[p.anchor].forward_head(h)
         i += 1
-    return h
+    return h if levels is None else Levels(h, levels)

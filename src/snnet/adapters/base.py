@@ -8,6 +8,7 @@ part and a stitch can be exported by pruning the parts it does not run, generica
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -163,6 +164,24 @@ class Anchor(nn.Module):
         family knows which layers those are; the default, for families without attention (a
         CNN), is none, and then only the stitching layers train."""
         return ()
+
+    def feature_map(self, h: torch.Tensor, block: int) -> torch.Tensor:
+        """The features leaving ``block`` as a ``(B, C, H, W)`` map: what a dense head reads.
+        Maps as they are (channels first); tokens laid out on their square grid. A family whose
+        tokens include others (a ViT's class token) or lie on another grid overrides it."""
+        layout = self.stages()[self.stage_of(block)].layout
+        if layout == "nchw":
+            return h
+        if layout == "nhwc":
+            return h.permute(0, 3, 1, 2)
+        b, n, c = h.shape
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(
+                f"{self.name}'s {n} tokens at block {block} lie on no square grid: override "
+                "feature_map to say how they form a map"
+            )
+        return h.transpose(1, 2).reshape(b, c, side, side)
 
     def _infer_input_size(self) -> tuple[int, int, int]:
         cfg = getattr(self.model, "pretrained_cfg", None) or {}

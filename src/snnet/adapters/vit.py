@@ -49,6 +49,14 @@ class ViTAnchor(Anchor):
         # stitched DeiT paths skipped the end anchor's final norm while its anchors applied it).
         return self.model.forward_head(self.model.norm(h))
 
+    def feature_map(self, h: torch.Tensor, block: int) -> torch.Tensor:
+        # The patch tokens on the patch grid; the class (and register) tokens are left out.
+        m = self.model
+        b, _, c = h.shape
+        rows, cols = m.patch_embed.grid_size
+        patches = h[:, m.num_prefix_tokens :]
+        return patches.transpose(1, 2).reshape(b, c, rows, cols)
+
     def block_names(self) -> list[tuple[str, ...]]:
         return [(f"blocks.{i}",) for i in range(len(self.model.blocks))]
 

@@ -119,7 +119,7 @@ class StitchTree:
         while stack:
             node, h, after = stack.pop()
             with adapting(after):
-                out = run_parts(node.op, self.net.anchors, self.net.layers, h)
+                out = run_parts(node.op, self.net.anchors, self.net.layers, h, self.net.dense)
             del h
             for i in node.stitches:
                 yield self.stitches[i], out

@@ -67,7 +67,8 @@ def network_groups(net: SNNet, config: TrainConfig) -> list[dict[str, Any]]:
     """An SN-Net's groups: ``anchors/...`` at ``anchor_lr_scale`` × the learning rate, and
     ``layers/...`` (the stitching layers) at the full rate. Frozen parameters (PEFT mode's
     anchors, low-rank layers' ``W0``) are in no group; PEFT mode's LoRA trains in ``lora/...``
-    at the full rate (new weights, like the stitching layers)."""
+    and a dense task's head in ``head/...``, at the full rate (new weights, like the stitching
+    layers)."""
     skip = net.no_weight_decay()
     named = dict(net.named_parameters())
     by_group = {k: {id(p) for p in ps} for k, ps in net.parameter_groups().items()}
@@ -77,6 +78,7 @@ def network_groups(net: SNNet, config: TrainConfig) -> list[dict[str, Any]]:
             ("anchors", config.anchor_lr_scale),
             ("layers", 1.0),
             ("lora", 1.0),
+            ("head", 1.0),
         )
         for group in parameter_groups(
             [(n, p) for n, p in named.items() if id(p) in by_group.get(part, ())],

@@ -1,0 +1,134 @@
+"""Contracts of dense tasks, run on the tiny random-initialised anchors of every family (as
+test_contract.py does for classification): one head shared by every stitch, fed by feature
+levels of whichever anchors a stitch runs."""
+
+import pytest
+import torch
+
+import snnet
+from families import FAMILIES, TWO_WAY
+from snnet.dense.levels import level_blocks
+from snnet.measure.evaluate import StitchTree
+from snnet.task import Task
+
+# Plain families read two levels of their depth; hierarchical ones the last two stages.
+TASKS = {
+    "segmentation": Task("segmentation", num_classes=5, head="fpn", levels=2, channels=16),
+    "depth": Task("depth", head="naive", channels=16),
+}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(f, t) for f in sorted(FAMILIES) for t in TASKS],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
+def dense(request):
+    name, kind = request.param
+    build, expected = FAMILIES[name]
+    net = snnet.SNNet(build(), task=TASKS[kind]).eval()
+    x = torch.randn(2, *net.anchors[0].input_size, generator=torch.Generator().manual_seed(0))
+    return name, net, x, expected
+
+
+def test_stitch_counts_equal_classification(dense):
+    _, net, _, expected = dense
+    assert len(net.stitches) == expected
+
+
+def test_two_way_routes_count_as_in_classification():
+    build, _ = FAMILIES["vit"]
+    net = snnet.SNNet(build(), task=TASKS["segmentation"], directions="both")
+    assert len(net.stitches) == TWO_WAY["vit"]
+
+
+def test_every_stitch_predicts_per_pixel_and_trains_its_own_parts(dense):
+    _, net, x, _ = dense
+    size = tuple(x.shape[-2:])
+    for stitch in net.stitches:
+        net.zero_grad(set_to_none=True)
+        out = net(x, stitch=stitch)
+        want = (2, 5, *size) if net.task.kind == "segmentation" else (2, *size)
+        assert tuple(out.shape) == want and torch.isfinite(out).all(), stitch
+        out.float().square().mean().backward()
+        used = {n for n, p in net.named_parameters() if p.grad is not None}
+        layers = {n.split(".")[1] for n in used if n.startswith("layers.")}
+        assert layers == {net.space.layer_for(f, e, c) for f, e, c in stitch.hops}, stitch
+        taps = {n.split(".")[2] for n in used if n.startswith("dense.taps.")}
+        assert taps == {p.layer for p in net.parts(stitch) if p.kind == "tap" and p.layer}
+        assert all(p.grad is not None for p in net.dense.decoder.parameters())  # shared head
+        assert not any(n.startswith(f"anchors.{a}.model.head") for n in used for a in range(3))
+
+
+def test_params_count_exactly_the_modules_a_stitch_runs(dense):
+    _, net, x, _ = dense
+    for stitch in net.stitches:
+        net.zero_grad(set_to_none=True)
+        net(x, stitch=stitch).float().square().mean().backward()
+        touched = sum(p.numel() for p in net.parameters() if p.grad is not None)
+        assert net.cost(stitch).params == touched, stitch
+
+
+def test_each_level_is_read_once_and_the_head_last(dense):
+    _, net, _, _ = dense
+    for stitch in net.stitches:
+        parts = net.parts(stitch)
+        levels = [p.level for p in parts if p.kind == "tap"]
+        assert sorted(levels) == list(range(net.task.levels)), stitch
+        assert parts[-1].kind == "decode" and all(p.kind != "head" for p in parts)
+
+
+def test_one_pass_over_every_stitch_equals_each_stitch_alone(dense):
+    _, net, x, _ = dense
+    with torch.no_grad():
+        got = dict(StitchTree(net).run(x))
+        for stitch in net.stitches:
+            torch.testing.assert_close(got[stitch], net(x, stitch=stitch), rtol=0, atol=1e-6)
+
+
+def test_cost_grows_between_anchors_and_counts_the_head(dense):
+    _, net, _, _ = dense
+    macs = [net.cost(str(i)).macs for i in range(len(net.anchors))]
+    assert macs == sorted(macs)
+    head = net._count_macs()[snnet.Part("decode")]
+    assert head > 0 and all(m > head for m in macs)
+
+
+def test_least_squares_sets_the_taps_onto_the_head_anchors_features(dense, fmnist_images):
+    _, net, _, _ = dense
+    c, h, _ = net.anchors[0].input_size
+    from conftest import as_rgb
+
+    images = as_rgb(fmnist_images[:64], h)[:, :c]
+    residuals = snnet.init_least_squares(net, images)
+    taps = {k for k in residuals if k.startswith("taps.")}
+    assert taps == {f"taps.{k}" for k in net.dense.taps}
+    assert all(residuals[k] < 1 for k in taps)
+
+
+def test_levels_follow_sn_netv2s_remapping_for_unequal_depths():
+    torch.manual_seed(0)
+    small, large = (
+        snnet.timm_anchor(
+            "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=d, embed_dim=16, num_heads=2
+        )
+        for d in (12, 24)
+    )
+    # SN-Netv2: F.interpolate(mode="nearest") of the small anchor's ids to the large depth
+    assert level_blocks([small, large], 4) == ((2, 5, 8, 11), (5, 11, 17, 23))
+    assert level_blocks([small, large], 1) == ((11,), (23,))
+    net = snnet.SNNet([small, large], task=TASKS["segmentation"], mode="mapped")
+    x = torch.randn(1, 3, 32, 32)
+    for stitch in net.stitches:  # every route reads every level once
+        assert sorted(p.level for p in net.parts(stitch) if p.kind == "tap") == [0, 1]
+        assert net(x, stitch=stitch).shape == (1, 5, 32, 32)
+
+
+def test_a_task_the_head_cannot_read_is_refused():
+    build, _ = FAMILIES["swin"]
+    with pytest.raises(ValueError, match="stages"):
+        snnet.SNNet(build(), task=Task("depth", head="fpn", levels=5))
+    with pytest.raises(ValueError, match="parameter-efficient"):
+        snnet.SNNet(FAMILIES["vit"][0](), task=TASKS["depth"], lora_rank=2)
+    with pytest.raises(ValueError, match="2 or more classes"):
+        Task("segmentation")
