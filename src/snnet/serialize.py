@@ -28,6 +28,7 @@ from snnet.peft import AdapterConfig
 from snnet.rundir import RunDir
 from snnet.sources import from_source
 from snnet.space import SpaceConfig
+from snnet.task import Task
 
 FORMAT = "snnet"
 VERSION = 2
@@ -41,6 +42,8 @@ def network_config(net: SNNet) -> dict[str, Any]:
     if net.adapter_config.frozen_anchors:
         # The anchors are not in the weights file: loading checks it rebuilt these very ones.
         extra["anchor_sha256"] = [anchor_digest(a) for a in net.anchors]
+    if net.task.dense:  # what the network predicts (absent: classification)
+        extra["task"] = net.task.to_json()
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -131,7 +134,12 @@ def load(
             _rebuild(a, pretrained=adapters.frozen_anchors, path=directory)
             for a in config["anchors"]
         ]
-    net = SNNet(anchors, config=SpaceConfig.from_json(config["space"]), **adapters.to_json())
+    net = SNNet(
+        anchors,
+        config=SpaceConfig.from_json(config["space"]),
+        task=Task.from_json(config.get("task")),
+        **adapters.to_json(),
+    )
     if "anchor_sha256" in config:
         for anchor, digest in zip(net.anchors, config["anchor_sha256"], strict=True):
             if anchor_digest(anchor) != digest:

@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 def _zoo_anchor(source: dict[str, Any], pretrained: bool) -> nn.Module:
-    return zoo.create_demo_anchor(source["name"], pretrained=pretrained)
+    size = source.get("img_size")
+    return zoo.create_demo_anchor(source["name"], pretrained=pretrained, img_size=size)
 
 
 #: Builders for anchors that are not timm names, keyed by the ``kind`` of an anchor's source.
@@ -253,8 +254,13 @@ def resolve_anchors(
             continue
         name, _, path = str(spec).partition("=")
         if name in SOURCES:
-            anchor = from_source({"kind": name, "name": path or name}, pretrained=True)
+            source = {"kind": name, "name": path or name}
+            if name == "zoo" and size is not None:  # resampled to the size: see _zoo_anchor
+                source["img_size"] = size
+            anchor = from_source(source, pretrained=True)
             _check_fixed(anchor, str(spec), kwargs)
+            if "img_size" in source:
+                _report_resampling(anchor, str(spec))
             anchors.append(anchor)
             continue
         anchor = timm_anchor(
@@ -282,9 +288,21 @@ def _check_preset_or_model(name: str) -> None:
     )
 
 
+def _report_resampling(anchor: Anchor, spec: str) -> None:
+    rows, cols = anchor.model.patch_embed.grid_size
+    zoo_cfg = zoo.demo_anchor_config(anchor.source["name"])
+    side = zoo_cfg.img_size // zoo_cfg.patch_size
+    if (rows, cols) != (side, side):
+        logger.warning(
+            "%s: pos_embed resampled from %d×%d to %d×%d patches for %d×%d images",
+            spec, side, side, rows, cols, *anchor.input_size[1:],
+        )  # fmt: skip
+
+
 def _check_fixed(anchor: Anchor, spec: str, kwargs: dict[str, Any]) -> None:
-    """An anchor rebuilt from its source (e.g. a zoo anchor) keeps the input size and classifier
-    its weights were trained with: asking for others is an error, never silently ignored."""
+    """An anchor rebuilt from its source keeps the input size and classifier its weights were
+    trained with (a zoo anchor resamples its position embeddings to another size instead):
+    asking for others is an error, never silently ignored."""
     size, classes = kwargs.get("img_size"), kwargs.get("num_classes")
     c, h, w = anchor.input_size
     wanted = (size, size) if isinstance(size, int) else tuple(size or (h, w))

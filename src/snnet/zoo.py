@@ -23,6 +23,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from snnet.presets import PRESETS
@@ -79,15 +80,16 @@ def demo_anchor_config(name: str) -> DemoAnchorConfig:
     return ZOO_ANCHORS[name]
 
 
-def build_demo_anchor(cfg: DemoAnchorConfig) -> nn.Module:
-    """A freshly initialised timm ``VisionTransformer`` of architecture ``cfg``.
+def build_demo_anchor(cfg: DemoAnchorConfig, *, img_size: int | None = None) -> nn.Module:
+    """A freshly initialised timm ``VisionTransformer`` of architecture ``cfg``, taking
+    ``img_size`` pixels a side (default ``cfg.img_size``: 28).
 
     Example: ``model = build_demo_anchor(DemoAnchorConfig(embed_dim=16, num_heads=1))``
     """
     from timm.models.vision_transformer import VisionTransformer
 
     model = VisionTransformer(
-        img_size=cfg.img_size,
+        img_size=img_size or cfg.img_size,
         patch_size=cfg.patch_size,
         in_chans=cfg.in_chans,
         num_classes=cfg.num_classes,
@@ -111,15 +113,29 @@ def weights_path(name: str, weights_dir: str | Path | None = None) -> Path:
 
 
 def create_demo_anchor(
-    name: str, *, pretrained: bool = True, weights_dir: str | Path | None = None
+    name: str,
+    *,
+    pretrained: bool = True,
+    weights_dir: str | Path | None = None,
+    img_size: int | None = None,
 ) -> nn.Module:
     """Build demo anchor ``name`` (a timm ``VisionTransformer``), with its shipped weights if pretrained.
 
-    The model is returned in eval mode when pretrained, in float32.
+    ``img_size`` (a multiple of the 7-px patch) builds it for larger images: its position
+    embeddings, trained on the 4×4 patch grid of 28 px, are resampled to the new grid (timm's
+    ``resample_abs_pos_embed``, as re-heading a checkpoint does); every other weight is used as
+    it is. The model is returned in eval mode when pretrained, in float32.
 
     Example: ``model = create_demo_anchor("fmnist_vit_s"); logits = model(torch.zeros(8, 1, 28, 28))``
     """
-    model = build_demo_anchor(demo_anchor_config(name))
+    cfg = demo_anchor_config(name)
+    if img_size is not None and (img_size < cfg.patch_size or img_size % cfg.patch_size):
+        raise ValueError(
+            f"zoo={name} takes {cfg.in_chans}×{cfg.img_size}×{cfg.img_size} images and cannot be "
+            f"resized to {img_size} px: its {cfg.patch_size}-px patches need a multiple of "
+            f"{cfg.patch_size} (e.g. {2 * cfg.img_size})"
+        )
+    model = build_demo_anchor(cfg, img_size=img_size)
     if pretrained:
         from safetensors.torch import load_file
 
@@ -130,9 +146,22 @@ def create_demo_anchor(
                 f"`snnet zoo train --name {name}` (or `{REBUILD_COMMAND}`)"
             )
         state = {k: v.float() for k, v in load_file(str(path)).items()}
+        if img_size is not None and img_size != cfg.img_size:
+            state["pos_embed"] = _resampled(state["pos_embed"], model)
         model.load_state_dict(state, strict=True)
         model.eval()
     return model
+
+
+def _resampled(pos_embed: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """The shipped position embeddings on ``model``'s patch grid (bicubic, prefix tokens kept)."""
+    from timm.layers import resample_abs_pos_embed
+
+    return resample_abs_pos_embed(
+        pos_embed,
+        new_size=list(model.patch_embed.grid_size),
+        num_prefix_tokens=model.num_prefix_tokens,
+    )
 
 
 def demo_anchor_record(name: str, weights_dir: str | Path | None = None) -> dict:

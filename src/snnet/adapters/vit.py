@@ -36,6 +36,8 @@ class ViTAnchor(Anchor):
                 "input; create them with dynamic_img_size=False so stitches see fixed shapes"
             )
         super().__init__(model, **kwargs)
+        # The patch grid, kept here: a stitch's later anchors are exported without their stem.
+        self.grid = tuple(int(v) for v in model.patch_embed.grid_size)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -51,10 +53,9 @@ class ViTAnchor(Anchor):
 
     def feature_map(self, h: torch.Tensor, block: int) -> torch.Tensor:
         # The patch tokens on the patch grid; the class (and register) tokens are left out.
-        m = self.model
         b, _, c = h.shape
-        rows, cols = m.patch_embed.grid_size
-        patches = h[:, m.num_prefix_tokens :]
+        rows, cols = self.grid
+        patches = h[:, self.model.num_prefix_tokens :]
         return patches.transpose(1, 2).reshape(b, c, rows, cols)
 
     def block_names(self) -> list[tuple[str, ...]]:

@@ -83,7 +83,10 @@ def add_family_arguments(p: argparse.ArgumentParser) -> None:
         "--img-size", type=positive_int, default=None, help="input resolution for every anchor"
     )
     p.add_argument(
-        "--num-classes", type=positive_int, default=None, help="classifier size for every anchor"
+        "--num-classes",
+        type=positive_int,
+        default=None,
+        help="classifier size for every anchor (segmentation: the classes of the dense head)",
     )
     p.add_argument(
         "--pretrained",
@@ -152,15 +155,131 @@ def add_adapter_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_network(args: argparse.Namespace, *, device: str | None = None) -> SNNet:
-    """The network the family arguments describe; ``device='meta'`` when only costs matter."""
+def add_task_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--task`` and a dense head's shape; read by :func:`task_from_args`."""
+    from snnet.task import HEADS, TASKS  # no torch: --help stays fast
+
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        default="classification",
+        help="what the network predicts: classification (the anchors' heads; default), "
+        "segmentation or depth (one dense head shared by every stitch)",
+    )
+    p.add_argument(
+        "--head",
+        choices=HEADS,
+        default="naive",
+        help="dense head: naive (SETR-naive, the last block; default) or fpn (a feature "
+        "pyramid over --levels blocks)",
+    )
+    p.add_argument(
+        "--levels",
+        type=positive_int,
+        default=None,
+        help="feature levels the fpn head reads (default 4; plain ViTs: evenly spaced blocks, "
+        "hierarchical anchors: the last stages)",
+    )
+    p.add_argument(
+        "--head-channels", type=positive_int, default=64, help="the dense head's width (default 64)"
+    )
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="segmentation: the class names in label order (or --classes-file FILE)",
+    )
+    p.add_argument(
+        "--classes-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="segmentation: a text file of class names, one a line, in label order",
+    )
+    p.add_argument(
+        "--reduce-zero-label",
+        action="store_true",
+        help="segmentation: label 0 is ignored and the others move down by one (mmsegmentation's)",
+    )
+    p.add_argument(
+        "--max-depth",
+        type=_positive_float,
+        default=10.0,
+        metavar="M",
+        help="depth: the largest depth the head predicts, in metres (default 10)",
+    )
+
+
+def class_names(args: argparse.Namespace) -> list[str] | None:
+    """The segmentation class names ``--classes`` or ``--classes-file`` give (None: neither)."""
+    if args.classes is not None and args.classes_file is not None:
+        raise ValueError("give the class names with --classes or --classes-file, not both")
+    if args.classes_file is not None:
+        names = [line.strip() for line in args.classes_file.read_text().splitlines()]
+        names = [n for n in names if n]
+        if not names:
+            raise ValueError(f"--classes-file {args.classes_file} names no class")
+        return names
+    return list(args.classes) if args.classes is not None else None
+
+
+def task_from_args(args: argparse.Namespace, names: list[str] | None = None) -> Any:
+    """The :class:`snnet.task.Task` the options describe; a dense head's options on a
+    classification task, or dense options of the other task, are refused."""
+    from snnet.task import Task
+
+    kind = args.task
+    given = {
+        "--head": args.head != "naive",
+        "--levels": args.levels is not None,
+        "--classes": names is not None,
+        "--reduce-zero-label": args.reduce_zero_label,
+        "--max-depth": args.max_depth != 10.0,
+        "--num-classes": args.num_classes is not None,
+        "--head-channels": args.head_channels != 64,
+    }
+    meant = {
+        "classification": ("--num-classes",),
+        "segmentation": (
+            "--head", "--levels", "--classes", "--reduce-zero-label", "--num-classes",
+            "--head-channels",
+        ),
+        "depth": ("--head", "--levels", "--max-depth", "--head-channels"),
+    }[kind]  # fmt: skip
+    stray = [k for k, v in given.items() if v and k not in meant]
+    if stray:
+        raise ValueError(f"{stray[0]} is not an option of --task {kind}: drop it")
+    if kind == "classification":
+        return Task()
+    classes = args.num_classes or (len(names) if names else None)
+    if names is not None and args.num_classes not in (None, len(names)):
+        raise ValueError(
+            f"--num-classes {args.num_classes} but {len(names)} class names: give one or the other"
+        )
+    return Task(
+        kind,
+        num_classes=classes if kind == "segmentation" else None,
+        head=args.head,
+        levels=args.levels,
+        channels=args.head_channels,
+        max_depth=args.max_depth,
+        reduce_zero_label=args.reduce_zero_label,
+    )
+
+
+def build_network(
+    args: argparse.Namespace, *, device: str | None = None, task: Any = None
+) -> SNNet:
+    """The network the family arguments describe (predicting ``task``, default
+    classification); ``device='meta'`` when only costs matter."""
     kwargs: dict[str, Any] = {}
     if device is not None and not args.pretrained:
         kwargs["device"] = device
     if args.img_size is not None:
         kwargs["img_size"] = args.img_size
-    if args.num_classes is not None:
-        kwargs["num_classes"] = args.num_classes
+    if args.num_classes is not None and not (task is not None and task.dense):
+        kwargs["num_classes"] = args.num_classes  # a dense task's classes are its head's
     from snnet.network import SNNet
     from snnet.sources import resolve_anchors
 
@@ -187,6 +306,7 @@ def build_network(args: argparse.Namespace, *, device: str | None = None) -> SNN
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha,
         lora_targets=args.lora_targets,
+        task=task,
         **options,
     )
 
@@ -240,10 +360,12 @@ def add_data_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
     :func:`snnet.data.resolve_data`)."""
     p.add_argument(
         "--data",
-        default="fmnist",
+        default=None,
         help="'fmnist' (Fashion-MNIST, offline; default), a folder of Fashion-MNIST idx files, or "
         "an image folder root/<class>/<image>; with root/train + root/val, trains on train and "
-        "holds val out",
+        "holds val out. Dense tasks: root/img_dir/{train,val} + root/ann_dir/{train,val} "
+        "(segmentation, mmsegmentation's layout) or root/depth_dir/{train,val} (depth), or "
+        "'fmnist-canvas' (the dense demo's; default)",
     )
     p.add_argument(
         "--val",

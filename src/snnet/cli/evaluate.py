@@ -1,4 +1,5 @@
-"""``snnet evaluate``: top-1 / top-5 of every stitch of a saved network in one pass over the data."""
+"""``snnet evaluate``: every stitch of a saved network scored in one pass over the data: top-1 /
+top-5, or a dense task's metrics (mIoU and pixel accuracy; AbsRel, RMSE and δ<1.25)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         default=None,
         help="an ImageFolder of validation images (root/<class>/<image>, or root/val when root "
         "has train/ and val/), 'fmnist' or a folder of the Fashion-MNIST idx files (its test "
-        "split; the default for 1x28x28 anchors)",
+        "split; the default for 1x28x28 anchors); a dense network: a dense folder (its "
+        "img_dir/val) or 'fmnist-canvas' (the default for the dense demo's anchors)",
     )
     p.add_argument(
         "--max-images",
@@ -90,9 +92,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             print("snnet evaluate: interrupted before the first batch finished", file=sys.stderr)
         return 130
-    done = [r.stitch for r in results if r.top1 is not None]
+    done = [r.stitch for r in results if getattr(r, results.metric) is not None]
     print(format_table(results, done))
-    front = results.pareto("gmacs", "top1")
+    front = results.pareto("gmacs")
     how = results.meta.get("accuracy") or {}
     print(
         f"\n{len(done)} of {len(results)} stitches measured on {how.get('images')} images "
@@ -110,10 +112,23 @@ def open_data(
     ``crop_pct``, ...) on top. Without ``path``: the Fashion-MNIST test split for 1x28x28
     anchors."""
     from snnet.data.anchors import network_preprocessing, with_overrides
+    from snnet.data.dense_data import CANVAS
     from snnet.data.resolve import resolve_data
+    from snnet.sources import from_zoo
     from snnet.train.pipeline import num_outputs
 
     config = network_preprocessing(net)
+    if overrides:
+        config = with_overrides(config, overrides)
+    if net.task.dense:
+        if path is None and not (from_zoo(net.anchors) and config.channels == 1):
+            raise ValueError(
+                "no default data for this dense network: pass --data ROOT (a folder with "
+                "img_dir/val and ann_dir/val or depth_dir/val)"
+            )
+        spec = path or CANVAS
+        data = resolve_data(spec, config, split="eval", task=net.task, classes=config.classes)
+        return data.val
     if path is None:
         if config.input_size != (1, 28, 28):
             c, h, w = config.input_size
@@ -122,7 +137,5 @@ def open_data(
                 "--data PATH (an ImageFolder of validation images, root/<class>/<image>)"
             )
         path = "fmnist"
-    if overrides:
-        config = with_overrides(config, overrides)
     data = resolve_data(path, config, split="eval", num_classes=num_outputs(net))
     return data.val

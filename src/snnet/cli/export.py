@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from snnet.measure.select import select
     from snnet.serialize import load
 
-    wanted = budgets(args)
+    limits = ("max_gmacs", "max_params", "max_latency_ms", "min_top1", "at_least", "at_most")
+    wanted = [k for k in limits if getattr(args, k) is not None]
     if (args.stitch is None) == (not wanted):
         raise ValueError(
             "give --stitch, or a budget (--max-gmacs, ...) to export the stitch select picks"
@@ -51,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     if wanted:
         path = Path(args.results) if args.results else run.results
         results = load_results_for(net, path, create=False)
-        stitch = select(results, **wanted).stitch
-        print(f"selected stitch {stitch} for {', '.join(f'{k}={v}' for k, v in wanted.items())}")
+        chosen = budgets(args, results)
+        stitch = select(results, **chosen).stitch
+        print(f"selected stitch {stitch} for {', '.join(f'{k}={v}' for k, v in chosen.items())}")
     model = export_stitch(net, stitch)
     try:
         written = export(model, args.out, args.format)

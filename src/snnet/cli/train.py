@@ -15,11 +15,14 @@ from snnet.cli.common import (
     add_data_arguments,
     add_family_arguments,
     add_preprocess_arguments,
+    add_task_arguments,
     add_threads_argument,
     augment_from_args,
     build_network,
+    class_names,
     positive_int,
     preprocess_overrides,
+    task_from_args,
 )
 from snnet.train.config import TrainConfig
 
@@ -37,6 +40,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     add_family_arguments(p)
+    add_task_arguments(p.add_argument_group("task (see the docs: Dense prediction)"))
     data = p.add_argument_group("data and run")
     add_data_arguments(data)
     data.add_argument(
@@ -115,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     config = config_from_args(args)
+    task = task_from_args(args, class_names(args))
+    if task.dense:
+        check_dense_options(args, config, task)
     check_run(  # before building anything, so that a refused command leaves no trace
         args.out,
         resume=args.resume,
@@ -124,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     )
     main_rank = int(os.environ.get("RANK", "0")) == 0
     overrides, origin = preprocess_overrides(args)
-    net = build_network(args)
+    net = build_network(args, task=task)
     preprocessing = resolve_preprocessing(net.anchors, overrides, origin=origin)
     teacher = None
     if args.teacher is not None:
@@ -135,8 +142,14 @@ def run(args: argparse.Namespace) -> int:
         if len(teachers) != 1:
             raise ValueError(f"--teacher {args.teacher} names {len(teachers)} models; give one")
         teacher = teachers[0]
+    spec = args.data or ("fmnist-canvas" if task.dense else "fmnist")
     data = resolve_data(
-        args.data, preprocessing.config, augment=augment_from_args(args), val=args.val
+        spec,
+        preprocessing.config,
+        augment=augment_from_args(args),
+        val=args.val,
+        task=task,
+        classes=class_names(args),
     )  # fit checks the training images against the network (size, then classes)
     if args.max_images is not None:
         data = data.sample_training(args.max_images, seed=config.seed)
@@ -165,6 +178,33 @@ def run(args: argparse.Namespace) -> int:
         return 128 + result.interrupted
     if main_rank:
         names = [a.name for a in net.anchors]
-        print(anchor_table(names, result.anchors_before, result.anchors_after))
+        if result.anchors_before is not None:
+            print(anchor_table(names, result.anchors_before, result.anchors_after))
+        else:  # a dense head starts untrained: no score before training
+            print(f"anchor {task.metric} inside the trained SN-Net:")
+            print(
+                "\n".join(
+                    f"  {n:<24} {v:8.3f}" for n, v in zip(names, result.anchors_after, strict=True)
+                )
+            )
         print(f"trained {result.steps} steps{last}; network saved to {RunDir(args.out).model}")
     return 0
+
+
+#: Options that only mean something for classification, and the default each must keep.
+CLASSIFICATION_ONLY = {"teacher": None, "distill": "none", "cache_teachers": False}
+
+
+def check_dense_options(args: argparse.Namespace, config: TrainConfig, task: object) -> None:
+    """Refuse, in one line, the options a dense task gives no meaning: distillation (it teaches
+    class logits) and, for depth, label smoothing. Segmentation smooths its per-pixel labels."""
+    values = {**vars(args), **config.to_json()}
+    for name, default in CLASSIFICATION_ONLY.items():
+        if values[name] != default:
+            option = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"{option} distils class logits; --task {task.kind} trains on its own targets: "
+                f"drop {option}"
+            )
+    if task.kind == "depth" and config.label_smoothing != TrainConfig().label_smoothing:
+        raise ValueError("--label-smoothing smooths class labels; depth regresses metres: drop it")

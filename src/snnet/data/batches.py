@@ -116,8 +116,25 @@ def load_batches(
         generator=torch.Generator().manual_seed(seed),
     )
     normalize = getattr(getattr(images, "config", None), "normalize", None)
-    for x, y in loader:
+    for x, y in _own_errors(loader):
         yield (normalize(x) if normalize is not None else x), y
+
+
+def _own_errors(loader: DataLoader) -> Iterator[Any]:
+    """The loader's batches; a ValueError raised in a worker (a malformed file, named by the
+    data layer in one line) is raised here with that line alone, not the worker's traceback."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except ValueError as e:
+            lines = str(e).strip().splitlines()
+            if len(lines) > 1 and lines[-1].startswith("ValueError: "):
+                raise ValueError(lines[-1].removeprefix("ValueError: ")) from None
+            raise
+        yield batch
 
 
 def in_order(n: int, batch_size: int, indices: torch.Tensor | None = None) -> list[torch.Tensor]:

@@ -3,7 +3,9 @@ the network's input.
 
 An image set is held in memory (``memory``: uint8 pixels, e.g. Fashion-MNIST) or read from
 ``files`` (an image folder). Either way an item is ``(uint8 pixels (C, H, W), target)`` after
-the geometry (resize and crop) and the training augmentation, and a batch is normalised once,
+the geometry (resize and crop) and the training augmentation, where the target is a class label
+or, for a dense task, an ``(H, W)`` label or depth map (:class:`~snnet.data.dense.DenseTargets`)
+that the geometry and augmentation move with its image; a batch is normalised once,
 by :meth:`~snnet.data.config.DataConfig.normalize`. Training, least squares, validation,
 evaluation, the teachers' cache and the anchor zoo all read images through it, in batches made
 by :func:`snnet.data.batches.load_batches`.
@@ -22,6 +24,7 @@ from torch.utils.data import Dataset
 
 from snnet.data.augment import shift_and_flip, shift_pad, timm_steps
 from snnet.data.config import Augment, DataConfig, to_uint8
+from snnet.data.dense import DenseTargets
 from snnet.data.sample import stratified_indices
 from snnet.data.sources import fashion_mnist_files, list_folder, read_idx
 
@@ -32,7 +35,9 @@ class ImageSet(Dataset):
     """Labelled images and their preprocessing (``config``, plus ``augment`` for training).
 
     ``images[i]`` is ``(pixels, target)``: a (C, H, W) uint8 tensor after resize, crop and
-    augmentation, and an int label. :meth:`batch` gives a normalised float batch. Files that
+    augmentation, and an int label, or with ``dense`` targets an (H, W) map (``targets`` then
+    holds no labels: zeros, one stratum for sampling). :meth:`batch` gives a normalised float
+    batch. Files that
     fail to decode are an error naming the file when ``strict`` (evaluation: a replacement would
     be counted under the wrong label), else logged once and replaced by the next readable image
     (training keeps going past one bad file).
@@ -46,7 +51,7 @@ class ImageSet(Dataset):
     def __init__(
         self,
         config: DataConfig,
-        targets: Sequence[int] | torch.Tensor,
+        targets: Sequence[int] | torch.Tensor | None,
         *,
         classes: Sequence[str],
         memory: torch.Tensor | None = None,
@@ -54,13 +59,21 @@ class ImageSet(Dataset):
         augment: Augment | None = None,
         name: str = "",
         strict: bool = False,
+        dense: DenseTargets | None = None,
     ) -> None:
         if (memory is None) == (files is None):
             raise ValueError("an ImageSet holds either memory (uint8 pixels) or files")
-        self.targets = torch.as_tensor(targets, dtype=torch.long)
         n = len(memory) if memory is not None else len(files)
-        if n != len(self.targets):
-            raise ValueError(f"{n} images but {len(self.targets)} targets")
+        if targets is None and dense is None:
+            raise ValueError("an ImageSet needs targets: labels, or dense targets")
+        self.targets = torch.as_tensor(targets if targets is not None else [0] * n).long()
+        if n != len(self.targets) or (dense is not None and len(dense) != n):
+            raise ValueError(f"{n} images but {len(dense or self.targets)} targets")
+        in_memory = dense is not None and memory is not None and dense.memory is not None
+        if in_memory and tuple(dense.memory.shape[1:]) != config.size:
+            raise ValueError(
+                f"targets in memory are {tuple(dense.memory.shape[1:])}, images {config.size}"
+            )
         if memory is not None:
             if memory.dtype != torch.uint8 or memory.ndim != 4:
                 raise ValueError(f"memory must be (N, C, H, W) uint8, got {tuple(memory.shape)}")
@@ -78,14 +91,17 @@ class ImageSet(Dataset):
         self.augment = augment if augment is not None and augment.active else None
         self.name = name
         self.strict = strict
+        self.dense = dense
         self._bad: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __repr__(self) -> str:
+        kind = f", {self.dense.kind} targets" if self.dense is not None else ""
         return (
-            f"ImageSet({self.name or 'unnamed'}, {len(self)} images, {len(self.classes)} classes)"
+            f"ImageSet({self.name or 'unnamed'}, {len(self)} images, {len(self.classes)} classes"
+            f"{kind})"
         )
 
     # -- variants ------------------------------------------------------------------------------
@@ -115,6 +131,11 @@ class ImageSet(Dataset):
 
     def augmented(self, augment: Augment) -> ImageSet:
         """The same images with ``augment`` applied in training."""
+        if augment.kind == "timm" and self.dense is not None:
+            raise ValueError(
+                "timm's augmentation (random resized crops, colour jitter) moves class-labelled "
+                "images only: use --augment light (shifts and flips move the targets too)"
+            )
         if augment.kind == "timm" and self.memory is not None:
             raise ValueError(
                 "timm's augmentation works on image files: use --augment light (shifts, flips) "
@@ -131,6 +152,7 @@ class ImageSet(Dataset):
             targets=self.targets[idx],
             memory=self.memory[idx] if self.memory is not None else None,
             files=tuple(self.files[i] for i in idx.tolist()) if self.files is not None else None,
+            dense=self.dense.subset(idx) if self.dense is not None else None,
             name=self.name if name is None else name,
         )
 
@@ -158,33 +180,45 @@ class ImageSet(Dataset):
         return next(iter(load_batches(images, rows, num_workers=num_workers)))
 
     # -- items and batches ---------------------------------------------------------------------
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        """Image ``index`` as uint8 pixels (C, H, W) and its label; augmentation draws from the
-        global generators (:class:`~snnet.data.batches.SeededItems` seeds them per image)."""
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+        """Image ``index`` as uint8 pixels (C, H, W) and its label (or its (H, W) dense target);
+        augmentation draws from the global generators (:class:`~snnet.data.batches.SeededItems`
+        seeds them per image)."""
         if self.memory is not None:
             pixels = self.memory[index]
         else:
             pixels, index = self._read(index)
-        target = int(self.targets[index])
+        if self.dense is not None:
+            target = self.dense.read(index, self.config.size)
+        else:
+            target = int(self.targets[index])
         if self.augment is not None and self.augment.kind == "light":
-            x, _ = shift_and_flip(
-                pixels[None], self.targets[index : index + 1], **self._shift_args()
-            )
-            pixels = x[0]
+            t = target[None] if self.dense is not None else self.targets[index : index + 1]
+            x, t = shift_and_flip(pixels[None], t, **self._shift_args())
+            pixels, target = x[0], (t[0] if self.dense is not None else target)
         return pixels, target
 
     def batch(
         self, indices: Sequence[int] | torch.Tensor, *, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised float images (B, C, H, W) and labels (B,) of ``indices``. In memory the
+        """Normalised float images (B, C, H, W) and labels (B,) (or dense targets (B, H, W))
+        of ``indices``. In memory the
         batch is indexed and augmented at once (drawing from ``generator``); files are read one
         by one here (use :func:`~snnet.data.batches.load_batches` for worker processes)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         if self.memory is None:
             items = [self[int(i)] for i in idx]
             pixels = torch.stack([p for p, _ in items])
-            return self.config.normalize(pixels), torch.tensor([t for _, t in items])
-        pixels, targets = self.memory[idx], self.targets[idx]
+            targets = [t for _, t in items]
+            stacked = torch.stack(targets) if self.dense is not None else torch.tensor(targets)
+            return self.config.normalize(pixels), stacked
+        pixels = self.memory[idx]
+        if self.dense is not None and self.dense.memory is not None:
+            targets = self.dense.memory[idx]  # (B, H, W)
+        elif self.dense is not None:
+            targets = torch.stack([self.dense.read(int(i), self.config.size) for i in idx])
+        else:
+            targets = self.targets[idx]
         if self.augment is not None:
             pixels, targets = shift_and_flip(pixels, targets, **self._shift_args(generator))
         return self.config.normalize(pixels), targets

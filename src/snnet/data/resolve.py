@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from snnet.data.augment import default_augment
 from snnet.data.config import Augment, DataConfig
+from snnet.data.dense import dense_layout
+from snnet.data.dense_data import CANVAS, dense_sets
 from snnet.data.images import ImageSet, fashion_mnist, image_folder
 from snnet.data.sources import DataSource, locate, peek
+from snnet.task import Task
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,6 +49,8 @@ def resolve_data(
     augment: Augment | None = None,
     val: str | Path | None = None,
     num_classes: int | None = None,
+    task: Task | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Data:
     """The data ``spec`` names, preprocessed with ``config`` (the network's
     :class:`~snnet.data.config.DataConfig`), for ``split="train"`` (training images augmented
@@ -53,12 +59,26 @@ def resolve_data(
     ``spec`` itself). ``val`` names held-out images explicitly. With ``num_classes``, data with
     another number of classes is refused.
 
+    A dense ``task`` reads a dense folder (:mod:`snnet.data.dense`: ``root/img_dir`` with
+    ``root/ann_dir`` or ``root/depth_dir``, ``train`` and ``val`` splits) or ``fmnist-canvas``
+    (the dense demo's Fashion-MNIST canvases, :mod:`snnet.data.canvas`), each image whole at
+    the input size; ``classes`` names the segmentation classes (default ``class_0`` ...).
+
     Example:
         >>> data = resolve_data("digits", resolve_preprocessing(net.anchors).config)
         >>> fit(net, data, TrainConfig(epochs=3))
     """
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if task is not None and task.dense:
+        if val is not None:
+            raise ValueError("--val names an image folder; dense data keeps its val split")
+        train, held_out = dense_sets(spec, config, task, split, augment=augment, classes=classes)
+        return Data((train or held_out).config, train=train, val=held_out)
+    if str(spec) == CANVAS or (Path(spec).is_dir() and dense_layout(spec) is not None):
+        raise ValueError(
+            f"--data {spec} holds dense targets: train it with --task segmentation or depth"
+        )
     source = locate(spec)
     if split == "eval":
         if val is not None:

@@ -70,12 +70,18 @@ def write_onnx(
             dynamo=True,
             dynamic_shapes=dynamic,
             input_names=["x"],
-            output_names=["logits"],
+            output_names=[_output_name(model)],
             verbose=False,
         )
     program.save(path)
     if check:
         check_onnx(model, path, atol=atol)
+
+
+def _output_name(model: StitchedModel) -> str:
+    """``logits`` (classes, or classes per pixel) or ``depth`` (metres per pixel)."""
+    task = (model.info.get("dense") or {}).get("task") or {}
+    return "depth" if task.get("kind") == "depth" else "logits"
 
 
 def check_onnx(

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from snnet.adapters import Anchor, as_anchor
+from snnet.dense.head import DenseHead
 from snnet.export.graphs import require, write_onnx, write_pt2
 from snnet.export.stitched import (
     FORMAT,
@@ -37,10 +38,11 @@ from snnet.files import (
     unit_file,
 )
 from snnet.layers import StitchingLayer
-from snnet.parts import Step
+from snnet.parts import Part, Step
 from snnet.peft import merge_lora
 from snnet.serialize import read_state
 from snnet.sources import from_source
+from snnet.task import Task
 
 #: The file each format writes into an export directory; writing an export removes the others.
 FILES = {"safetensors": WEIGHTS, "onnx": ONNX, "pt2": PT2}
@@ -55,6 +57,7 @@ _CONFIG_KEYS = {
     "layers",
     "steps",
     "data",
+    "dense",
     HASHES,
 }
 
@@ -141,9 +144,21 @@ def load_stitch(
         ]
     steps = [Step(*s) for s in config["steps"]]
     info = {k: v for k, v in config.items() if k != HASHES}  # the hashes describe the files
-    model = StitchedModel(parts, layers, steps, info=info)
+    dense, dense_parts = _dense_head(config.get("dense"))
+    model = StitchedModel(parts, layers, steps, info=info, dense=dense, parts=dense_parts)
     _fill(model, weights, map_location)
     return model.eval()
+
+
+def _dense_head(d: dict[str, Any] | None) -> tuple[DenseHead | None, list[Part]]:
+    """A dense stitch's head, on the meta device (filled from the file), and its parts."""
+    if d is None:
+        return None, []
+    taps = {k: (shape_from_json(a), shape_from_json(b)) for k, (a, b) in d["taps"].items()}
+    levels = [shape_from_json(s) for s in d["levels"]]
+    with torch.device("meta"):
+        head = DenseHead(Task.from_json(d["task"]), levels, taps, d["size"])
+    return head, [Part(*p) for p in d["parts"]]
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -17,9 +18,10 @@ from torch import nn
 
 from snnet.adapters import Anchor, FeatureShape
 from snnet.data.config import DataConfig
+from snnet.dense.head import DenseHead
 from snnet.layers import StitchingLayer
 from snnet.network import SNNet, run_plan
-from snnet.parts import Part, Step
+from snnet.parts import Part, Step, run_parts
 from snnet.peft import merge_lora
 from snnet.stitch import Stitch
 
@@ -31,8 +33,10 @@ class StitchedModel(nn.Module):
     """One stitch of an SN-Net as a plain module holding only the weights that stitch runs.
 
     ``anchors`` are the (pruned) anchors of the route in order; ``steps`` index into them and
-    into ``layers``, like :meth:`SNNet.plan` does into the network. Build one with
-    :func:`export_stitch` or :func:`load_stitch`.
+    into ``layers``, like :meth:`SNNet.plan` does into the network. A dense stitch also holds
+    ``dense`` (the shared head with the tap layers this stitch runs) and runs its ``parts``
+    (anchor indices into ``anchors``). Build one with :func:`export_stitch` or
+    :func:`load_stitch`.
 
     Example:
         >>> model = snnet.export_stitch(net, "0:5-1:6")
@@ -47,6 +51,8 @@ class StitchedModel(nn.Module):
         steps: Sequence[Step],
         *,
         info: dict[str, Any],
+        dense: DenseHead | None = None,
+        parts: Sequence[Part] = (),
     ) -> None:
         super().__init__()
         self.anchors = nn.ModuleList(anchors)
@@ -54,6 +60,8 @@ class StitchedModel(nn.Module):
         self.layers = nn.ModuleDict({str(i): layer for i, layer in enumerate(layers)})
         self.steps = tuple(Step(*s) for s in steps)
         self.info = info  # JSON: the stitch, its source anchors and parts, its cost
+        self.dense = dense
+        self.parts = tuple(parts)
 
     @property
     def stitch(self) -> Stitch:
@@ -72,6 +80,8 @@ class StitchedModel(nn.Module):
         return DataConfig.from_json(data) if data else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dense is not None:
+            return run_parts(self.parts, self.anchors, self.layers, x, self.dense)
         return run_plan(self.steps, self.anchors, self.layers, x)
 
     def extra_repr(self) -> str:
@@ -116,6 +126,8 @@ def _route_parts(parts: Sequence[Part]) -> list[dict[str, Any]]:
     kept: list[dict[str, Any]] = []
     new_anchor = True
     for p in parts:
+        if p.kind in ("tap", "decode"):  # a dense head's, not the anchor's
+            continue
         if p.kind == "layer":
             new_anchor = True
             continue
@@ -186,7 +198,44 @@ def export_stitch(net: SNNet, stitch: Stitch | str) -> StitchedModel:
     }
     if net.data_config is not None:  # what snnet train / demo recorded: deployment must match it
         info["data"] = net.data_config.to_json()
-    return StitchedModel(anchors, layers, new_steps, info=info).train(net.training)
+    dense, dense_parts = None, ()
+    if net.dense is not None:
+        renamed = {s.layer: n.layer for s, n in zip(steps, new_steps, strict=True) if s.layer}
+        dense, dense_parts, info["dense"] = _dense_export(net, stitch, renamed)
+    model = StitchedModel(anchors, layers, new_steps, info=info, dense=dense, parts=dense_parts)
+    return model.train(net.training)
+
+
+def _dense_export(
+    net: SNNet, stitch: Stitch, renamed: dict[str, str]
+) -> tuple[DenseHead, tuple[Part, ...], dict[str, Any]]:
+    """A dense stitch's head (the decoder and only the tap layers it runs), and its parts as
+    the export names them (anchors by their place on the route, stitching layers ``renamed``),
+    and their JSON."""
+    parts, k = [], -1
+    for p in net.parts(stitch):
+        if p.kind == "stem" or (p.kind == "block" and parts and parts[-1].kind == "layer"):
+            k += 1  # each stretch between stitching layers is one anchor of the export
+        if p.kind == "layer":
+            parts.append(replace(p, layer=renamed[p.layer]))
+        else:
+            parts.append(replace(p, anchor=k) if p.anchor is not None else p)
+    taps = {p.layer: net.dense.taps[p.layer] for p in parts if p.kind == "tap" and p.layer}
+    shapes = {key: (t.src, t.dst) for key, t in taps.items()}
+    head = DenseHead(net.task, net.dense.levels, shapes, net.dense.size)
+    with torch.no_grad():
+        head.decoder.load_state_dict(net.dense.decoder.state_dict())
+        for key, tap in taps.items():
+            head.taps[key].load_state_dict(tap.merged().state_dict())
+    head = head.to(next(net.dense.parameters()).device).train(net.training)
+    info = {
+        "task": net.task.to_json(),
+        "levels": [shape_to_json(s) for s in net.dense.levels],
+        "size": list(net.dense.size),
+        "taps": {key: [shape_to_json(a), shape_to_json(b)] for key, (a, b) in shapes.items()},
+        "parts": [[p.kind, p.anchor, p.block, p.layer, p.level] for p in parts],
+    }
+    return head, tuple(parts), info
 
 
 def shape_to_json(shape: FeatureShape) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Accuracy of every stitch in one pass over the data, sharing the computation stitches have in common.
+"""Every stitch scored in one pass over the data, sharing the computation stitches have in common.
 
 The reference evaluated each stitch with its own pass over the validation set: 71 passes for DeiT,
 each decoding every image again. Here each batch is decoded once and every stitch runs on it, and
@@ -28,6 +28,7 @@ from snnet.data.images import ImageSet
 from snnet.data.sample import stratified_indices
 from snnet.files import atomic_write, check_writable, read_json_config
 from snnet.measure.results import Results, fingerprint
+from snnet.measure.scores import Classification, Scorer, scorer_for
 from snnet.network import SNNet
 from snnet.parts import Part, run_parts
 from snnet.peft import adapting
@@ -145,10 +146,12 @@ def evaluate_all(
     progress: bool = True,
     data_name: str | None = None,
 ) -> Results:
-    """Top-1 / top-5 accuracy of every stitch (or of ``stitches``) in one pass over ``data``.
+    """The task's metrics of every stitch (or of ``stitches``) in one pass over ``data``:
+    top-1 / top-5 accuracy, mIoU and pixel accuracy for segmentation, AbsRel, RMSE and δ<1.25
+    for depth (:mod:`snnet.measure.scores`).
 
     ``data``: an :class:`~snnet.data.ImageSet` (or any map-style dataset of ``(image, label)``),
-    batched here in order, or an iterable of ``(images, labels)`` batches in a fixed order.
+    batched here in order, or an iterable of ``(images, targets)`` batches in a fixed order.
     ``max_images``: a seeded stratified sample of that many images (drawn with ``seed``), which
     the results record. The network runs on ``device`` (default: CUDA when available) in eval
     mode under ``torch.inference_mode()`` (``amp``: autocast, bfloat16 on CPU, float16 on
@@ -158,13 +161,13 @@ def evaluate_all(
     every ``checkpoint_every`` batches and on Ctrl-C or error, and a rerun continues from there;
     stitches ``path`` holds already are not run again, and the results are merged into it (JSON
     + CSV). An unwritable ``path`` is an ``OSError`` before anything runs; results of another
-    network, other weights, other data or another sample are a ``ValueError``. How accuracy was
-    measured goes to ``meta["accuracy"]``.
+    network, other weights, other data or another sample are a ``ValueError``. How the metrics
+    were measured goes to ``meta["accuracy"]``.
 
     Example:
         >>> results = evaluate_all(net, fashion_mnist("test"), path="runs/demo/results.json")
         >>> quick = evaluate_all(net, fashion_mnist("test"), max_images=1000)  # 100 per class
-        >>> results["0:5-1:6"].top1, results.pareto("gmacs", "top1")
+        >>> results["0:5-1:6"].top1, results.pareto("gmacs")
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -178,13 +181,14 @@ def evaluate_all(
     path = Path(path) if path is not None else None
     results, signature = _known(net, path, data_name, sample)
     wanted = list(net.stitches) if stitches is None else [net.space.check(s) for s in stitches]
-    todo = [s for s in dict.fromkeys(wanted) if results[s].top1 is None]
+    todo = [s for s in dict.fromkeys(wanted) if getattr(results[s], results.metric) is None]
     if not todo:
         if path is not None and path.exists():
             _tidy(path, results)
         return results
     tree = StitchTree(net, todo)
-    state = _load_progress(path, signature, tree.stitches)  # (images, batches, counts (S, 2))
+    scorer = scorer_for(net.task)
+    state = _load_progress(path, signature, tree.stitches, scorer)  # (images, batches, stats)
     was_training = net.training
     home = {t.device for t in [*net.parameters(), *net.buffers()]}
     net.to(device).eval()
@@ -192,13 +196,14 @@ def evaluate_all(
         batches = _batches(data, state[0], batch_size, num_workers)
         total = len(data) if isinstance(data, Dataset) else None
         state = _count(
-            tree, batches, state, total, device, amp, progress, path, signature, checkpoint_every
-        )
+            tree, scorer, batches, state, total, device, amp, progress, path, signature,
+            checkpoint_every,
+        )  # fmt: skip
     finally:
         net.train(was_training)
         if len(home) == 1:
             net.to(home.pop())
-    _record(results, tree, state, signature, batch_size, device, amp)
+    _record(results, tree, scorer, state, signature, batch_size, device, amp)
     if path is not None:
         results.save(path)
         progress_path(path).unlink(missing_ok=True)
@@ -208,18 +213,19 @@ def evaluate_all(
 def _record(
     results: Results,
     tree: StitchTree,
+    scorer: Scorer,
     state: tuple[int, int, torch.Tensor],
     signature: dict[str, Any],
     batch_size: int,
     device: torch.device,
     amp: bool,
 ) -> None:
-    """The pass's counts as accuracies, and how they were measured (``meta["accuracy"]``)."""
+    """The pass's sums as the task's metrics, and how they were measured (``meta["accuracy"]``)."""
     images = state[0]
     if images == 0:
         raise ValueError(f"no images in {signature['data']}: nothing to evaluate")
-    for s, (c1, c5) in zip(tree.stitches, state[2].tolist(), strict=True):
-        results.update(s, top1=100.0 * c1 / images, top5=100.0 * c5 / images)
+    for s, stats in zip(tree.stitches, state[2], strict=True):
+        results.update(s, **scorer.values(stats, images))
     results.meta["accuracy"] = {  # latency keeps its own entry
         **{k: signature[k] for k in ("data", "sample", "weights")},
         "images": images,
@@ -255,6 +261,7 @@ def _known(
 
 def _count(
     tree: StitchTree,
+    scorer: Scorer,
     batches: Iterable[Batch],
     state: tuple[int, int, torch.Tensor],
     total: int | None,
@@ -265,7 +272,7 @@ def _count(
     signature: dict[str, Any],
     checkpoint_every: int,
 ) -> tuple[int, int, torch.Tensor]:
-    """The pass: top-1/top-5 hits of every stitch of ``tree``, added to ``state``; saved to the
+    """The pass: the scorer's sums of every stitch of ``tree``, added to ``state``; saved to the
     progress file every ``checkpoint_every`` batches and when interrupted."""
     index = {s: i for i, s in enumerate(tree.stitches)}
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -277,28 +284,21 @@ def _count(
             for x, y in batches:
                 x = x.to(device, non_blocking=True)
                 y = torch.as_tensor(y).to(device, non_blocking=True)
-                counts = torch.zeros(len(tree.stitches), 2, dtype=torch.long, device=device)
-                for s, logits in tree.run(x):
-                    counts[index[s]] = _correct(logits, y)
+                counts = scorer.zeros(len(tree.stitches), device=device)
+                for s, out in tree.run(x):
+                    counts[index[s]] = scorer.batch(out, y)
                 # One assignment, so an interruption never leaves a half-counted batch.
                 state = (state[0] + len(y), state[1] + 1, state[2] + counts.cpu())
                 bar.update(len(y))
                 if path is not None and state[1] % checkpoint_every == 0:
-                    _save_progress(path, signature, tree.stitches, state)
+                    _save_progress(path, signature, tree.stitches, state, scorer)
     except BaseException:
         if path is not None and state[0] > 0:
-            _save_progress(path, signature, tree.stitches, state)
+            _save_progress(path, signature, tree.stitches, state, scorer)
         raise
     finally:
         bar.close()
     return state
-
-
-def _correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Top-1 and top-5 hits of one batch, as a (2,) tensor on the logits' device."""
-    top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (B, k)
-    hits = top == y[:, None]
-    return torch.stack([hits[:, 0].sum(), hits.any(dim=-1).sum()])
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -374,7 +374,8 @@ def _tidy(path: Path, results: Results) -> None:
     if p.exists():
         try:
             saved = read_json_config(p, PROGRESS_FORMAT, PROGRESS_VERSION, what="progress")
-            done = all(results[s].top1 is not None for s in saved.get("stitches", []))
+            stitches = saved.get("stitches", [])
+            done = all(getattr(results[s], results.metric) is not None for s in stitches)
         except (ValueError, KeyError):  # not a progress file we can judge: leave it
             done = False
         if done:
@@ -383,7 +384,7 @@ def _tidy(path: Path, results: Results) -> None:
 
 def _check_same_measurement(results: Results, path: Path, signature: dict[str, Any]) -> None:
     before = results.meta.get("accuracy") or {}
-    if not any(r.top1 is not None for r in results):
+    if not any(getattr(r, results.metric) is not None for r in results):
         return
     if before.get("max_images") is not None:  # scored on the first N images, not a sample
         raise ValueError(
@@ -399,9 +400,9 @@ def _check_same_measurement(results: Results, path: Path, signature: dict[str, A
 
 
 def _load_progress(
-    path: Path | None, signature: dict[str, Any], stitches: Sequence[Stitch]
+    path: Path | None, signature: dict[str, Any], stitches: Sequence[Stitch], scorer: Scorer
 ) -> tuple[int, int, torch.Tensor]:
-    empty = (0, 0, torch.zeros(len(stitches), 2, dtype=torch.long))
+    empty = (0, 0, scorer.zeros(len(stitches)))
     if path is None or not progress_path(path).exists():
         return empty
     p = progress_path(path)
@@ -424,8 +425,11 @@ def _load_progress(
             f"{p} holds an unfinished evaluation of other stitches ({len(saved.get('stitches', []))} "
             f"vs {len(stitches)} now): rerun with the same stitches, or delete it to start over"
         )
-    counts = torch.tensor([saved["correct1"], saved["correct5"]], dtype=torch.long).T
-    return saved["images"], saved["batches"], counts.reshape(len(stitches), 2)
+    if "stats" in saved:  # a dense task's sums
+        counts = torch.tensor(saved["stats"], dtype=scorer.dtype)
+    else:
+        counts = torch.tensor([saved["correct1"], saved["correct5"]], dtype=torch.long).T
+    return saved["images"], saved["batches"], counts.reshape(len(stitches), *scorer.shape)
 
 
 def _save_progress(
@@ -433,8 +437,13 @@ def _save_progress(
     signature: dict[str, Any],
     stitches: Sequence[Stitch],
     state: tuple[int, int, torch.Tensor],
+    scorer: Scorer,
 ) -> None:
     images, batches, counts = state
+    if isinstance(scorer, Classification):
+        sums = {"correct1": counts[:, 0].tolist(), "correct5": counts[:, 1].tolist()}
+    else:
+        sums = {"stats": counts.tolist()}
     doc = {
         "format": PROGRESS_FORMAT,
         "version": PROGRESS_VERSION,
@@ -442,7 +451,6 @@ def _save_progress(
         "stitches": [str(s) for s in stitches],
         "images": images,
         "batches": batches,
-        "correct1": counts[:, 0].tolist(),
-        "correct5": counts[:, 1].tolist(),
+        **sums,
     }
     atomic_write(progress_path(path), lambda f: json.dump(doc, f, indent=2, sort_keys=True))

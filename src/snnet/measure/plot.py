@@ -27,7 +27,7 @@ def plot_results(
     path: str | Path,
     *,
     cost: str = "gmacs",
-    metric: str = "top1",
+    metric: str | None = None,
     title: str | None = None,
 ) -> Path:
     """Write :func:`pareto_figure` of ``results`` as a PNG, atomically; returns ``path``.
@@ -45,17 +45,18 @@ def plot_results(
 
 
 def pareto_figure(
-    results: Results, *, cost: str = "gmacs", metric: str = "top1", title: str | None = None
+    results: Results, *, cost: str = "gmacs", metric: str | None = None, title: str | None = None
 ) -> Figure:
-    """``metric`` against ``cost`` for every measured stitch as a matplotlib ``Figure``: stitches
-    coloured by the anchors they join, anchors as labelled stars, the Pareto front as a step line
-    (the best accuracy within each budget).
+    """``metric`` (default: the task's, e.g. top-1 or mIoU) against ``cost`` for every measured
+    stitch as a matplotlib ``Figure``: stitches coloured by the anchors they join, anchors as
+    labelled stars, the Pareto front as a step line (the best value within each budget).
 
     Example:
         >>> fig = pareto_figure(results)
         >>> fig.axes[0].get_xlabel()
         'MMACs per image (multiply-adds)'
     """
+    metric = metric or results.metric
     front = results.pareto(cost, metric)  # also refuses an unknown cost or metric
     rows = [r for r in results if getattr(r, cost) is not None and getattr(r, metric) is not None]
     if not rows:

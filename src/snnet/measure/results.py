@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from snnet.files import atomic_write, read_json_config
 from snnet.measure.pareto import pareto_front
 from snnet.stitch import Stitch
+from snnet.task import metric_of
 
 if TYPE_CHECKING:
     from snnet.network import SNNet
@@ -44,7 +45,9 @@ class Field:
     ``units``, largest first, are the units its values can be shown in; :meth:`unit_for` picks
     the one that fits the values at hand (the demo family's MACs read as MMACs, ImageNet models'
     as GMACs), and ``{unit}`` in ``heading`` or ``axis`` names it there. ``measured_by`` is the
-    command that fills the field, named in errors when it is missing.
+    command that fills the field, named in errors when it is missing. ``role``: a ``cost``
+    (what a stitch spends: an x axis, a budget) or a ``metric`` (how well it predicts, better
+    ``higher`` like top-1 and mIoU or ``lower`` like AbsRel).
     """
 
     name: str
@@ -55,6 +58,7 @@ class Field:
     axis: str
     measured_by: str
     units: tuple[Unit, ...] = ()
+    role: Literal["cost", "metric"] = "metric"
 
     def format(self, value: float) -> str:
         """``value`` in a sentence, e.g. ``FIELDS["gmacs"].format(3.0) == "3 GMACs"``."""
@@ -85,22 +89,35 @@ FIELDS: dict[str, Field] = {
     f.name: f
     for f in (
         Field("gmacs", "lower", "{:.3g} GMACs", "{unit}", ".3f",
-              "{unit} per image (multiply-adds)", _COSTS_BY, _MACS),
+              "{unit} per image (multiply-adds)", _COSTS_BY, _MACS, "cost"),
         Field("params", "lower", "{:,} params", "params", "d",
-              "parameters ({unit})", _COSTS_BY, _PARAMS),
+              "parameters ({unit})", _COSTS_BY, _PARAMS, "cost"),
         Field("latency_ms", "lower", "{:.3g} ms", "ms", ".2f",
-              "latency (ms per batch, median)", _LATENCY_BY),
+              "latency (ms per batch, median)", _LATENCY_BY, role="cost"),
         Field("latency_p90_ms", "lower", "{:.3g} ms p90", "p90 ms", ".2f",
-              "latency (ms per batch, 90th percentile)", _LATENCY_BY),
+              "latency (ms per batch, 90th percentile)", _LATENCY_BY, role="cost"),
         Field("top1", "higher", "{:.2f} % top-1", "top-1 %", ".2f",
               "top-1 accuracy (%)", _ACCURACY_BY),
         Field("top5", "higher", "{:.2f} % top-5", "top-5 %", ".2f",
               "top-5 accuracy (%)", _ACCURACY_BY),
+        Field("miou", "higher", "{:.2f} % mIoU", "mIoU %", ".2f",
+              "mIoU (%)", _ACCURACY_BY),
+        Field("pixel_acc", "higher", "{:.2f} % pixel accuracy", "pix. acc %", ".2f",
+              "pixel accuracy (%)", _ACCURACY_BY),
+        Field("absrel", "lower", "AbsRel {:.4f}", "AbsRel", ".4f",
+              "AbsRel (mean |d - g| / g, lower is better)", _ACCURACY_BY),
+        Field("rmse", "lower", "RMSE {:.3f} m", "RMSE m", ".3f",
+              "RMSE (m, lower is better)", _ACCURACY_BY),
+        Field("delta1", "higher", "{:.2f} % δ<1.25", "δ<1.25 %", ".2f",
+              "δ < 1.25 (%)", _ACCURACY_BY),
     )
 }  # fmt: skip
-#: Fields where lower is better (x axes, budgets) and where higher is better (y axes).
-COSTS = tuple(n for n, f in FIELDS.items() if f.better == "lower")
-METRICS = tuple(n for n, f in FIELDS.items() if f.better == "higher")
+#: Costs (x axes, budgets) and metrics (y axes; better higher or lower, see Field.better).
+COSTS = tuple(n for n, f in FIELDS.items() if f.role == "cost")
+METRICS = tuple(n for n, f in FIELDS.items() if f.role == "metric")
+#: The fields every results file writes, measured or not (classification's); a dense task's
+#: metrics are written where measured.
+CORE = ("stitch", "gmacs", "params", "top1", "top5", "latency_ms", "latency_p90_ms")
 
 
 def field(name: str) -> Field:
@@ -121,9 +138,14 @@ class Record:
     top5: float | None = None
     latency_ms: float | None = None  # median per batch
     latency_p90_ms: float | None = None
+    miou: float | None = None  # percent
+    pixel_acc: float | None = None  # percent
+    absrel: float | None = None  # ratio
+    rmse: float | None = None  # metres
+    delta1: float | None = None  # percent
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if k in CORE or v is not None}
         d["stitch"] = str(self.stitch)
         return d
 
@@ -142,12 +164,16 @@ class Record:
 
 
 def fingerprint(net: SNNet) -> dict[str, Any]:
-    """What identifies a network's stitches: anchors, stitching options, counts."""
-    return {
+    """What identifies a network's stitches: anchors, stitching options, counts, and a dense
+    network's task."""
+    out = {
         "anchors": [a.name for a in net.anchors],
         "space": net.space.config.to_json(),
         "num_stitches": len(net.stitches),
     }
+    if net.task.dense:
+        out["task"] = net.task.to_json()
+    return out
 
 
 class Results:
@@ -179,6 +205,12 @@ class Results:
             c = net.cost(s)
             rows.append(Record(s, round(c.gmacs, 6), c.params))
         return cls(rows, network=fingerprint(net), meta=meta)
+
+    @property
+    def metric(self) -> str:
+        """The field stitches are ranked by: the task's primary metric (``top1``, ``miou``,
+        ``absrel``)."""
+        return metric_of((self.network.get("task") or {}).get("kind"))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -228,25 +260,28 @@ class Results:
             )
 
     def pareto(
-        self, cost: str = "gmacs", metric: str = "top1", *, complete: bool = False
+        self, cost: str = "gmacs", metric: str | None = None, *, complete: bool = False
     ) -> list[Record]:
-        """The exact Pareto front of ``cost`` (a field where lower is better: ``gmacs``,
-        ``params``, ``latency_ms``, ...) against ``metric`` (``top1`` or ``top5``), sorted by
-        cost, over the stitches where both are measured; with ``complete``, both must be
-        measured for every stitch (see :meth:`require`). Ties: see :func:`pareto_front`.
+        """The exact Pareto front of ``cost`` (``gmacs``, ``params``, ``latency_ms``, ...)
+        against ``metric`` (default :attr:`metric`; a metric where lower is better, such as
+        ``absrel``, counts the lower value as the better one), sorted by cost, over the stitches
+        where both are measured; with ``complete``, both must be measured for every stitch (see
+        :meth:`require`). Ties: see :func:`pareto_front`.
 
         Example:
             >>> [str(r.stitch) for r in results.pareto("latency_ms", complete=True)]
         """
-        if field(cost).better != "lower":
+        metric = metric or self.metric
+        if field(cost).role != "cost":
             raise ValueError(f"{cost!r} is not a cost; choose from {', '.join(COSTS)}")
-        if field(metric).better != "higher":
+        if field(metric).role != "metric":
             raise ValueError(f"{metric!r} is not a metric; choose from {', '.join(METRICS)}")
         if complete:
             self.require(cost)
             self.require(metric)
         rows = [r for r in self if getattr(r, cost) is not None and getattr(r, metric) is not None]
-        return pareto_front(rows, lambda r: getattr(r, cost), lambda r: getattr(r, metric))
+        sign = 1.0 if FIELDS[metric].better == "higher" else -1.0
+        return pareto_front(rows, lambda r: getattr(r, cost), lambda r: sign * getattr(r, metric))
 
     # -- files --------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -280,9 +315,9 @@ class Results:
 
     def to_csv(self) -> str:
         out = io.StringIO()
-        writer = csv.DictWriter(
-            out, fieldnames=[f.name for f in fields(Record)], lineterminator="\n"
-        )
+        measured = {k for r in self for k in r.to_json()}
+        columns = [f.name for f in fields(Record) if f.name in measured or f.name in CORE]
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         for r in self:
             writer.writerow({k: "" if v is None else v for k, v in r.to_json().items()})
@@ -314,7 +349,7 @@ def format_table(
     stitches: Iterable[Stitch | str] | None = None,
     *,
     cost: str = "gmacs",
-    metric: str = "top1",
+    metric: str | None = None,
     names: Sequence[str] = (),
     paths: Mapping[Stitch, str] | None = None,
     sort: bool = True,
@@ -323,7 +358,8 @@ def format_table(
 
     Rows are sorted by ``cost`` (unmeasured last) unless ``sort=False``. Columns: MACs and
     params, latency and accuracy when any shown row has them, and a ``Pareto`` column marking with
-    ``*`` the front of ``cost`` against ``metric`` (over all of ``results``). ``names`` labels
+    ``*`` the front of ``cost`` against ``metric`` (default: the task's, over all of
+    ``results``). ``names`` labels
     anchor rows (``0 (deit_tiny)``), ``paths`` adds a column describing each stitch. Returns the
     text; the CLI prints it.
 
@@ -332,6 +368,7 @@ def format_table(
         stitch       MMACs   params  top-1 %  top-5 %  Pareto
         0 (vit_s)    0.750    40650    85.47    99.43  *
     """
+    metric = metric or results.metric
     rows = [results[s] for s in stitches] if stitches is not None else list(results)
     if sort:
         rows.sort(key=lambda r: (getattr(r, cost) is None, getattr(r, cost) or 0, str(r.stitch)))

@@ -189,6 +189,13 @@ def _learner(net: SNNet, config: TrainConfig, world: World, options: LoopOptions
     """The model a step runs, with its teachers. Soft distillation's teachers are copied before
     :func:`restore`: they are the anchors as the run started."""
     teacher = options.teacher
+    if net.task.dense and (teacher is not None or config.distill != "none"):
+        raise ValueError(
+            f"distillation (--teacher, --distill) teaches class logits; a {net.task.kind} "
+            "network trains on its targets alone: drop it"
+        )
+    if net.task.dense and config.cache_teachers:
+        raise ValueError("--cache-teachers caches class logits: drop it for a dense task")
     if teacher is not None and config.distill != "none":
         raise ValueError(
             f"distill={config.distill!r} distils from the anchors themselves: drop the external "
@@ -362,11 +369,11 @@ def _step(
     stitch = stitches[world.rank]
     # 3. forward, loss
     images = images.to(world.device, non_blocking=True)  # (B, C, H, W)
-    labels = labels.to(world.device, non_blocking=True)  # (B,)
+    labels = labels.to(world.device, non_blocking=True)  # (B,), or dense targets (B, H, W)
     with learner.autocast:
-        logits = learner.model(images, stitch=stitch)  # (B, classes)
+        logits = learner.model(images, stitch=stitch)  # (B, classes), or a dense prediction
         teacher_logits = _teacher_logits(run, learner, images, stitch)
-        loss = loss_fn(logits, labels, teacher_logits, config)
+        loss = loss_fn(logits, labels, teacher_logits, config, net.task)
     # 4. backward; DDP averaged over all ranks, rescaled to the ranks that ran each parameter
     run.scaler.scale(loss).backward()
     if world.distributed and config.rank_sampling != "same":

@@ -5,7 +5,8 @@
 trains with: a run trains to the same weights with and without it. :class:`ValLog` keeps every
 validation in ``run_dir/val.csv`` (cut back to the checkpoint on resume, like ``steps.csv``), and
 :class:`Board` writes TensorBoard logs to ``run_dir/tb/`` (training loss and learning rate per
-step, validation top-1 and loss per stitch). :class:`Monitor` bundles the three for the loop.
+step, validation metric and loss per stitch: top-1, or a dense task's mIoU or AbsRel).
+:class:`Monitor` bundles the three for the loop.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from snnet.data.batches import in_order, load_batches
 from snnet.data.images import ImageSet
 from snnet.files import read_csv_rows, rewrite_csv
 from snnet.measure.evaluate import StitchTree
+from snnet.measure.scores import scorer_for
 from snnet.network import SNNet
 from snnet.rundir import RunDir
 from snnet.stitch import Stitch
@@ -66,9 +67,10 @@ def untouched_rng() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Score:
-    """One stitch on the validation images: top-1 accuracy (%) and mean cross-entropy."""
+    """One stitch on the validation images: the task's metric (top-1 %, mIoU %, AbsRel) and the
+    mean loss per image."""
 
-    top1: float
+    value: float
     loss: float
 
 
@@ -79,7 +81,7 @@ class Validation:
 
     Example:
         >>> val = Validation(net, image_folder("data/val", config, strict=True), max_images=1000)
-        >>> val(net)     # {Stitch('0'): Score(top1=85.1, loss=0.43), ...}
+        >>> val(net)     # {Stitch('0'): Score(value=85.1, loss=0.43), ...}  top-1 %
     """
 
     def __init__(
@@ -100,6 +102,8 @@ class Validation:
         self.stitches = stitches if stitches is not None else spread_stitches(net)
         self.images = images.sample(max_images, seed=seed) if max_images else images
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.metric = net.task.metric
+        self.scorer = scorer_for(net.task)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -113,32 +117,36 @@ class Validation:
         mode back, and no generator state of the caller changes."""
         device = next(net.parameters()).device
         tree = StitchTree(net, self.stitches)
-        hits = torch.zeros(len(self.stitches), device=device)
+        stats = self.scorer.zeros(len(self.stitches), device=device)
         losses = torch.zeros(len(self.stitches), device=device)
         order = {s: i for i, s in enumerate(tree.stitches)}
         was_training = net.training
         net.eval()
         try:
             with untouched_rng(), torch.no_grad(), autocast or contextlib.nullcontext():
-                for images, labels in self._batches():
-                    images, labels = images.to(device), labels.to(device)  # (B, C, H, W), (B,)
-                    for stitch, logits in tree.run(images):  # (B, classes)
+                for images, targets in self._batches():
+                    images, targets = images.to(device), targets.to(device)  # (B, C, H, W)
+                    for stitch, out in tree.run(images):  # logits, or a dense prediction
                         i = order[stitch]
-                        hits[i] += (logits.argmax(-1) == labels).sum()
-                        losses[i] += F.cross_entropy(logits.float(), labels, reduction="sum")
+                        stats[i] += self.scorer.batch(out, targets)
+                        losses[i] += self.scorer.loss(out, targets)
         finally:
             net.train(was_training)
         n = len(self)
         return {
-            s: Score(100.0 * float(hits[order[s]]) / n, float(losses[order[s]]) / n)
+            s: Score(
+                self.scorer.values(stats[order[s]].cpu(), n)[self.metric],
+                float(losses[order[s]]) / n,
+            )
             for s in tree.stitches
         }
 
 
 class ValLog:
     """``run_dir/val.csv``: one row per validation and stitch (``epoch``, ``step``, ``stitch``,
-    ``top1``, ``loss``), written and synced as each validation ends. ``upto=step`` keeps the rows
-    of steps up to a checkpoint's (a resumed run's file equals an uninterrupted run's).
+    the task's ``metric``, ``loss``), written and synced as each validation ends. ``upto=step``
+    keeps the rows of steps up to a checkpoint's (a resumed run's file equals an uninterrupted
+    run's).
 
     Example:
         >>> log = ValLog("runs/a", upto=None)
@@ -149,10 +157,10 @@ class ValLog:
 
     COLUMNS = ("epoch", "step", "stitch", "top1", "loss")
 
-    def __init__(self, run_dir: str | Path, *, upto: int | None) -> None:
+    def __init__(self, run_dir: str | Path, *, upto: int | None, metric: str = "top1") -> None:
         self.path = RunDir(run_dir).val_log
         rows = [] if upto is None else [r for r in self._rows(self.path) if int(r[1]) <= upto]
-        rewrite_csv(self.path, self.COLUMNS, rows)
+        rewrite_csv(self.path, (*self.COLUMNS[:3], metric, "loss"), rows)
         self.last_step = int(rows[-1][1]) if rows else None
         self.last = {r[2]: float(r[3]) for r in rows if int(r[1]) == self.last_step}
 
@@ -162,25 +170,31 @@ class ValLog:
 
     @classmethod
     def read(cls, run_dir: str | Path) -> list[dict[str, Any]]:
+        path = RunDir(run_dir).val_log
+        if not path.is_file():
+            return []
+        with open(path, newline="") as f:
+            metric = next(csv.reader(f))[3]
         return [
-            {"epoch": int(e), "step": int(s), "stitch": st, "top1": float(t), "loss": float(lo)}
-            for e, s, st, t, lo in cls._rows(RunDir(run_dir).val_log)
+            {"epoch": int(e), "step": int(s), "stitch": st, metric: float(t), "loss": float(lo)}
+            for e, s, st, t, lo in cls._rows(path)
         ]
 
     def append(self, epoch: int, step: int, scores: dict[Stitch, Score]) -> None:
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerows(
-                [epoch, step, str(s), repr(sc.top1), repr(sc.loss)] for s, sc in scores.items()
+                [epoch, step, str(s), repr(sc.value), repr(sc.loss)] for s, sc in scores.items()
             )
             f.flush()
             os.fsync(f.fileno())
         self.last_step = step
-        self.last = {str(s): sc.top1 for s, sc in scores.items()}
+        self.last = {str(s): sc.value for s, sc in scores.items()}
 
 
 class Board:
     """TensorBoard logs in ``run_dir/tb/``: ``train/loss`` and ``train/lr`` per step,
-    ``val/top1/STITCH`` and ``val/loss/STITCH`` per validation. A resumed run purges what the
+    ``val/METRIC/STITCH`` (``top1``, ``miou``, ``absrel``) and ``val/loss/STITCH`` per
+    validation. A resumed run purges what the
     interrupted one wrote after its checkpoint (``purge_step``). Without the tensorboard
     package it logs nothing and says so once."""
 
@@ -198,10 +212,10 @@ class Board:
             self.writer.add_scalar("train/loss", loss, step)
             self.writer.add_scalar("train/lr", lr, step)
 
-    def validation(self, step: int, scores: dict[Stitch, Score]) -> None:
+    def validation(self, step: int, scores: dict[Stitch, Score], metric: str = "top1") -> None:
         if self.writer is not None:
             for s, sc in scores.items():
-                self.writer.add_scalar(f"val/top1/{s}", sc.top1, step)
+                self.writer.add_scalar(f"val/{metric}/{s}", sc.value, step)
                 self.writer.add_scalar(f"val/loss/{s}", sc.loss, step)
             self.writer.flush()
 
@@ -234,7 +248,8 @@ class Monitor:
         self.last: dict[str, float] = {}
         if enabled and run_dir is not None:
             if validation is not None or (RunDir(run_dir).val_log.is_file()):
-                self.log = ValLog(run_dir, upto=resumed_at)
+                metric = validation.metric if validation is not None else "top1"
+                self.log = ValLog(run_dir, upto=resumed_at, metric=metric)
                 self.validated_at, self.last = self.log.last_step, self.log.last
             purge = resumed_at + 1 if resumed_at is not None else None
             self.board = Board(run_dir, purge_step=purge)
@@ -253,18 +268,20 @@ class Monitor:
     def validate(self, net: SNNet, epoch: int, step: int, *, autocast: Any = None) -> None:
         scores = self.validation(net, autocast=autocast)
         self.validated_at = step
-        self.last = {str(s): sc.top1 for s, sc in scores.items()}
+        self.last = {str(s): sc.value for s, sc in scores.items()}
         if self.log is not None:
             self.log.append(epoch, step, scores)
         if self.board is not None:
-            self.board.validation(step, scores)
+            self.board.validation(step, scores, self.validation.metric)
 
     @property
     def summary(self) -> str | None:
-        """The last validation's mean top-1 over its stitches, for the progress bar."""
+        """The last validation's mean metric over its stitches, for the progress bar."""
         if not self.last:
             return None
-        return f"{sum(self.last.values()) / len(self.last):.2f}%"
+        mean = sum(self.last.values()) / len(self.last)
+        metric = self.validation.metric if self.validation is not None else "top1"
+        return f"{mean:.4f}" if metric == "absrel" else f"{mean:.2f}%"
 
     def close(self) -> None:
         if self.board is not None:

@@ -4,7 +4,9 @@ The anchors are scored alone on held-out images first (a wrong preprocessing sho
 any training), optionally fine-tuned alone (``anchor_epochs``: anchors re-headed for the user's
 classes), the stitching layers initialised by least squares, the SN-Net trained with one stitch
 per step, and the anchors scored again inside the trained network. Both scores go to
-``RUN/summary.json`` (``anchors_before``, ``anchors_after``: top-1 % in anchor order).
+``RUN/summary.json`` (``anchors_before``, ``anchors_after``: the task's metric in anchor order,
+top-1 % for classification; a dense task's head starts untrained, so it has no
+``anchors_before``).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def num_outputs(net: SNNet) -> int:
 
 
 def check_data(net: SNNet, images: ImageSet, what: str) -> None:
-    """The images fit the anchors: not empty, their input size, their number of classes."""
+    """The images fit the anchors: not empty, their input size, their number of classes (or
+    the dense targets the task needs)."""
     if len(images) == 0:
         raise ValueError(f"{what} is empty")
     expected = tuple(net.anchors[0].input_size)
@@ -61,7 +64,21 @@ def check_data(net: SNNet, images: ImageSet, what: str) -> None:
             f"the anchors take {expected} inputs but {what} gives {images.config.input_size}: "
             "pick data of that size (--img-size for an image folder) or anchors that fit the data"
         )
-    check_classes(images, num_outputs(net), what=what)
+    task = net.task
+    if not task.dense:
+        if images.dense is not None:
+            raise ValueError(f"{what} has {images.dense.kind} targets: train with --task")
+        check_classes(images, num_outputs(net), what=what)
+        return
+    want = "mask" if task.kind == "segmentation" else "depth"
+    if images.dense is None or images.dense.kind != want:
+        has = f"{images.dense.kind} targets" if images.dense is not None else "class labels"
+        raise ValueError(
+            f"{what} has {has} but --task {task.kind} needs {want} targets: give a folder "
+            "root/img_dir + root/ann_dir (segmentation) or root/depth_dir (depth)"
+        )
+    if task.kind == "segmentation":
+        check_classes(images, task.num_classes, what=what)
 
 
 def fit(
@@ -203,7 +220,10 @@ def _anchors_before(
     if resume:  # measured when the run started: its anchors may have trained since
         saved = json.loads(path.read_text()) if path is not None and path.is_file() else {}
         return saved.get("anchors_before")
-    scores = [s.top1 for s in score(net).values()]
+    if net.task.dense:
+        logger.info("the dense head starts untrained: the anchors are scored after training")
+        return None
+    scores = [s.value for s in score(net).values()]
     logger.info(_table(net, scores, None))
     if path is not None and world.is_main:
         _write_summary(path, net, score, before=scores, after=None)
@@ -213,7 +233,7 @@ def _anchors_before(
 def _anchors_after(
     net: SNNet, score: Validation, run_dir: Path | None, world: World
 ) -> list[float]:
-    scores = [s.top1 for s in score(net).values()]
+    scores = [s.value for s in score(net).values()]
     path = RunDir(run_dir).summary if run_dir is not None else None
     before = None
     if path is not None and path.is_file():

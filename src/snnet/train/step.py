@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from snnet.measure.scores import silog
 from snnet.network import SNNet
+from snnet.task import IGNORE_INDEX, Task
 from snnet.train.config import TrainConfig
 
 
@@ -116,11 +118,29 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
+def dense_loss(
+    output: torch.Tensor, target: torch.Tensor, task: Task, config: TrainConfig
+) -> torch.Tensor:
+    """A dense task's loss: per-pixel cross-entropy over the pixels not labelled 255 (with the
+    config's label smoothing) for segmentation, the scale-invariant log loss over the pixels
+    with a depth for depth (:func:`snnet.measure.scores.silog`).
+
+    Example:
+        >>> loss = dense_loss(net(x, stitch=s), masks, net.task, TrainConfig())
+    """
+    if task.kind == "depth":
+        return silog(output, target)
+    return F.cross_entropy(
+        output, target.long(), ignore_index=IGNORE_INDEX, label_smoothing=config.label_smoothing
+    )
+
+
 def loss_fn(
     logits: torch.Tensor,
     labels: torch.Tensor,
     teacher_logits: torch.Tensor | None,
     config: TrainConfig,
+    task: Task | None = None,
 ) -> torch.Tensor:
     """Cross-entropy with label smoothing, mixed with distillation when there are teacher logits:
     ``(1 - w)·CE + w·D``, ``w = config.distill_weight``. ``D`` is hard distillation (cross-entropy
@@ -131,7 +151,11 @@ def loss_fn(
     Example:
         >>> loss = loss_fn(net(x, stitch=s), y, teacher(x, stitch=Stitch.anchor(s.route[-1])),
         ...                TrainConfig(distill="end"))
+
+    A dense ``task`` takes :func:`dense_loss` (no distillation).
     """
+    if task is not None and task.dense:
+        return dense_loss(logits, labels, task, config)
     ce = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
     if teacher_logits is None:
         return ce
