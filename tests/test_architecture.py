@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("Measuring", ["snnet.measure", "snnet.measure.*"]),
     ("Training", ["snnet.train", "snnet.train.*"]),
     ("Deploying", ["snnet.export", "snnet.export.*"]),
-    ("Programs", ["snnet.demo", "snnet.control", "snnet.control.*", "snnet.serve",
+    ("Programs", ["snnet.demo", "snnet.dense_demo", "snnet.control", "snnet.control.*", "snnet.serve",
                   "snnet.serve.*"]),
     ("Commands", ["snnet", "snnet.__main__", "snnet.cli", "snnet.cli.*"]),
 ]  # fmt: skip

@@ -8,6 +8,7 @@ import torch
 import snnet
 from families import FAMILIES, TWO_WAY
 from snnet.dense.levels import level_blocks
+from snnet.export import export, export_stitch, load_stitch, save_stitch
 from snnet.measure.evaluate import StitchTree
 from snnet.task import Task
 
@@ -132,3 +133,50 @@ def test_a_task_the_head_cannot_read_is_refused():
         snnet.SNNet(FAMILIES["vit"][0](), task=TASKS["depth"], lora_rank=2)
     with pytest.raises(ValueError, match="2 or more classes"):
         Task("segmentation")
+
+
+def _some_stitches(net):
+    """The anchors and a few stitches of each route."""
+    by_route = {}
+    for s in net.stitches:
+        by_route.setdefault(s.route, []).append(s)
+    return [s for ss in by_route.values() for s in (ss[0], ss[len(ss) // 2], ss[-1])]
+
+
+def test_an_exported_stitch_holds_its_head_and_computes_what_the_network_computes(dense, tmp_path):
+    _, net, x, _ = dense
+    with torch.no_grad():
+        for stitch in _some_stitches(net):
+            model = export_stitch(net, stitch)
+            assert sum(p.numel() for p in model.parameters()) == net.cost(stitch).params
+            assert torch.equal(model(x), net(x, stitch=stitch)), stitch
+        save_stitch(model, tmp_path / "stitch")
+        own = None if all(a.source for a in net.anchors) else list(net.anchors)
+        back = load_stitch(tmp_path / "stitch", anchors=own)
+        assert torch.equal(back(x), net(x, stitch=stitch))
+
+
+def test_a_saved_dense_network_loads_with_its_task(tmp_path):
+    net = snnet.SNNet(FAMILIES["vit"][0](), task=TASKS["segmentation"]).eval()
+    snnet.save(net, tmp_path / "net")
+    back = snnet.load(tmp_path / "net").eval()
+    assert back.task == net.task
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(back(x, stitch="0:1-1:2"), net(x, stitch="0:1-1:2"))
+
+
+@pytest.mark.parametrize("kind", TASKS)
+def test_onnx_of_a_dense_stitch_agrees_with_the_network_within_1e_5(kind, tmp_path):
+    import onnxruntime as ort
+
+    net = snnet.SNNet(FAMILIES["vit"][0](), task=TASKS[kind]).eval()
+    stitch = "0:1-1:2"
+    paths = export(export_stitch(net, stitch), tmp_path, ["onnx"])
+    session = ort.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    (got,) = session.run(None, {"x": x.numpy()})
+    assert session.get_outputs()[0].name == ("logits" if kind == "segmentation" else "depth")
+    with torch.no_grad():
+        want = net(x, stitch=stitch)
+    assert float((torch.from_numpy(got) - want).abs().max()) <= 1e-5

@@ -184,7 +184,7 @@ def _evaluate(
         **{
             **asdict(report),
             "anchors_after": [results[str(i)].top1 for i in range(len(net.anchors))],
-            "pareto": [str(r.stitch) for r in results.pareto("gmacs", "top1")],
+            "pareto": [str(r.stitch) for r in results.pareto("gmacs")],
         }
     )
 
@@ -194,18 +194,19 @@ def format_report(report: DemoReport, results: Results, net_names: list[str]) ->
     from snnet.measure.results import format_table
     from snnet.train.pipeline import anchor_table
 
-    front = {r.stitch for r in results.pareto("gmacs", "top1")}
+    front = {r.stitch for r in results.pareto("gmacs")}
     shown = [r.stitch for r in results if r.stitch in front or r.stitch.is_anchor]
     lines = [format_table(results, shown, names=net_names)]
     lines.append(
         f"\n{len(results)} stitches evaluated; {len(front)} on the Pareto front (shown, with the anchors)."
     )
-    lines.append(anchor_table(net_names, report.anchors_before, report.anchors_after))
+    if report.anchors_before:
+        lines.append(anchor_table(net_names, report.anchors_before, report.anchors_after))
     lines.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items()))
     lines.append(
         f"\nfiles in {report.run_dir}/:\n"
-        f"  {report.results_path}  (and .csv): accuracy, GMACs, params of every stitch\n"
-        f"  {report.plot_path}  accuracy vs cost, Pareto front drawn, anchors marked\n"
+        f"  {report.results_path}  (and .csv): {results.metric}, GMACs, params of every stitch\n"
+        f"  {report.plot_path}  {results.metric} vs cost, Pareto front drawn, anchors marked\n"
         f"  {report.model_dir}/  the trained SN-Net (snnet.load / snnet evaluate / snnet export)\n"
         f"  {RunDir(report.run_dir).summary}  this summary"
     )
