@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from snnet.sources import resolve_anchors
     from snnet.threads import set_threads
     from snnet.train.checkpoint import check_run
-    from snnet.train.pipeline import anchor_table, fit
+    from snnet.train.pipeline import fit
 
     set_threads(args.threads)
     config = config_from_args(args)
@@ -177,18 +177,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"stopped at step {result.steps}{last}; continue: the same command with --resume")
         return 128 + result.interrupted
     if main_rank:
-        names = [a.name for a in net.anchors]
-        if result.anchors_before is not None:
-            print(anchor_table(names, result.anchors_before, result.anchors_after))
-        else:  # a dense head starts untrained: no score before training
-            print(f"anchor {task.metric} inside the trained SN-Net:")
-            print(
-                "\n".join(
-                    f"  {n:<24} {v:8.3f}" for n, v in zip(names, result.anchors_after, strict=True)
-                )
-            )
+        print(_anchors(net, result))
         print(f"trained {result.steps} steps{last}; network saved to {RunDir(args.out).model}")
     return 0
+
+
+def _anchors(net: object, result: object) -> str:
+    """The anchors' scores, before and after training (a dense head starts untrained: after)."""
+    from snnet.train.pipeline import anchor_table
+
+    names = [a.name for a in net.anchors]
+    if result.anchors_before is not None:
+        return anchor_table(names, result.anchors_before, result.anchors_after)
+    lines = [f"anchor {net.task.metric} inside the trained SN-Net:"]
+    after = zip(names, result.anchors_after, strict=True)
+    return "\n".join(lines + [f"  {n:<24} {v:8.3f}" for n, v in after])
 
 
 #: Options that only mean something for classification, and the default each must keep.
