@@ -111,6 +111,11 @@ class ServedModel:
         run = RunDir.find(path)
         config = read_config(run.model)
         net = load(run.model, map_location=device).eval()
+        if net.task.dense:
+            raise ValueError(
+                f"{path} is a {net.task.kind} network: snnet serve answers classification only "
+                "for now; deploy a stitch with `snnet export` (ONNX, safetensors)"
+            )
         res_path = Path(results) if results else run.results
         if not res_path.is_file():
             raise FileNotFoundError(
