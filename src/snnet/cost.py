@@ -101,20 +101,14 @@ def _dense_macs(
     """Every tap a stitch may run, and the head, on the head anchor's own levels."""
     macs: dict[Part, int] = {}
     head = len(anchors) - 1
-    levels: tuple[torch.Tensor, ...] | None = None
+    levels = None  # the head anchor's own levels, collected tap by tap
     for a, blocks in enumerate(dense.blocks):
         for level, b in enumerate(blocks):
             part = Part("tap", a, b, None if a == head else tap_key(a, level), level)
-            macs[part], out = count_macs(run_parts, (part,), anchors, layers, leaving[a, b], dense)
+            h = Levels(leaving[a, b], levels) if a == head and levels else leaving[a, b]
+            macs[part], out = count_macs(run_parts, (part,), anchors, layers, h, dense)
             if a == head:
-                levels = (
-                    out.levels
-                    if levels is None
-                    else tuple(
-                        new if new is not None else old
-                        for new, old in zip(out.levels, levels, strict=True)
-                    )
-                )
+                levels = out.levels
     h = Levels(leaving[head, anchors[head].num_blocks - 1], levels)
     macs[Part("decode")], _ = count_macs(run_parts, (Part("decode"),), anchors, layers, h, dense)
     return macs

@@ -14,7 +14,6 @@ Every value is a percentage except AbsRel (a ratio) and RMSE (metres).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -95,13 +94,6 @@ class Segmentation(Scorer):
             "pixel_acc": 100.0 * float(hits.sum()) / total if total else float("nan"),
         }
 
-    def per_class(self, stats: torch.Tensor) -> list[float | None]:
-        """IoU (%) of each class; None for a class neither in the targets nor predicted."""
-        confusion = stats.double()
-        hits = confusion.diag()
-        union = confusion.sum(0) + confusion.sum(1) - hits
-        return [100.0 * float(h / u) if u > 0 else None for h, u in zip(hits, union, strict=True)]
-
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         per_pixel = F.cross_entropy(
             output.float(), target.long(), ignore_index=IGNORE_INDEX, reduction="none"
@@ -153,7 +145,3 @@ def scorer_for(task: Task | None) -> Scorer:
     if kind == "depth":
         return Depth()
     return Classification()
-
-
-def stats_to_json(stats: torch.Tensor) -> list[Any]:
-    return stats.cpu().tolist()
