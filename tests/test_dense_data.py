@@ -47,13 +47,15 @@ def test_canvases_label_each_lit_pixel_with_its_items_class(canvases):
     assert not torch.equal(fashion_mnist_canvas("test", 24, seed=4).memory, canvases.memory)
 
 
-def test_depth_canvases_put_items_in_front_of_the_floor():
+def test_depth_canvases_put_each_kind_of_item_at_its_distance_before_the_floor():
     d = fashion_mnist_canvas("test", 16, depth=True)
-    depth = d.dense.memory
-    assert depth.dtype == torch.float32 and depth.min() >= 1.5 and depth.max() <= 8.0
-    lit = d.memory[:, 0] >= LIT
-    floor = depth[~lit]
-    assert floor.min() >= 4.0 and depth[lit].max() <= 3.0  # items nearer than the floor
+    seg = fashion_mnist_canvas("test", 16)  # the same canvases, labelled by class
+    assert torch.equal(d.memory, seg.memory) and d.dense.memory.dtype == torch.float32
+    items = seg.dense.memory > 0
+    classes = seg.dense.memory[items].float() - 1
+    torch.testing.assert_close(d.dense.memory[items], 1.0 + 0.5 * classes)
+    floor = d.dense.memory[~items]
+    assert floor.min() >= 6.0 and floor.max() <= 9.0  # behind every item
 
 
 def test_a_folder_reads_back_what_was_written(folder, canvases):

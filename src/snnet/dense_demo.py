@@ -25,23 +25,24 @@ DEFAULT_OUT = {"segmentation": "runs/demo-segmentation", "depth": "runs/demo-dep
 
 @dataclass(frozen=True, kw_only=True)
 class DenseDemoSettings:
-    """The dense demo's recipe: 56-px canvases of two Fashion-MNIST items, the SETR-naive head
+    """The dense demo's recipe: 56-px canvases of three Fashion-MNIST items, the SETR-naive head
     (64 channels) on the last block, least squares on 256 canvases, then ``steps`` steps of
-    ``batch_size`` canvases with one stitch per step (a quarter of them an anchor's own path),
-    anchors and head at one learning rate. Evaluated on the 2,000 test canvases (``eval_images``:
-    a sample). Why: what fits the demo's ten minutes on two CPU cores
-    (``benchmarks/README.md``, "Dense prediction", has the measurements)."""
+    ``batch_size`` canvases with one stitch per step (half of them an anchor's own path: the
+    anchors' early blocks train only there), anchors, stitching layers and head at one learning
+    rate. Evaluated on the 2,000 test canvases (``eval_images``: a sample). Why: what fits the
+    demo's ten minutes on two CPU cores (``benchmarks/README.md``, "Dense prediction", has the
+    measurements)."""
 
     task: str = "segmentation"
-    steps: int = 1400
+    steps: int = 1600
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 5e-3
     anchor_lr_scale: float = 1.0
     head: str = "naive"
     channels: int = 64
     ls_images: int = 256
     eval_images: int | None = None
-    anchor_probability: float | None = 0.25
+    anchor_probability: float | None = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -38,7 +38,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         "--steps",
         type=int,
         default=None,
-        help="training steps (classification: stop early for a quick look; dense: default 1400)",
+        help="training steps (classification: stop early for a quick look; dense: default 1600)",
     )
     p.add_argument(
         "--eval-images",
@@ -102,7 +102,7 @@ def _demo(args: argparse.Namespace) -> tuple[Any, str]:
     from snnet.dense_demo import DEFAULT_OUT, DenseDemoSettings, run_dense_demo
 
     if args.epochs is not None:
-        raise ValueError("the dense demo trains for --steps (default 1400), not --epochs")
+        raise ValueError("the dense demo trains for --steps (default 1600), not --epochs")
     steps = {"steps": args.steps} if args.steps is not None else {}
     settings = DenseDemoSettings(
         task=args.task, eval_images=args.eval_images, seed=args.seed, **steps

@@ -6,10 +6,10 @@ larger canvas, for the offline dense demo.
   the anchors' own training); a later item covers an earlier one where its pixels are lit.
   Each pixel is labelled with the class of the item it shows (class ``i + 1`` for Fashion-MNIST
   class ``i``), or 0 (``background``) where no item is lit (value below :data:`LIT`).
-- Depth (``depth=True``): the same items drawn at one of three scales (28, 21 or 14 px) at a
-  distance that the scale tells (1.5 m / scale: 1.5, 2 or 3 m), in front of a floor that
-  recedes from 4 m (bottom row) to 8 m (top row): apparent size and height in the image are
-  the monocular cues.
+- Depth (``depth=True``): the same canvases, each item standing at the distance of its kind
+  (Fashion-MNIST class ``i`` at ``1 + 0.5 i`` metres: t-shirts at 1 m, ankle boots at 5.5 m),
+  in front of a floor that recedes from 6 m (bottom row) to 9 m (top row): what an item is and
+  where a pixel lies in the image are the cues, so recognising the items is most of the task.
 
 Both are seeded: one seed gives the same canvases on every machine.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from snnet.data.config import FASHION_MNIST_CLASSES, DataConfig
 from snnet.data.dense import DenseTargets
@@ -28,9 +27,8 @@ from snnet.data.images import ImageSet, fashion_mnist
 #: A pixel at least this bright belongs to its item.
 LIT = 16
 CANVAS_CLASSES = ("background", *FASHION_MNIST_CLASSES)
-DEPTH_SCALES = (1.0, 0.75, 0.5)
-ITEM_DISTANCE = 1.5  # metres at scale 1
-FLOOR = (8.0, 4.0)  # metres at the top and bottom rows
+NEAREST, STEP = 1.0, 0.5  # metres: class i stands at NEAREST + STEP * i
+FLOOR = (9.0, 6.0)  # metres at the top and bottom rows
 MAX_DEPTH = 10.0
 _SPLIT_SEED = {"train": 0, "test": 1}
 
@@ -63,31 +61,22 @@ def fashion_mnist_canvas(
     source = fashion_mnist(split, root=root)
     g = torch.Generator().manual_seed(seed * 1_000_003 + _SPLIT_SEED.get(split, 2))
     picks = torch.randint(len(source), (n, items), generator=g)
-    scales = torch.randint(len(DEPTH_SCALES), (n, items), generator=g) if depth else None
+    at = torch.randint((size - 28) // 7 + 1, (n, items, 2), generator=g) * 7
     images = torch.zeros(n, 1, size, size, dtype=torch.uint8)
     if depth:
         rows = torch.linspace(FLOOR[0], FLOOR[1], size).view(size, 1).expand(size, size)
         targets = rows.repeat(n, 1, 1).contiguous()
     else:
         targets = torch.zeros(n, size, size, dtype=torch.uint8)
-    items_by_scale = {
-        k: _scaled(source.memory, s) for k, s in enumerate(DEPTH_SCALES if depth else (1.0,))
-    }
-    for k in range(items):
-        scale = scales[:, k] if depth else torch.zeros(n, dtype=torch.long)
-        for s, pixels in items_by_scale.items():
-            who = (scale == s).nonzero().flatten()
-            side = pixels.shape[-1]
-            cells = (size - side) // 7 + 1
-            at = torch.randint(cells, (len(who), 2), generator=g) * 7
-            for i, (y, x), item in zip(
-                who.tolist(), at.tolist(), picks[who, k].tolist(), strict=True
-            ):
-                patch = pixels[item, 0]
-                lit = patch >= LIT
-                images[i, 0, y : y + side, x : x + side][lit] = patch[lit]
-                value = ITEM_DISTANCE / DEPTH_SCALES[s] if depth else int(source.targets[item]) + 1
-                targets[i, y : y + side, x : x + side][lit] = value
+    for i in range(n):
+        for k in range(items):
+            item, (y, x) = int(picks[i, k]), at[i, k].tolist()
+            patch = source.memory[item, 0]
+            lit = patch >= LIT
+            label = int(source.targets[item])
+            images[i, 0, y : y + 28, x : x + 28][lit] = patch[lit]
+            value = NEAREST + STEP * label if depth else label + 1
+            targets[i, y : y + 28, x : x + 28][lit] = value
     kind = "depth" if depth else "mask"
     dense = DenseTargets(kind, memory=targets, num_classes=None if depth else len(CANVAS_CLASSES))
     name = f"Fashion-MNIST {split} on {n} {size}-px canvases ({kind}, seed {seed})"
@@ -95,12 +84,3 @@ def fashion_mnist_canvas(
         canvas_config(size), None, classes=CANVAS_CLASSES if not depth else (), memory=images,
         name=name, dense=dense,
     )  # fmt: skip
-
-
-def _scaled(items: torch.Tensor, scale: float) -> torch.Tensor:
-    """Fashion-MNIST's 28-px items at ``scale`` (antialiased), as uint8."""
-    if scale == 1.0:
-        return items
-    side = round(28 * scale)
-    x = F.interpolate(items.float(), size=(side, side), mode="bilinear", antialias=True)
-    return x.round().clamp(0, 255).to(torch.uint8)
