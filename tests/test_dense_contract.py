@@ -180,3 +180,16 @@ def test_onnx_of_a_dense_stitch_agrees_with_the_network_within_1e_5(kind, tmp_pa
     with torch.no_grad():
         want = net(x, stitch=stitch)
     assert float((torch.from_numpy(got) - want).abs().max()) <= 1e-5
+
+
+def test_a_route_that_misses_a_level_is_refused_when_the_network_is_built(monkeypatch):
+    import snnet.dense.head as head
+
+    def skewed(anchors, levels):  # the head anchor reads its level at its first block
+        return (*level_blocks(anchors, levels)[:-1], (0,))
+
+    monkeypatch.setattr(head, "level_blocks", skewed)
+    with pytest.raises(
+        ValueError, match=r"the route 1\[0:\d+\] -> 2\[[1-3]:4\] runs no block of level 0"
+    ):
+        snnet.SNNet(FAMILIES["vit"][0](), task=Task("depth", channels=8))

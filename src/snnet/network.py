@@ -149,6 +149,9 @@ class SNNet(nn.Module):
         self._using: dict[int, list[Stitch]] = {}
         self._check_order()
         self._stitch = self.space.stitches[len(self.anchors) - 1]  # the largest anchor
+        if self.dense is not None:  # every route must hand the head every level: refused now
+            for stitch in self.stitches:
+                self.parts(stitch)
 
     # -- the stitch ---------------------------------------------------------------------------
     @property
