@@ -37,10 +37,9 @@ class ImageSet(Dataset):
     ``images[i]`` is ``(pixels, target)``: a (C, H, W) uint8 tensor after resize, crop and
     augmentation, and an int label, or with ``dense`` targets an (H, W) map (``targets`` then
     holds no labels: zeros, one stratum for sampling). :meth:`batch` gives a normalised float
-    batch. Files that
-    fail to decode are an error naming the file when ``strict`` (evaluation: a replacement would
-    be counted under the wrong label), else logged once and replaced by the next readable image
-    (training keeps going past one bad file).
+    batch. Files that fail to decode are an error naming the file when ``strict`` (evaluation: a
+    replacement would be counted under the wrong label), else logged once and replaced by the
+    next readable image (training keeps going past one bad file).
 
     Example:
         >>> test = fashion_mnist("test")
@@ -202,9 +201,9 @@ class ImageSet(Dataset):
         self, indices: Sequence[int] | torch.Tensor, *, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised float images (B, C, H, W) and labels (B,) (or dense targets (B, H, W))
-        of ``indices``. In memory the
-        batch is indexed and augmented at once (drawing from ``generator``); files are read one
-        by one here (use :func:`~snnet.data.batches.load_batches` for worker processes)."""
+        of ``indices``. In memory the batch is indexed and augmented at once (drawing from
+        ``generator``); files are read one by one here (use
+        :func:`~snnet.data.batches.load_batches` for worker processes)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         if self.memory is None:
             items = [self[int(i)] for i in idx]
