@@ -110,18 +110,12 @@ def run(args: argparse.Namespace) -> int:
     from snnet.rundir import RunDir
     from snnet.sources import resolve_anchors
     from snnet.threads import set_threads
-    from snnet.train.checkpoint import check_run
-    from snnet.train.pipeline import anchor_table, fit
+    from snnet.train.pipeline import anchor_table, check_run_dir, fit
 
     set_threads(args.threads)
     config = config_from_args(args)
-    check_run(  # before building anything, so that a refused command leaves no trace
-        args.out,
-        resume=args.resume,
-        save_every=args.save_every,
-        ls_init=args.ls_init,
-        num_workers=args.workers or 0,
-    )
+    # before building anything, so that a refused command leaves no trace
+    check_run_dir(args.out, args.resume, args.save_every, args.ls_init, args.workers or 0)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     overrides, origin = preprocess_overrides(args)
     net = build_network(args)
