@@ -2,7 +2,7 @@
 
 The data: an RGB image folder this script generates (``folder``): Fashion-MNIST items of four
 classes (trouser, dress, sneaker, bag), scaled, tinted and placed on noisy colour gradients,
-72x72 PNGs in ``train/<class>/`` (3,000) and ``val/<class>/`` (1,200, from the test split).
+72x72 PNGs in ``train/<class>/`` (6,000) and ``val/<class>/`` (1,200, from the test split).
 
 1. ``preprocessing``: two timm anchors (DeiT-Ti, DeiT-S at 64 px, 4 classes) trained with plain
    PyTorch as a user would have them, with mean/std 0.5 and no crop (``anchors``). Then
@@ -46,18 +46,19 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
 
 # -- the data ------------------------------------------------------------------------------------
 def canvas(item, rng, size: int = 72):
-    """One Fashion-MNIST item (28x28 uint8) scaled, tinted and placed on a noisy gradient."""
+    """One Fashion-MNIST item (28x28 uint8) scaled, tinted bright and placed on a darker noisy
+    gradient."""
     import numpy as np
     from PIL import Image
 
-    side = int(rng.integers(32, 60))
+    side = int(rng.integers(40, 66))
     mask = np.asarray(Image.fromarray(item).resize((side, side), Image.BILINEAR), np.float32) / 255
     y0, x0 = (int(v) for v in rng.integers(0, size - side + 1, 2))
-    top, bottom = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    top, bottom = rng.uniform(0, 110, 3), rng.uniform(0, 110, 3)
     t = np.linspace(0, 1, size)[:, None, None]
-    img = (1 - t) * top + t * bottom + rng.normal(0, 12, (size, size, 3))
+    img = (1 - t) * top + t * bottom + rng.normal(0, 8, (size, size, 3))
     img = np.broadcast_to(img, (size, size, 3)).copy()
-    tint = rng.uniform(0, 255, 3)
+    tint = rng.uniform(150, 255, 3)
     region = img[y0 : y0 + side, x0 : x0 + side]
     img[y0 : y0 + side, x0 : x0 + side] = region * (1 - mask[..., None]) + tint * mask[..., None]
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
@@ -183,7 +184,7 @@ def spread(values: list[float]) -> str:
 
 # -- 1. preprocessing ------------------------------------------------------------------------------
 def preprocessing(seeds: list[int], jobs: int, epochs: int, recipe: list[str]) -> dict:
-    folder = make_folder(WORK / "folder", CLASSES, {"train": 750, "val": 300}, seed=0)
+    folder = make_folder(WORK / "folder", CLASSES, {"train": 1500, "val": 300}, seed=0)
     anchors = WORK / "user-anchors"
     anchors.mkdir(parents=True, exist_ok=True)
     standalone_file = anchors / "standalone.json"
@@ -230,7 +231,7 @@ def preprocessing(seeds: list[int], jobs: int, epochs: int, recipe: list[str]) -
     worst_before = max(abs(d) for r in rows for d in r["before_minus_standalone"])
     worst_loss = min(d for r in rows for d in r["after_minus_standalone"])
     return {
-        "folder": {"classes": list(CLASSES.values()), "train": 3000, "val": 1200, "px": 72},
+        "folder": {"classes": list(CLASSES.values()), "train": 6000, "val": 1200, "px": 72},
         "anchors": list(ARCHS),
         "recipe": ["--epochs", str(epochs), *recipe],
         "user_standalone": user,
@@ -253,7 +254,7 @@ def preprocessing(seeds: list[int], jobs: int, epochs: int, recipe: list[str]) -
 
 # -- 2. re-heading --------------------------------------------------------------------------------
 def reheading(seeds: list[int], jobs: int, epochs: int, anchor_epochs: int, recipe: list[str]):
-    folder = make_folder(WORK / "folder", CLASSES, {"train": 750, "val": 300}, seed=0)
+    folder = make_folder(WORK / "folder", CLASSES, {"train": 1500, "val": 300}, seed=0)
     source = make_folder(
         WORK / "source",
         {i: f"c{i}" for i in range(10)},
