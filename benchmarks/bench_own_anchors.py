@@ -199,7 +199,7 @@ def preprocessing(seeds: list[int], jobs: int, epochs: int, recipe: list[str]) -
         standalone_file.write_text(json.dumps(standalone, indent=2))
     family = [f"{arch}={anchors / f'{arch}.pth'}" for arch in ARCHS]
     base = [*family, "--img-size", "64", "--num-classes", "4", "--data", str(folder)]
-    base += ["--epochs", str(epochs), *recipe]
+    base += ["--epochs", str(epochs), "--val-images", "1200", *recipe]
 
     def one(seed: int) -> dict:
         out = WORK / f"preprocessing-seed{seed}"
@@ -274,7 +274,7 @@ def reheading(seeds: list[int], jobs: int, epochs: int, anchor_epochs: int, reci
         record.write_text(json.dumps(scores, indent=2))
     family = [f"{arch}={anchors / f'{arch}.pth'}" for arch in ARCHS]
     base = [*family, "--img-size", "48", "--num-classes", "4", "--data", str(folder)]
-    base += [*USER_PREPROCESSING, *recipe]
+    base += [*USER_PREPROCESSING, "--val-images", "1200", *recipe]
     arms = {
         "inside only": ["--epochs", str(epochs)],
         f"{anchor_epochs} anchor epochs first": [
