@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,18 +34,27 @@ def run_plan(
     anchors: Sequence[Anchor],
     layers: Mapping[str, nn.Module],
     x: torch.Tensor,
+    *,
+    lora: bool = True,
 ) -> torch.Tensor:
     """One stitch's forward: the first anchor's stem, each step's blocks then stitching layer,
-    the last anchor's head. Shared by :class:`SNNet` and an exported stitch."""
+    the last anchor's head. Shared by :class:`SNNet` and an exported stitch. ``lora=False``
+    (anchors without LoRA) leaves the LoRA switch alone: setting it is a side effect that
+    ``torch.cond`` and ``torch.compile`` cannot trace."""
+    switch = adapting if lora else _unswitched
     h = anchors[steps[0].anchor].forward_stem(x)
     for i, step in enumerate(steps):
         # Anchors' LoRA (PEFT mode) runs only after the first stitching layer; see snnet.peft.
-        with adapting(i > 0):
+        with switch(i > 0):
             h = anchors[step.anchor].forward_blocks(h, step.start, step.stop)
         if step.layer is not None:
             h = layers[step.layer](h)
-    with adapting(len(steps) > 1):
+    with switch(len(steps) > 1):
         return anchors[steps[-1].anchor].forward_head(h)
+
+
+def _unswitched(on: bool) -> contextlib.nullcontext[None]:
+    return contextlib.nullcontext()
 
 
 class SNNet(nn.Module):
@@ -232,7 +242,8 @@ class SNNet(nn.Module):
 
     def forward(self, x: torch.Tensor, stitch: Stitch | str | None = None) -> torch.Tensor:
         steps = self.plan(self.stitch if stitch is None else stitch)
-        return run_plan(steps, self.anchors, self.layers, x)
+        lora = self.adapter_config.frozen_anchors
+        return run_plan(steps, self.anchors, self.layers, x, lora=lora)
 
     # -- cost ---------------------------------------------------------------------------------
     def cost(self, stitch: Stitch | str) -> Cost:
