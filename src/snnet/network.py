@@ -183,6 +183,34 @@ class SNNet(nn.Module):
             if not stack:
                 self._using.pop(tid, None)
 
+    def restrict(self, stitches: Sequence[Stitch | str]) -> SNNet:
+        """Keep only ``stitches`` (a front): drop, in place, the stitching layers and the anchors'
+        parts none of them runs, so the network holds only their weights; returns ``self``. The
+        costs stay those counted on the whole anchors. Call it on a copy.
+
+        Example:
+            >>> front = copy.deepcopy(net).restrict(["0", "0:5-1:6", "2"])
+            >>> len(front.stitches), front(x, stitch="0:5-1:6").shape
+            (3, torch.Size([8, 1000]))
+        """
+        kept = [self._resolve(s) for s in stitches]
+        if not kept:
+            raise ValueError("restrict() needs at least one stitch to keep")
+        for s in kept:
+            self.cost(s)  # counted now, while every part is there to run
+        parts = {p for s in kept for p in self.parts(s)}
+        for i, anchor in enumerate(self.anchors):
+            blocks = sorted({p.block for p in parts if p.kind == "block" and p.anchor == i})
+            anchor.prune(
+                stem=Part("stem", i) in parts, blocks=blocks, head=Part("head", i) in parts
+            )
+        for key in [k for k in self.layers if Part("layer", layer=k) not in parts]:
+            del self.layers[key]
+        self.space = self.space.restrict(kept)
+        if self._stitch not in self.space:
+            self._stitch = max(self.space.stitches, key=lambda s: self.cost(s).macs)
+        return self
+
     def __getstate__(self) -> dict[str, Any]:
         # A copy (deepcopy, pickle) runs the stitch the copying thread sees, in every thread.
         state = super().__getstate__()
