@@ -177,6 +177,19 @@ def test_the_stitch_index_chooses_counts_from_the_end_and_is_checked(sequential_
             _run(session, pixels, bad)
 
 
+def test_a_front_of_one_stitch_checks_its_index_too(tmp_path):
+    net = _network("sequential")
+    hop = next(s for s in net.stitches if not s.is_anchor)
+    export_front(net, tmp_path, ["onnx"], stitches=[hop])
+    session, pixels = _session(tmp_path / "model.onnx"), _pixels(net)
+    with torch.no_grad():
+        want = net(net.data_config.normalize(pixels), stitch=hop)
+    for index in (0, -1):
+        torch.testing.assert_close(_run(session, pixels, index), want, rtol=0, atol=1e-5)
+    with pytest.raises(Exception, match=r"out of data bounds"):
+        _run(session, pixels, 1)
+
+
 def test_a_safetensors_front_is_a_smaller_snnet(sequential_front):
     net, out, written = sequential_front
     # the front's directory is its own model (these anchors are the user's own modules: given)

@@ -3,21 +3,21 @@
 :func:`switch_graph` takes the graphs :func:`~snnet.export.graphs.onnx_model` exports (input
 ``x``: normalised images, output ``logits``) and builds one model::
 
-    pixels (uint8, N×C×H×W) ─ Cast, /255, −mean, /std ─ x ─┐
-    stitch (int64 scalar) ─ Gather(0..n−1) ─ index ─ If(index < m) ─ ... ─ If ─ stitch k's graph
-                                                                                       └─ logits
+    pixels (uint8, N×C×H×W) ─ Cast, /255, −mean, /std ─ x ─────────────────────────────┐
+    stitch (int64 scalar) ─ Gather(i < m?) ─ If ─ ... ─ Gather(i < m'?) ─ If ─ stitch i's graph
+                                                                                  └─ logits
 
-The stitches' graphs sit at the leaves of a balanced tree of ``If`` nodes, so a call runs
-``ceil(log2 n)`` comparisons and then one stitch's nodes, unchanged. A stitch index outside
-``-n..n-1`` fails in the ``Gather``; a negative one counts from the end, as in Python.
+The stitches' graphs sit at the leaves of a balanced tree of ``If`` nodes, so a call takes
+``ceil(log2 n)`` lookups and ``If`` nodes, then one stitch's nodes, unchanged. A stitch index
+outside ``-n..n-1`` fails in the first lookup; a negative one counts from the end, as in Python.
 
 Each weight is stored once, found by content (type, shape, bytes). A weight only one stitch uses
 is an initializer of that stitch's branch. A weight several stitches share is an initializer of
 the main graph, and each branch takes it through ``Mul(w, 1)``, which ONNX Runtime folds into a
 constant of the branch when it loads the file (at every optimisation level). The fold is what
 keeps a call as fast as the stitch's own file: ONNX Runtime hands every value a branch reads from
-outside to the branch at each call (about 0.3 µs each per ``If`` level, measured in
-``benchmarks/bench_front.py``), while a branch's own constants cost nothing. The price is memory:
+outside to the branch at each call, a cost per value and per ``If`` level (``benchmarks/
+bench_front.py`` measures it), while a branch's own constants cost nothing. The price is memory:
 a loaded session holds each stitch's weights in its branch, the sum over the stitches rather
 than the distinct weights; the file holds each once.
 
@@ -100,12 +100,12 @@ def switch_graph(
     shared = {key: f"w{n}" for n, key in enumerate(k for k in pool.tensors if pool.shared(k))}
     branches = [_branch(m.graph, i, keys[i], pool, shared) for i, m in enumerate(models)]
     out_type = first.graph.output[0].type
-    nodes, inits = _preprocess(mean, std, len(models))
+    nodes, inits = _preprocess(mean, std)
     inits += [numpy_helper.from_array(_array(pool.tensors[k]), name) for k, name in shared.items()]
     inits += _ones(shared)
-    tree = _tree(branches, 0, len(branches), out_type)
+    tree = _tree(branches, 0, len(branches), len(branches), out_type)
     nodes += _rename_output(tree, LOGITS)
-    inits += tree.initializer  # one stitch: its graph is the main graph's
+    inits += tree.initializer  # the top of the tree is the main graph
     channels, height, width = (
         d.dim_value for d in first.graph.input[0].type.tensor_type.shape.dim[1:]
     )
@@ -230,47 +230,60 @@ def _ones(shared: dict[tuple, str]) -> list[TensorProto]:
     return [numpy_helper.from_array(np.array(1, dtype=dtypes[t]), _one(t)) for t in types]
 
 
-def _preprocess(
-    mean: Sequence[float], std: Sequence[float], n: int
-) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
-    """``x = (float(pixels) / 255 - mean) / std``, the very operations of
-    ``DataConfig.normalize`` in float32, and ``index``: the stitch input checked against ``n``."""
+def _preprocess(mean: Sequence[float], std: Sequence[float]) -> tuple[list[Any], list[Any]]:
+    """``x = (float(pixels) / 255 - mean) / std`` in float32, the very operations of
+    ``DataConfig.normalize`` (so ``x`` equals its, bit for bit). Faster in ONNX Runtime than a
+    ``Gather`` from a table of the 256 values per channel, measured."""
     c = len(mean)
     inits = [
         numpy_helper.from_array(np.array(255, np.float32), "k255"),
         numpy_helper.from_array(np.array(mean, np.float32).reshape(c, 1, 1), "mean"),
         numpy_helper.from_array(np.array(std, np.float32).reshape(c, 1, 1), "std"),
-        numpy_helper.from_array(np.arange(n, dtype=np.int64), "stitches"),
     ]
-    inits += [numpy_helper.from_array(np.array(m, np.int64), f"below{m}") for m in range(1, n)]
     nodes = [
         helper.make_node("Cast", [PIXELS], ["pixels_f"], to=TensorProto.FLOAT),
         helper.make_node("Div", ["pixels_f", "k255"], ["pixels_01"]),
         helper.make_node("Sub", ["pixels_01", "mean"], ["pixels_c"]),
         helper.make_node("Div", ["pixels_c", "std"], [_X]),
-        helper.make_node("Gather", ["stitches", STITCH], ["index"], axis=0),
     ]
     return nodes, inits
 
 
-def _tree(branches: list[onnx.GraphProto], lo: int, hi: int, out_type: Any) -> onnx.GraphProto:
-    """The graph choosing among ``branches[lo:hi]``: a branch itself, or ``If(index < mid)``
-    over the two halves."""
-    if hi - lo == 1:
+def _tree(
+    branches: list[onnx.GraphProto], lo: int, hi: int, n: int, out_type: Any
+) -> onnx.GraphProto:
+    """The graph choosing among ``branches[lo:hi]``: ``If`` over the two halves, its condition
+    looked up by the stitch input in a table of ``n`` booleans held by this graph (a lookup
+    fails for an index outside ``-n..n-1``; the graph's own constants cost nothing per call). A
+    single branch is itself, but at the top it is put behind such an ``If`` too, so its index
+    is checked all the same."""
+    if hi - lo == 1 and n > 1:
         return branches[lo]
-    mid = (lo + hi) // 2
-    cond, out = f"below{mid}_{lo}", f"y{lo}_{hi}"
+    if n == 1:
+        mid, then_branch, else_branch = 1, branches[0], _empty(out_type)
+    else:
+        mid = (lo + hi) // 2
+        then_branch = _tree(branches, lo, mid, n, out_type)
+        else_branch = _tree(branches, mid, hi, n, out_type)
+    goes_left = np.arange(n) < mid
+    table, cond, out = f"left{lo}_{hi}", f"cond{lo}_{hi}", f"y{lo}_{hi}"
     nodes = [
-        helper.make_node("Less", ["index", f"below{mid}"], [cond]),
-        helper.make_node(
-            "If",
-            [cond],
-            [out],
-            then_branch=_tree(branches, lo, mid, out_type),
-            else_branch=_tree(branches, mid, hi, out_type),
-        ),
+        helper.make_node("Gather", [table, STITCH], [cond], axis=0),
+        helper.make_node("If", [cond], [out], then_branch=then_branch, else_branch=else_branch),
     ]
-    return helper.make_graph(nodes, f"stitches{lo}_{hi}", [], [_value_info(out, out_type)])
+    inits = [numpy_helper.from_array(goes_left, table)]
+    return helper.make_graph(
+        nodes, f"stitches{lo}_{hi}", [], [_value_info(out, out_type)], initializer=inits
+    )
+
+
+def _empty(out_type: Any) -> onnx.GraphProto:
+    """A branch never taken (the other side of a one-stitch front's check): no rows."""
+    dims = out_type.tensor_type.shape.dim
+    dtype = helper.tensor_dtype_to_np_dtype(out_type.tensor_type.elem_type)
+    value = numpy_helper.from_array(np.zeros((0, dims[-1].dim_value), dtype), "none")
+    node = helper.make_node("Constant", [], ["none"], value=value)
+    return helper.make_graph([node], "none", [], [_value_info("none", out_type)])
 
 
 def _rename_output(g: onnx.GraphProto, name: str) -> list[onnx.NodeProto]:
