@@ -218,6 +218,27 @@ def test_a_pt2_front_switches_in_one_program(sequential_front):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
+def test_a_parameter_efficient_front_exports_to_onnx(tmp_path):
+    """LoRA runs after a route's first stitching layer only: each branch holds the weights its
+    stitch runs, the LoRA folded in where it applies."""
+    net = snnet.SNNet(FAMILIES["vit"][0](), lora_rank=2).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(generator=torch.Generator().manual_seed(2))
+    net.data_config = DataConfig(3, (32, 32), (0.45,) * 3, (0.22,) * 3)
+    stitches = [Stitch.parse("0:1-1:2"), Stitch.parse("2")]
+    with pytest.raises(ValueError, match="exports to onnx and safetensors; pt2 needs"):
+        export_front(net, tmp_path, ["onnx", "pt2"], stitches=stitches)
+    assert list(tmp_path.iterdir()) == []
+    export_front(net, tmp_path, ["onnx"], stitches=stitches)
+    session, pixels = _session(tmp_path / "model.onnx"), _pixels(net)
+    for i, s in enumerate(stitches):
+        with torch.no_grad():
+            want = net(net.data_config.normalize(pixels), stitch=s)
+        torch.testing.assert_close(_run(session, pixels, i), want, rtol=0, atol=1e-5)
+
+
 def test_a_front_of_results_is_their_pareto_front(tmp_path):
     net = _network("sequential")
     results = Results.for_network(net)

@@ -21,7 +21,7 @@ import torch
 from snnet import artifact
 from snnet.data.anchors import network_preprocessing
 from snnet.data.config import DataConfig
-from snnet.export.front_pt2 import front_program
+from snnet.export.front_pt2 import PEFT_PT2, front_program
 from snnet.export.graphs import onnx_model, require
 from snnet.export.serialize import FILES
 from snnet.export.stitched import export_stitch
@@ -78,6 +78,8 @@ def export_front(
         raise ValueError(f"unknown export format {bad[0]!r}; choose from {', '.join(FORMATS)}")
     if "onnx" in formats:
         require("onnx", "onnxscript", "onnxruntime", purpose="ONNX export")
+    if "pt2" in formats and net.adapter_config.frozen_anchors:
+        raise ValueError(PEFT_PT2)
     if results is not None:
         results.check_network(net)
     chosen = _chosen(net, stitches, results)

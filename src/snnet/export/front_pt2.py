@@ -20,6 +20,11 @@ from snnet.data.config import DataConfig
 from snnet.network import SNNet
 from snnet.stitch import Stitch
 
+PEFT_PT2 = (
+    "a parameter-efficient (LoRA) network's front exports to onnx and safetensors; pt2 needs "
+    "torch.cond, which cannot trace the LoRA switch"
+)
+
 
 class FrontModule(nn.Module):
     """``net``'s ``stitches`` behind one forward: ``module(pixels, torch.tensor(i))`` runs
@@ -33,10 +38,7 @@ class FrontModule(nn.Module):
     def __init__(self, net: SNNet, stitches: Sequence[Stitch], data: DataConfig) -> None:
         super().__init__()
         if net.adapter_config.frozen_anchors:
-            raise ValueError(
-                "a parameter-efficient (LoRA) network's front exports to onnx and safetensors; "
-                "pt2 needs torch.cond, which cannot trace the LoRA switch"
-            )
+            raise ValueError(PEFT_PT2)
         self.net = net.eval()
         self.stitches = tuple(stitches)
         c = data.channels
