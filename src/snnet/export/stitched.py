@@ -72,7 +72,8 @@ class StitchedModel(nn.Module):
         return DataConfig.from_json(data) if data else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return run_plan(self.steps, self.anchors, self.layers, x)
+        # LoRA is folded into the weights at export: nothing to switch
+        return run_plan(self.steps, self.anchors, self.layers, x, lora=False)
 
     def extra_repr(self) -> str:
         return f"stitch='{self.info['stitch']}', path={self.info['path']!r}"

@@ -143,11 +143,14 @@ class Record:
 
 def fingerprint(net: SNNet) -> dict[str, Any]:
     """What identifies a network's stitches: anchors, stitching options, counts."""
-    return {
+    out = {
         "anchors": [a.name for a in net.anchors],
         "space": net.space.config.to_json(),
         "num_stitches": len(net.stitches),
     }
+    if net.space.restricted:  # a front: which stitches, not only how many
+        out["stitches"] = [str(s) for s in net.stitches]
+    return out
 
 
 class Results:
