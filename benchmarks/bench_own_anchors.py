@@ -13,6 +13,7 @@ classes (trouser, dress, sneaker, bag), scaled, tinted and placed on noisy colou
    costs before any training.
 2. ``reheading``: "ImageNet-style" anchors (the same architectures trained elsewhere on another
    task: 10 classes at 64 px, with a 1000-class head) re-headed for the 4-class folder at 48 px
+   (a stratified 3,000 of its training images)
    (classifier initialised anew, position embeddings resampled), trained (a) only inside the
    SN-Net, (b) after ``--anchor-epochs`` of each anchor alone, (c) only inside the SN-Net for
    as many epochs as (b) spends in all. Anchors after training and the mean stitch, per seed.
@@ -274,7 +275,7 @@ def reheading(seeds: list[int], jobs: int, epochs: int, anchor_epochs: int, reci
         record.write_text(json.dumps(scores, indent=2))
     family = [f"{arch}={anchors / f'{arch}.pth'}" for arch in ARCHS]
     base = [*family, "--img-size", "48", "--num-classes", "4", "--data", str(folder)]
-    base += [*USER_PREPROCESSING, "--val-images", "1200", *recipe]
+    base += [*USER_PREPROCESSING, "--val-images", "1200", "--max-images", "3000", *recipe]
     arms = {
         "inside only": ["--epochs", str(epochs)],
         f"{anchor_epochs} anchor epochs first": [
