@@ -28,7 +28,14 @@ from snnet.control.slo import SloController
 from snnet.control.window import TimeWindow, percentile
 from snnet.serve.backend import Backend
 from snnet.serve.errors import ServeError
-from snnet.serve.executor import BatchExecutor, Hooks, Item, Prediction, tune_interpreter
+from snnet.serve.executor import (
+    BatchExecutor,
+    Hooks,
+    Item,
+    Prediction,
+    stitch_name,
+    tune_interpreter,
+)
 from snnet.serve.settings import ServeSettings
 from snnet.serve.want import Want
 from snnet.stitch import Stitch
@@ -213,7 +220,7 @@ class Batcher:
         latency = self.executor.finish(preds, arrived, now)
         for p in preds:
             self._recent.add(now, latency)
-            self.counts[str(p.stitch)] += 1
+            self.counts[stitch_name(p.stitch)] += 1
         self._sample(now)
         return latency
 

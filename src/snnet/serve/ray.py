@@ -33,10 +33,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from snnet import settings as settings_text
-from snnet.serve.app import answer, decode_all, error_response, read_request
+from snnet.serve.app import error_response
 from snnet.serve.backend import load_backend
 from snnet.serve.errors import ServeError
 from snnet.serve.executor import BatchExecutor, Item, Prediction, tune_interpreter
+from snnet.serve.predict import answer, decode_request, read_request
 from snnet.serve.settings import ServeSettings
 
 #: Keys of ``build``'s arguments that place replicas; every other key is a ServeSettings field.
@@ -83,7 +84,7 @@ class SNNetDeployment:
             self._admit(0)  # a full replica refuses before reading the body
             req = await read_request(request, self.settings)
             want = self.executor.resolve(req.stitch, req.max_gmacs, req.max_latency_ms)
-            xs = decode_all(self.backend, req.images, self.settings)
+            xs = await decode_request(self.backend, req, self.settings)
             self._admit(len(xs))
             self.waiting += len(xs)
             try:
