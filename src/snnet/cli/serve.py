@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
         )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     settings = settings_options.from_args(ServeSettings, args)
-    backend = load_backend(args.run, results=args.results, device=settings.device)
+    backend = load_backend(
+        args.run, results=args.results, device=settings.device, threads=settings.threads
+    )
     if settings.stitch is not None:
         backend.check(settings.stitch)
     app = create_app(

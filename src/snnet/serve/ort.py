@@ -1,0 +1,191 @@
+"""The ONNX Runtime backend of the server: an exported front served without torch.
+
+An exported front (``snnet export RUN --front --format onnx``) is one ONNX file whose inputs
+are the images and a stitch index, with every front stitch inside, and a ``config.json``
+beside it (``"format": "snnet-front"``) listing the stitches in index order with their costs
+and accuracy, and the preprocessing. :class:`OrtBackend` serves it through the
+:class:`~snnet.serve.backend.Backend` contract with numpy and PIL: resize and crop per image
+(:mod:`snnet.data.geometry`), normalisation per batch, softmax and top-k in numpy. Nothing here
+imports torch, so the serving process holds the runtime, the web stack and the weights only.
+
+The batch times the SLO controller predicts from are measured on the first start on a device
+and kept beside the artifact (:mod:`snnet.serve.timings`); later starts read them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from snnet.data.config import DataConfig
+from snnet.data.geometry import pixels_array
+from snnet.files import CONFIG, ONNX
+from snnet.measure.results import Record, Results
+from snnet.serve import timings
+from snnet.serve.backend import FRONT_FORMAT, is_front
+from snnet.stitch import Stitch
+
+logger = logging.getLogger("snnet.serve")
+
+
+def _records(stitches: list[dict[str, Any]]) -> list[Record]:
+    """The config's stitches as records, in index order (unknown keys, like ``index``, left)."""
+    known = {f.name for f in fields(Record)}
+    rows = sorted(stitches, key=lambda d: d.get("index", 0)) if stitches else []
+    out = []
+    for i, d in enumerate(rows):
+        if d.get("index", i) != i:
+            raise ValueError(f"the front's stitch indices must run 0..{len(rows) - 1}")
+        out.append(Record.from_json({k: v for k, v in d.items() if k in known}))
+    return out
+
+
+class OrtBackend:
+    """An exported front on ONNX Runtime's CPU provider, as a
+    :class:`~snnet.serve.backend.Backend`.
+
+    Example:
+        >>> backend = OrtBackend.load("deploy/front")
+        >>> [probs] = backend.run([backend.pixels(img)], backend.front[-1].stitch)
+    """
+
+    def __init__(self, directory: Path, config: dict[str, Any], *, threads: int = 1) -> None:
+        self.directory = directory
+        self.source = str(directory)
+        self.preprocess = DataConfig.from_json(config["data"])
+        records = _records(config.get("stitches") or [])
+        if not records:
+            raise ValueError(f"{directory / CONFIG} lists no stitches")
+        self.index = {r.stitch: i for i, r in enumerate(records)}
+        self.model_path = directory / config.get("onnx", ONNX)
+        self._mean = np.asarray(self.preprocess.mean, np.float32).reshape(-1, 1, 1)
+        self._std = np.asarray(self.preprocess.std, np.float32).reshape(-1, 1, 1)
+        self.threads = threads
+        self.session = self._session(threads)
+        self._inputs()
+        classes = config.get("classes") or self.preprocess.classes
+        n = self._num_classes()
+        self.classes = tuple(classes) if classes and len(classes) == n else _numbered(n)
+        self.results = Results(records, meta={"source": self.source})
+        latency = self.batch_ms((1,))[1]
+        for s, ms in latency.items():
+            self.results.update(s, latency_ms=ms)
+        self.front: list[Record] = self.results.pareto("latency_ms", "top1")
+        if not self.front:
+            raise ValueError(f"{directory / CONFIG}: no stitch has a top-1")
+
+    @classmethod
+    def load(cls, path: str | Path, *, threads: int = 1) -> OrtBackend:
+        """The exported front in directory ``path``; its stitches' batch-1 times are read from
+        ``latency.json`` beside it, or measured now and kept there."""
+        directory = Path(path)
+        if not is_front(directory):
+            raise ValueError(
+                f"{directory} holds no exported front ({CONFIG} with format "
+                f"{FRONT_FORMAT!r}): export one with `snnet export RUN --front`"
+            )
+        config = json.loads((directory / CONFIG).read_text())
+        return cls(directory, config, threads=threads)
+
+    # -- the session -----------------------------------------------------------------------------
+    def _session(self, threads: int) -> ort.InferenceSession:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # idle threads sleep instead of spinning: the event loop shares these cores
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(
+            str(self.model_path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+
+    def _inputs(self) -> None:
+        """Which input takes the images (rank 4) and which the stitch index (an integer)."""
+        images = [i for i in self.session.get_inputs() if len(i.shape) == 4]
+        index = [i for i in self.session.get_inputs() if "int" in i.type and len(i.shape) <= 1]
+        if len(images) != 1 or len(index) != 1:
+            raise ValueError(f"{self.model_path}: expected an image input and a stitch index")
+        self._images, self._stitch = images[0].name, index[0].name
+        self._index_shape = tuple(1 for _ in index[0].shape)
+        self._uint8 = "uint8" in images[0].type
+        self._output = self.session.get_outputs()[0].name
+
+    def _num_classes(self) -> int:
+        x = np.zeros((1, *self.preprocess.input_size), np.uint8)
+        return int(self._logits(x, next(iter(self.index))).shape[-1])
+
+    def _logits(self, pixels: np.ndarray, stitch: Stitch) -> np.ndarray:
+        x = pixels if self._uint8 else (pixels.astype(np.float32) / 255 - self._mean) / self._std
+        index = np.full(self._index_shape, self.index[stitch], np.int64)
+        return self.session.run([self._output], {self._images: x, self._stitch: index})[0]
+
+    # -- the Backend contract --------------------------------------------------------------------
+    def check(self, stitch: Stitch | str) -> Stitch:
+        s = Stitch.parse(stitch) if isinstance(stitch, str) else stitch
+        if s not in self.index:
+            names = ", ".join(str(x) for x in self.index)
+            raise ValueError(f"the exported front holds the stitches {names}; not {s}")
+        return s
+
+    def describe(self, stitch: Stitch) -> str:
+        return f"stitch {stitch} (index {self.index[stitch]} of the exported front)"
+
+    def preprocess_json(self) -> dict[str, Any]:
+        return self.preprocess.to_json()
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """(C, H, W) uint8: resized and cropped, normalised per batch in :meth:`run`."""
+        return pixels_array(image, self.preprocess)
+
+    def run(self, pixels: Sequence[np.ndarray], stitch: Stitch) -> np.ndarray:
+        """Class probabilities (B, classes) of ``stitch``: the batch normalised, the front run
+        at its index, softmax."""
+        logits = self._logits(np.stack(list(pixels)), stitch).astype(np.float32)
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def top_k(self, probs: Sequence[np.ndarray], k: int) -> list[list[dict[str, Any]]]:
+        p = np.asarray(probs if isinstance(probs, np.ndarray) else np.stack(list(probs)))
+        k = min(k, p.shape[-1])
+        order = np.argsort(-p, axis=-1, kind="stable")[:, :k]
+        return [
+            [{"index": int(i), "label": self.classes[i], "prob": float(row[i])} for i in ix]
+            for row, ix in zip(p, order, strict=True)
+        ]
+
+    def prepare(self, stitches: Iterable[Stitch], *, max_batch: int) -> list[Stitch]:
+        """Run each stitch once at batch 1 and ``max_batch`` (the runtime allocates its buffers
+        on the first run of a shape); nothing stays on a slow path."""
+        for s in dict.fromkeys(stitches):
+            for n in (1, max_batch):
+                self._logits(np.zeros((n, *self.preprocess.input_size), np.uint8), s)
+        return []
+
+    def batch_ms(self, sizes: Iterable[int]) -> dict[int, dict[Stitch, float]]:
+        """Batch times of every stitch at ``sizes``: kept beside the artifact for this device
+        (:func:`~snnet.serve.timings.kept`), measured now where missing."""
+        on = timings.device("onnxruntime", ort.__version__, self.threads)
+        shape = self.preprocess.input_size
+
+        def run(stitch: Stitch, n: int) -> None:
+            self._logits(np.zeros((n, *shape), np.uint8), stitch)
+
+        return timings.kept(self.directory / timings.FILE, on, self.index, sizes, run)
+
+    def set_threads(self, threads: int) -> None:
+        """Intra-op threads of the runtime (a session setting: a new session if it changes)."""
+        if threads != self.threads:
+            self.threads = threads
+            self.session = self._session(threads)
+
+
+def _numbered(n: int) -> tuple[str, ...]:
+    return tuple(f"class_{i}" for i in range(n))
