@@ -36,9 +36,9 @@ def front(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_each_stitch_answers_as_the_network_does(front):
+    from snnet.serialize import read_config
     from snnet.serve.model import preprocessing
     from snnet.serve.ort import OrtBackend
-    from snnet.serialize import read_config
 
     run, directory = front
     backend = OrtBackend.load(directory)

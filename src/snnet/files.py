@@ -39,6 +39,8 @@ CONFIG, WEIGHTS = "config.json", "model.safetensors"
 #: An exported stitch's other formats, and every format `snnet export` writes.
 ONNX, PT2 = "model.onnx", "model.pt2"
 FORMATS = ("safetensors", "onnx", "pt2")
+#: The ``format`` in the config of an exported front (``snnet export RUN --front``).
+FRONT_FORMAT = "snnet-front"
 #: The config key mapping each artefact of a unit to its sha256 (hex).
 HASHES = "sha256"
 

@@ -15,16 +15,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from snnet.files import CONFIG
+from snnet.files import CONFIG, FRONT_FORMAT
 from snnet.measure.results import Record, Results
 from snnet.stitch import Stitch
 
 if TYPE_CHECKING:
     from PIL import Image
-
-
-#: The ``format`` in the config of an exported front (``snnet export RUN --front``).
-FRONT_FORMAT = "snnet-front"
 
 
 def is_front(path: str | Path) -> bool:

@@ -27,10 +27,9 @@ from PIL import Image
 
 from snnet.data.config import DataConfig
 from snnet.data.geometry import pixels_array
-from snnet.files import CONFIG, ONNX
+from snnet.files import CONFIG, FRONT_FORMAT, ONNX
 from snnet.measure.results import Record, Results
 from snnet.serve import timings
-from snnet.serve.backend import FRONT_FORMAT, is_front
 from snnet.stitch import Stitch
 
 logger = logging.getLogger("snnet.serve")
@@ -87,12 +86,15 @@ class OrtBackend:
         """The exported front in directory ``path``; its stitches' batch-1 times are read from
         ``latency.json`` beside it, or measured now and kept there."""
         directory = Path(path)
-        if not is_front(directory):
+        try:
+            config = json.loads((directory / CONFIG).read_text())
+        except (OSError, ValueError):
+            config = {}
+        if not isinstance(config, dict) or config.get("format") != FRONT_FORMAT:
             raise ValueError(
                 f"{directory} holds no exported front ({CONFIG} with format "
                 f"{FRONT_FORMAT!r}): export one with `snnet export RUN --front`"
             )
-        config = json.loads((directory / CONFIG).read_text())
         return cls(directory, config, threads=threads)
 
     # -- the session -----------------------------------------------------------------------------
