@@ -243,11 +243,11 @@ class Routes:
             self.metrics.errors.labels(e.code).inc()
 
     def admit(self) -> ServeError | None:
-        """Refuse a prediction before reading it when the server already holds as many as its
-        queue takes plus two batches in flight: under overload the backlog would otherwise wait
-        in the HTTP layer, unseen by the queue bound."""
+        """Refuse a prediction before reading it when the server already holds as many as it
+        can answer in time (:func:`~snnet.serve.admission.inflight_limit`): under overload the
+        backlog would otherwise wait in the HTTP layer, unseen by the queue bound."""
         b = self.state["batcher"]
-        if b is not None and self.state["inflight"] >= b.max_queue() + 2 * self.settings.max_batch:
+        if b is not None and self.state["inflight"] >= b.inflight_limit():
             b.refuse("overload")
             return ServeError(
                 503, "overloaded", "too many requests in flight: retry later", retry_after=1

@@ -148,6 +148,11 @@ class Batcher:
         """Images the queue takes now (see :func:`~snnet.serve.admission.queue_limit`)."""
         return self.executor.queue_limit(self.clock())
 
+    def inflight_limit(self) -> int:
+        """Predictions the server holds at once before refusing (see
+        :func:`~snnet.serve.admission.inflight_limit`)."""
+        return self.executor.inflight_limit(self.clock())
+
     def resolve(
         self,
         stitch: str | None = None,
@@ -282,6 +287,7 @@ class Batcher:
             "slo_front": [str(r.stitch) for r in c.front] if c is not None else None,
             "queue_depth": len(self._queue),
             "max_queue": self.max_queue(),
+            "max_inflight": self.inflight_limit(),
             # the event loop's largest lag over the last second and 10 s (not in the latencies)
             "loop_lag_ms": {"max_1s": self.loop_lag(1.0), "max_10s": self.loop_lag(10.0)},
             "max_batch": s.max_batch,

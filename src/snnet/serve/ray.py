@@ -7,7 +7,8 @@ serve``'s runs them, and Ray's autoscaler adds replicas as the queue grows. With
 replica runs its own :class:`~snnet.control.SloController` on the requests it sees.
 
 Each replica bounds its own queue as ``snnet serve`` does (:func:`~snnet.serve.admission.queue_limit`:
-``max_queue``, else what the cheapest stitch clears within the SLO): beyond it a request is
+``max_queue``, else what the cheapest stitch clears within the SLO, and with an SLO no more
+than it answers in time, :func:`~snnet.serve.admission.inflight_limit`): beyond it a request is
 answered at once with 503 and ``Retry-After``. On shutdown (scale-down, redeploy, ``serve
 delete``) Ray stops routing to the replica and waits up to ``graceful_shutdown_timeout_s`` for the
 requests it holds, so every accepted request is answered; the batch wait is far below that.
@@ -102,8 +103,11 @@ class SNNetDeployment:
         return JSONResponse({**body, "replica": self.replica})
 
     def _admit(self, images: int) -> None:
-        """Refuse (503) when ``images`` more would overflow this replica's own queue."""
-        if self.waiting + max(images, 1) > self.executor.queue_limit(time.monotonic()):
+        """Refuse (503) when ``images`` more would overflow this replica's own queue, or exceed
+        what it answers in time at the rate it answers (``executor.inflight_limit``)."""
+        now = time.monotonic()
+        limit = min(self.executor.queue_limit(now), self.executor.inflight_limit(now))
+        if self.waiting + max(images, 1) > limit:
             raise self.executor.overloaded(self.waiting)
 
 
