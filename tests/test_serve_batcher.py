@@ -179,14 +179,14 @@ def test_a_batch_that_waited_too_long_runs_a_cheaper_stitch_and_the_running_one_
 
 def test_the_requests_in_flight_are_bounded_by_what_the_server_answers_in_time(run_dir):
     """Little's law: with an SLO the server holds no more predictions than it answered over the
-    last second × 0.6 × SLO (never fewer than two batches, never more than the queue plus two
+    last second × 0.5 × SLO (never fewer than two batches, never more than the queue plus two
     batches), so a backlog in reading and decoding, unseen by the queue bound, is refused."""
     from snnet.serve.admission import inflight_limit
     from snnet.serve.executor import Prediction
     from snnet.serve.settings import ServeSettings
 
     s = ServeSettings(slo_ms=100, max_batch=8)
-    assert inflight_limit(s, queue=500, answered_rps=1000.0) == 60
+    assert inflight_limit(s, queue=500, answered_rps=1000.0) == 50
     assert inflight_limit(s, queue=500, answered_rps=10.0) == 16  # two batches at least
     assert inflight_limit(s, queue=20, answered_rps=1000.0) == 36  # the queue + two batches
     assert inflight_limit(ServeSettings(max_batch=8), queue=256, answered_rps=1.0) == 272
@@ -199,6 +199,6 @@ def test_the_requests_in_flight_are_bounded_by_what_the_server_answers_in_time(r
         now[0] = 1.0 + k / 400
         b.finish([pred], arrived=now[0] - 0.01)
     assert b.executor.answered_rps(now[0]) == pytest.approx(400, abs=1)
-    assert b.inflight_limit() == min(b.max_queue() + 16, math.floor(400 * 0.6 * 0.1))
+    assert b.inflight_limit() == min(b.max_queue() + 16, math.floor(400 * 0.5 * 0.1))
     now[0] += 2.0  # nothing answered for two seconds: two batches
     assert b.inflight_limit() == 16

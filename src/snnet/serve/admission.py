@@ -12,7 +12,7 @@ from snnet.serve.settings import ServeSettings
 FIXED_QUEUE_BATCHES = 32
 #: With an SLO, the share of it that requests admitted under overload may spend waiting behind
 #: those already in flight.
-INFLIGHT_SLO_SHARE = 0.6
+INFLIGHT_SLO_SHARE = 0.5
 
 
 def queue_limit(
@@ -55,7 +55,7 @@ def overloaded(waiting: int, full_batch_ms: float) -> ServeError:
 def inflight_limit(settings: ServeSettings, queue: int, answered_rps: float) -> int:
     """Predictions one replica holds at once (being read, decoded, queued or computed) before it
     refuses the next: its queue (``queue`` images) plus two batches, and with an SLO no more
-    than it answers in 0.6 × SLO at the rate it answered over the last second (never fewer than
+    than it answers in half the SLO at the rate it answered over the last second (never fewer than
     two batches). By Little's law a request admitted beyond that would wait past the SLO: when
     reading and decoding, not the network, limit the rate, the queue bound (which counts
     compute) does not see it.

@@ -41,7 +41,7 @@ from snnet.serve.want import Want
 from snnet.stitch import Stitch
 
 #: Seconds of end-to-end latencies kept for ``/v1/status``, and of event-loop lags.
-RECENT_S, LAG_S = 60.0, 10.0
+RECENT_S, LAG_S = 10.0, 10.0
 
 
 class Batcher:
