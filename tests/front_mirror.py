@@ -1,9 +1,10 @@
 """A stand-in for `snnet export RUN --front --format onnx` (built on another branch), for the
-ONNX Runtime server's tests and benchmark until it lands: one ONNX file with inputs ``images``
-(normalised float32, N×C×H×W) and ``stitch`` (an int64 index into the config's stitch list),
-every front stitch inside as one branch of a chain of ``If`` nodes over shared initializers
-(equal weights stored once), and a ``config.json`` beside it with ``"format": "snnet-front"``,
-the stitches with their costs and accuracy, and the preprocessing.
+ONNX Runtime server's tests and benchmark until it lands, in its format: one ONNX file with
+inputs ``pixels`` (uint8, N×C×H×W, normalised inside) and ``stitch`` (an int64 index into the
+config's stitch list) and output ``logits``, every front stitch inside as one branch of a chain
+of ``If`` nodes over shared initializers (equal weights stored once), and a ``config.json``
+beside it with ``"format": "snnet-front"``, the stitches (cheapest first, with their costs and
+accuracy) and the preprocessing with the class names.
 
 Run: python tests/front_mirror.py RUN OUT [--stitches 0 1:3-2:3 ...] (default: the run's
 front of top-1 against GMACs).
@@ -12,6 +13,7 @@ front of top-1 against GMACs).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -24,11 +26,22 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
 
-def single_stitch_onnx(net, stitch, path: Path) -> None:
+class FromPixels(torch.nn.Module):
+    """uint8 pixels -> logits: the normalisation, then the stitch."""
+
+    def __init__(self, model, data) -> None:
+        super().__init__()
+        self.model, self.data = model, data
+
+    def forward(self, x):
+        return self.model(self.data.normalize(x))
+
+
+def single_stitch_onnx(net, stitch, path: Path, data) -> None:
     from snnet.export.stitched import export_stitch
 
-    model = export_stitch(net, stitch).eval()
-    x = torch.zeros(2, *net.anchors[0].input_size)
+    model = FromPixels(export_stitch(net, stitch), data).eval()
+    x = torch.zeros(2, *net.anchors[0].input_size, dtype=torch.uint8)
     with torch.no_grad():
         torch.onnx.export(
             model,
@@ -61,7 +74,7 @@ def combine(paths: list[Path], input_size: tuple[int, ...]):
             rename[init.name] = name
             if name not in shared:
                 shared[name] = numpy_helper.from_array(arr, name)
-        rename[f"s{i}_x"] = "images"
+        rename[f"s{i}_x"] = "pixels"
         nodes = []
         for node in g.node:
             node.input[:] = [rename.get(n, n) for n in node.input]
@@ -84,14 +97,14 @@ def combine(paths: list[Path], input_size: tuple[int, ...]):
         )
         out = helper.make_tensor_value_info(f"out_{i}", TensorProto.FLOAT, None)
         else_graph = helper.make_graph([const, cond, branch], f"chain_{i}", [], [out])
-    images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", *input_size])
+    pixels = helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["batch", *input_size])
     stitch = helper.make_tensor_value_info("stitch", TensorProto.INT64, [])
     logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", None])
     nodes = list(else_graph.node)
     last = else_graph.output[0].name
     nodes.append(helper.make_node("Identity", [last], ["logits"]))
     graph = helper.make_graph(
-        nodes, "snnet_front", [images, stitch], [logits], initializer=list(shared.values())
+        nodes, "snnet_front", [pixels, stitch], [logits], initializer=list(shared.values())
     )
     opset = onnx.load(str(paths[0])).opset_import
     return helper.make_model(graph, opset_imports=opset)
@@ -112,25 +125,30 @@ def make_front(run: Path, out: Path, stitches: list[str] | None = None) -> Path:
     net = snnet.load(rd.model).eval()
     res = Results.load(rd.results)
     rows = [res[s] for s in stitches] if stitches else res.pareto("gmacs", "top1")
+    rows = sorted(rows, key=lambda r: r.gmacs)
+    data = network_preprocessing(net)
+    size = tuple(net.anchors[0].input_size)
+    with torch.no_grad():
+        n = net(torch.zeros(1, *size)).shape[-1]
+    data = dataclasses.replace(data, classes=class_names(net, read_config(rd.model), n))
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for i, r in enumerate(rows):
             paths.append(Path(tmp) / f"{i}.onnx")
-            single_stitch_onnx(net, r.stitch, paths[-1])
-        model = combine(paths, tuple(net.anchors[0].input_size))
+            single_stitch_onnx(net, r.stitch, paths[-1], data)
+        model = combine(paths, size)
     onnx.save(model, str(out / "model.onnx"))
-    data = network_preprocessing(net)
-    with torch.no_grad():
-        n = net(torch.zeros(1, *net.anchors[0].input_size)).shape[-1]
     config = {
-        "classes": list(class_names(net, read_config(rd.model), n)),
         "format": "snnet-front",
         "version": 1,
-        "onnx": "model.onnx",
-        "inputs": {"images": "images", "stitch": "stitch"},
         "stitches": [{"index": i, **r.to_json()} for i, r in enumerate(rows)],
         "data": data.to_json(),
+        "inputs": [
+            {"name": "pixels", "dtype": "uint8", "shape": ["batch", *size]},
+            {"name": "stitch", "dtype": "int64", "shape": []},
+        ],
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", n]}],
     }
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     return out

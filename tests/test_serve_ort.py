@@ -151,3 +151,18 @@ print(sorted(m for m in sys.modules if m.split(".")[0] == "torch"))
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+def test_a_front_without_onnx_or_of_another_kind_is_refused_with_the_fix(front, tmp_path):
+    import shutil
+
+    from snnet.serve.ort import OrtBackend
+
+    _, directory = front
+    copy = tmp_path / "front"
+    shutil.copytree(directory, copy)
+    (copy / "model.onnx").unlink()
+    with pytest.raises(ValueError, match="--format onnx"):
+        OrtBackend.load(copy)
+    with pytest.raises(ValueError, match="snnet export RUN --front"):
+        OrtBackend.load(tmp_path)

@@ -1,12 +1,13 @@
 """The ONNX Runtime backend of the server: an exported front served without torch.
 
-An exported front (``snnet export RUN --front --format onnx``) is one ONNX file whose inputs
-are the images and a stitch index, with every front stitch inside, and a ``config.json``
-beside it (``"format": "snnet-front"``) listing the stitches in index order with their costs
-and accuracy, and the preprocessing. :class:`OrtBackend` serves it through the
-:class:`~snnet.serve.backend.Backend` contract with numpy and PIL: resize and crop per image
-(:mod:`snnet.data.geometry`), normalisation per batch, softmax and top-k in numpy. Nothing here
-imports torch, so the serving process holds the runtime, the web stack and the weights only.
+An exported front (``snnet export RUN --front --format onnx``) is one ONNX file, ``model.onnx``,
+whose inputs are uint8 pixels (N, C, H, W; the graph normalises them) and a stitch index, with
+every front stitch inside, and a ``config.json`` beside it (``"format": "snnet-front"``) listing
+the stitches in index order with their costs and accuracy, and the preprocessing with the class
+names. :class:`OrtBackend` serves it through the :class:`~snnet.serve.backend.Backend` contract
+with numpy and PIL: resize and crop per image (:mod:`snnet.data.geometry`), softmax and top-k in
+numpy. Nothing here imports torch, so the serving process holds the runtime, the web stack and
+the weights only.
 
 The batch times the SLO controller predicts from are measured on the first start on a device
 and kept beside the artifact (:mod:`snnet.serve.timings`); later starts read them.
@@ -27,7 +28,7 @@ from PIL import Image
 
 from snnet.data.config import DataConfig
 from snnet.data.geometry import pixels_array
-from snnet.files import CONFIG, FRONT_FORMAT, ONNX
+from snnet.files import CONFIG, FRONT_FORMAT, HASHES, ONNX
 from snnet.measure.results import Record, Results
 from snnet.serve import timings
 from snnet.stitch import Stitch
@@ -64,9 +65,13 @@ class OrtBackend:
         if not records:
             raise ValueError(f"{directory / CONFIG} lists no stitches")
         self.index = {r.stitch: i for i, r in enumerate(records)}
-        self.model_path = directory / config.get("onnx", ONNX)
-        self._mean = np.asarray(self.preprocess.mean, np.float32).reshape(-1, 1, 1)
-        self._std = np.asarray(self.preprocess.std, np.float32).reshape(-1, 1, 1)
+        self.model_path = directory / ONNX
+        if not self.model_path.is_file():
+            raise ValueError(
+                f"{directory} holds no {ONNX}: export the front with --format onnx to serve it"
+            )
+        # the artifact the batch times belong to: a new export in the same place measures anew
+        self.digest = (config.get(HASHES) or {}).get(ONNX) or _stat_key(self.model_path)
         self.threads = threads
         self.session = self._session(threads)
         self._inputs()
@@ -110,14 +115,17 @@ class OrtBackend:
         )
 
     def _inputs(self) -> None:
-        """Which input takes the images (rank 4) and which the stitch index (an integer)."""
-        images = [i for i in self.session.get_inputs() if len(i.shape) == 4]
-        index = [i for i in self.session.get_inputs() if "int" in i.type and len(i.shape) <= 1]
+        """Which input takes the uint8 pixels (rank 4) and which the stitch index."""
+        inputs = self.session.get_inputs()
+        images = [i for i in inputs if len(i.shape) == 4 and i.type == "tensor(uint8)"]
+        index = [i for i in inputs if i.type == "tensor(int64)" and len(i.shape) <= 1]
         if len(images) != 1 or len(index) != 1:
-            raise ValueError(f"{self.model_path}: expected an image input and a stitch index")
+            raise ValueError(
+                f"{self.model_path}: expected uint8 pixels (N, C, H, W) and an int64 stitch "
+                f"index as inputs, got {[(i.name, i.type, i.shape) for i in inputs]}"
+            )
         self._images, self._stitch = images[0].name, index[0].name
         self._index_shape = tuple(1 for _ in index[0].shape)
-        self._uint8 = "uint8" in images[0].type
         self._output = self.session.get_outputs()[0].name
 
     def _num_classes(self) -> int:
@@ -125,9 +133,9 @@ class OrtBackend:
         return int(self._logits(x, next(iter(self.index))).shape[-1])
 
     def _logits(self, pixels: np.ndarray, stitch: Stitch) -> np.ndarray:
-        x = pixels if self._uint8 else (pixels.astype(np.float32) / 255 - self._mean) / self._std
+        """(B, classes) logits of uint8 ``pixels`` (B, C, H, W); the graph normalises them."""
         index = np.full(self._index_shape, self.index[stitch], np.int64)
-        return self.session.run([self._output], {self._images: x, self._stitch: index})[0]
+        return self.session.run([self._output], {self._images: pixels, self._stitch: index})[0]
 
     # -- the Backend contract --------------------------------------------------------------------
     def check(self, stitch: Stitch | str) -> Stitch:
@@ -148,8 +156,8 @@ class OrtBackend:
         return pixels_array(image, self.preprocess)
 
     def run(self, pixels: Sequence[np.ndarray], stitch: Stitch) -> np.ndarray:
-        """Class probabilities (B, classes) of ``stitch``: the batch normalised, the front run
-        at its index, softmax."""
+        """Class probabilities (B, classes) of ``stitch``: the front run at its index on the
+        batch of uint8 pixels (normalised inside the graph), softmax."""
         logits = self._logits(np.stack(list(pixels)), stitch).astype(np.float32)
         e = np.exp(logits - logits.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
@@ -174,7 +182,7 @@ class OrtBackend:
     def batch_ms(self, sizes: Iterable[int]) -> dict[int, dict[Stitch, float]]:
         """Batch times of every stitch at ``sizes``: kept beside the artifact for this device
         (:func:`~snnet.serve.timings.kept`), measured now where missing."""
-        on = timings.device("onnxruntime", ort.__version__, self.threads)
+        on = {**timings.device("onnxruntime", ort.__version__, self.threads), "of": self.digest}
         shape = self.preprocess.input_size
 
         def run(stitch: Stitch, n: int) -> None:
@@ -187,6 +195,11 @@ class OrtBackend:
         if threads != self.threads:
             self.threads = threads
             self.session = self._session(threads)
+
+
+def _stat_key(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _numbered(n: int) -> tuple[str, ...]:
