@@ -116,6 +116,7 @@ def make_front(run: Path, out: Path, stitches: list[str] | None = None) -> Path:
 
     import snnet
     from snnet.data.anchors import network_preprocessing
+    from snnet.files import sha256_file
     from snnet.measure.results import Results
     from snnet.rundir import RunDir
     from snnet.serialize import read_config
@@ -140,6 +141,7 @@ def make_front(run: Path, out: Path, stitches: list[str] | None = None) -> Path:
         model = combine(paths, size)
     onnx.save(model, str(out / "model.onnx"))
     config = {
+        "sha256": {"model.onnx": sha256_file(out / "model.onnx")},
         "format": "snnet-front",
         "version": 1,
         "stitches": [{"index": i, **r.to_json()} for i, r in enumerate(rows)],

@@ -153,7 +153,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] == "torch"))
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
 
 
-def test_a_front_without_onnx_or_of_another_kind_is_refused_with_the_fix(front, tmp_path):
+def test_a_damaged_front_one_without_onnx_or_another_kind_is_refused_with_the_fix(front, tmp_path):
     import shutil
 
     from snnet.serve.ort import OrtBackend
@@ -161,6 +161,10 @@ def test_a_front_without_onnx_or_of_another_kind_is_refused_with_the_fix(front, 
     _, directory = front
     copy = tmp_path / "front"
     shutil.copytree(directory, copy)
+    with open(copy / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="does not match"):
+        OrtBackend.load(copy)  # a damaged artifact is never loaded
     (copy / "model.onnx").unlink()
     with pytest.raises(ValueError, match="--format onnx"):
         OrtBackend.load(copy)

@@ -28,7 +28,7 @@ from PIL import Image
 
 from snnet.data.config import DataConfig
 from snnet.data.geometry import pixels_array
-from snnet.files import CONFIG, FRONT_FORMAT, HASHES, ONNX
+from snnet.files import CONFIG, FRONT_FORMAT, HASHES, ONNX, unit_file
 from snnet.measure.results import Record, Results
 from snnet.serve import timings
 from snnet.stitch import Stitch
@@ -65,13 +65,12 @@ class OrtBackend:
         if not records:
             raise ValueError(f"{directory / CONFIG} lists no stitches")
         self.index = {r.stitch: i for i, r in enumerate(records)}
-        self.model_path = directory / ONNX
-        if not self.model_path.is_file():
-            raise ValueError(
-                f"{directory} holds no {ONNX}: export the front with --format onnx to serve it"
-            )
+        try:  # checked against the sha256 its config records: a changed file is never loaded
+            self.model_path = unit_file(directory, config, ONNX)
+        except FileNotFoundError as e:
+            raise ValueError(f"{e}: serving a front needs its --format onnx export") from None
         # the artifact the batch times belong to: a new export in the same place measures anew
-        self.digest = (config.get(HASHES) or {}).get(ONNX) or _stat_key(self.model_path)
+        self.digest = config[HASHES][ONNX]
         self.threads = threads
         self.session = self._session(threads)
         self._inputs()
@@ -195,11 +194,6 @@ class OrtBackend:
         if threads != self.threads:
             self.threads = threads
             self.session = self._session(threads)
-
-
-def _stat_key(path: Path) -> str:
-    st = path.stat()
-    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _numbered(n: int) -> tuple[str, ...]:
