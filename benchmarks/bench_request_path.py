@@ -12,7 +12,10 @@ the family's input size per request):
 - ``decode`` (PIL), ``pixels`` (resize/crop to uint8), ``network`` (per image, a batch of
   ``max_batch`` on the running stitch), ``json`` (the answer encoded): each alone;
 - ``framework``: ``app`` less the stages above (routing, middleware, request and response
-  objects, the batcher's bookkeeping, the event loop).
+  objects, the batcher's bookkeeping, the event loop);
+- ``multipart_extra``: what the same image costs more sent as ``multipart/form-data``;
+- ``thread_handoff_wall``: the wall time of handing a no-op to a worker thread and back, what
+  each batch pays to reach the worker thread (the GIL changes hands twice).
 
 Then the server as a user runs it (``snnet serve RUN``, or ``--server-args``), driven over
 loopback by a closed loop of ``--connections`` keep-alive connections pinned to core 0
@@ -137,6 +140,22 @@ def stages(run: Path, *, n: int, repeats: int, max_batch: int) -> dict[str, Any]
     out["framework"] = round(
         out["app"] - out["decode"] - out["pixels"] - out["network"] - out["json"], 1
     )
+    boundary = "snnetbenchboundary"
+    multipart = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="a.png"'
+            f"\r\nContent-Type: image/png\r\n\r\n"
+        ).encode()
+        + body
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    ctype = f"multipart/form-data; boundary={boundary}"
+    app = create_app(backend, settings)
+    with_form = asyncio.run(
+        _app_us(app, multipart, n=n, repeats=repeats, wave=max_batch, ctype=ctype)
+    )
+    out["multipart_extra"] = round(with_form - out["app"], 1)
+    out["thread_handoff_wall"] = asyncio.run(_handoff_us(n))
     out["body_bytes"] = len(body)
     return out
 
@@ -151,7 +170,24 @@ def _encoder():
         return lambda obj: json.dumps(obj).encode()
 
 
-async def _app_us(app, body: bytes, *, n: int, repeats: int, wave: int) -> float:
+async def _handoff_us(n: int) -> float:
+    """Median wall time (µs) of handing a no-op to a worker thread and awaiting it: what each
+    batch pays to reach the worker thread and come back (the GIL changes hands twice)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    loop = asyncio.get_running_loop()
+    times = []
+    with ThreadPoolExecutor(1) as pool:
+        for _ in range(n):
+            t = time.perf_counter()
+            await loop.run_in_executor(pool, int)
+            times.append((time.perf_counter() - t) * 1e6)
+    return round(statistics.median(times), 1)
+
+
+async def _app_us(
+    app, body: bytes, *, n: int, repeats: int, wave: int, ctype: str = "image/png"
+) -> float:
     """CPU µs per request of the whole ASGI app, requests sent in waves of ``wave``."""
     scope_base = {
         "type": "http",
@@ -165,7 +201,7 @@ async def _app_us(app, body: bytes, *, n: int, repeats: int, wave: int) -> float
         "query_string": b"",
         "headers": [
             (b"host", b"127.0.0.1"),
-            (b"content-type", b"image/png"),
+            (b"content-type", ctype.encode()),
             (b"content-length", str(len(body)).encode()),
         ],
         "client": ("127.0.0.1", 1),
