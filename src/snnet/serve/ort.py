@@ -110,7 +110,13 @@ class OrtBackend:
         # idle threads sleep instead of spinning: the event loop shares these cores
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(
-            str(self.model_path), sess_options=opts, providers=["CPUExecutionProvider"]
+            str(self.model_path),
+            sess_options=opts,
+            providers=["CPUExecutionProvider"],
+            # Constant folding computes each branch's expressions of the shared weights into
+            # constants of their own: a copy of every weight per stitch (about 10x the file's
+            # bytes in memory for a front whose branches scale their weights by one)
+            disabled_optimizers=["ConstantFolding"],
         )
 
     def _inputs(self) -> None:
