@@ -134,6 +134,10 @@ class OrtBackend:
         self._output = self.session.get_outputs()[0].name
 
     def _num_classes(self) -> int:
+        """The logits' width: from the graph's output shape, else from one run."""
+        width = self.session.get_outputs()[0].shape[-1]
+        if isinstance(width, int):
+            return width
         x = np.zeros((1, *self.preprocess.input_size), np.uint8)
         return int(self._logits(x, next(iter(self.index))).shape[-1])
 
@@ -177,11 +181,8 @@ class OrtBackend:
         ]
 
     def prepare(self, stitches: Iterable[Stitch], *, max_batch: int) -> list[Stitch]:
-        """Run each stitch once at batch 1 and ``max_batch`` (the runtime allocates its buffers
-        on the first run of a shape); nothing stays on a slow path."""
-        for s in dict.fromkeys(stitches):
-            for n in (1, max_batch):
-                self._logits(np.zeros((n, *self.preprocess.input_size), np.uint8), s)
+        """Nothing to do: ONNX Runtime's first run of a stitch and batch size costs about what
+        later runs cost (no tracing, no compilation), so start-up warms nothing up."""
         return []
 
     def batch_ms(self, sizes: Iterable[int]) -> dict[int, dict[Stitch, float]]:
