@@ -184,7 +184,9 @@ def spread(values: list[float]) -> str:
 
 
 # -- 1. preprocessing ------------------------------------------------------------------------------
-def preprocessing(seeds: list[int], jobs: int, epochs: int, recipe: list[str]) -> dict:
+def preprocessing(
+    seeds: list[int], jobs: int, epochs: int, recipe: list[str], name: str = "preprocessing"
+) -> dict:
     folder = make_folder(WORK / "folder", CLASSES, {"train": 1500, "val": 300}, seed=0)
     anchors = WORK / "user-anchors"
     anchors.mkdir(parents=True, exist_ok=True)
@@ -203,7 +205,7 @@ def preprocessing(seeds: list[int], jobs: int, epochs: int, recipe: list[str]) -
     base += ["--epochs", str(epochs), "--val-images", "1200", *recipe]
 
     def one(seed: int) -> dict:
-        out = WORK / f"preprocessing-seed{seed}"
+        out = WORK / f"{name}-seed{seed}"
         summary = snnet_train(out, [*base, *USER_PREPROCESSING, "--seed", str(seed)])
         return {"seed": seed, **summary, **mean_stitch(out, folder)}
 
@@ -321,6 +323,11 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--anchor-epochs", type=int, default=1)
     p.add_argument(
+        "--name",
+        default=None,
+        help="record the runs under this name (default: the part's), e.g. one per recipe",
+    )
+    p.add_argument(
         "--recipe",
         nargs=argparse.REMAINDER,
         default=[],
@@ -332,8 +339,9 @@ def main() -> None:
 
     report = json.loads(OUT.read_text()) if OUT.is_file() else {}
     if args.part in ("preprocessing", "all"):
-        report["preprocessing"] = preprocessing(args.seeds, args.jobs, args.epochs, args.recipe)
-        pre = report["preprocessing"]
+        name = args.name or "preprocessing"
+        report[name] = preprocessing(args.seeds, args.jobs, args.epochs, args.recipe, name)
+        pre = report[name]
         print("user's standalone top-1:", pre["user_standalone"])
         print("seed | before - standalone | after - standalone | mean stitch | front stitches")
         for r in pre["rows"]:
@@ -349,8 +357,8 @@ def main() -> None:
         )
         for arm, row in report["reheading"]["table"].items():
             print(f"{arm}: anchors after {row['anchors_after']}, mean stitch {row['mean_stitch']}")
-    for part in ("preprocessing", "reheading"):
-        for run in report.get(part, {}).get("runs", []):
+    for part in report.values():
+        for run in part.get("runs", []):
             run.pop("stdout", None)
     atomic_write(OUT, lambda f: json.dump(report, f, indent=2))
     print(f"wrote {OUT}")
