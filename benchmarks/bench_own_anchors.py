@@ -16,7 +16,8 @@ classes (trouser, dress, sneaker, bag), scaled, tinted and placed on noisy colou
    (a stratified 3,000 of its training images)
    (classifier initialised anew, position embeddings resampled), trained (a) only inside the
    SN-Net, (b) after ``--anchor-epochs`` of each anchor alone, (c) only inside the SN-Net for
-   as many epochs as (b) spends in all. Anchors after training and the mean stitch, per seed.
+   as many epochs as (b) spends in all, (d) as (b), then with soft distillation from the tuned
+   anchors. Anchors after training and the mean stitch, per seed.
 
     .venv/bin/python benchmarks/bench_own_anchors.py all --seeds 0 1 2 --jobs 2
 
@@ -287,6 +288,16 @@ def reheading(seeds: list[int], jobs: int, epochs: int, anchor_epochs: int, reci
             str(anchor_epochs),
         ],
         "inside only, as long": ["--epochs", str(epochs + anchor_epochs * len(ARCHS))],
+        # Distillation from the anchors as the SN-Net's run starts: only once they are tuned
+        # (re-headed anchors would teach from their random classifiers).
+        f"{anchor_epochs} anchor epochs first, then distilled": [
+            "--epochs",
+            str(epochs),
+            "--anchor-epochs",
+            str(anchor_epochs),
+            "--distill",
+            "end",
+        ],
     }
     tasks = [(arm, seed) for arm in arms for seed in seeds]
 
