@@ -2,7 +2,7 @@
 
 The data: an RGB image folder this script generates (``folder``): Fashion-MNIST items of four
 classes (trouser, dress, sneaker, bag), scaled, tinted and placed on noisy colour gradients,
-72x72 PNGs in ``train/<class>/`` (3,000) and ``val/<class>/`` (1,200, from the test split).
+72x72 PNGs in ``train/<class>/`` (6,000) and ``val/<class>/`` (1,200, from the test split).
 
 1. ``preprocessing``: two timm anchors (DeiT-Ti, DeiT-S at 64 px, 4 classes) trained with plain
    PyTorch as a user would have them, with mean/std 0.5 and no crop (``anchors``). Then
@@ -13,9 +13,11 @@ classes (trouser, dress, sneaker, bag), scaled, tinted and placed on noisy colou
    costs before any training.
 2. ``reheading``: "ImageNet-style" anchors (the same architectures trained elsewhere on another
    task: 10 classes at 64 px, with a 1000-class head) re-headed for the 4-class folder at 48 px
+   (a stratified 3,000 of its training images)
    (classifier initialised anew, position embeddings resampled), trained (a) only inside the
    SN-Net, (b) after ``--anchor-epochs`` of each anchor alone, (c) only inside the SN-Net for
-   as many epochs as (b) spends in all. Anchors after training and the mean stitch, per seed.
+   as many epochs as (b) spends in all, (d) as (b), then with soft distillation from the tuned
+   anchors. Anchors after training and the mean stitch, per seed.
 
     .venv/bin/python benchmarks/bench_own_anchors.py all --seeds 0 1 2 --jobs 2
 
@@ -46,18 +48,19 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
 
 # -- the data ------------------------------------------------------------------------------------
 def canvas(item, rng, size: int = 72):
-    """One Fashion-MNIST item (28x28 uint8) scaled, tinted and placed on a noisy gradient."""
+    """One Fashion-MNIST item (28x28 uint8) scaled, tinted bright and placed on a darker noisy
+    gradient."""
     import numpy as np
     from PIL import Image
 
-    side = int(rng.integers(32, 60))
+    side = int(rng.integers(40, 66))
     mask = np.asarray(Image.fromarray(item).resize((side, side), Image.BILINEAR), np.float32) / 255
     y0, x0 = (int(v) for v in rng.integers(0, size - side + 1, 2))
-    top, bottom = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    top, bottom = rng.uniform(0, 110, 3), rng.uniform(0, 110, 3)
     t = np.linspace(0, 1, size)[:, None, None]
-    img = (1 - t) * top + t * bottom + rng.normal(0, 12, (size, size, 3))
+    img = (1 - t) * top + t * bottom + rng.normal(0, 8, (size, size, 3))
     img = np.broadcast_to(img, (size, size, 3)).copy()
-    tint = rng.uniform(0, 255, 3)
+    tint = rng.uniform(150, 255, 3)
     region = img[y0 : y0 + side, x0 : x0 + side]
     img[y0 : y0 + side, x0 : x0 + side] = region * (1 - mask[..., None]) + tint * mask[..., None]
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
@@ -182,8 +185,10 @@ def spread(values: list[float]) -> str:
 
 
 # -- 1. preprocessing ------------------------------------------------------------------------------
-def preprocessing(seeds: list[int], jobs: int, epochs: int, recipe: list[str]) -> dict:
-    folder = make_folder(WORK / "folder", CLASSES, {"train": 750, "val": 300}, seed=0)
+def preprocessing(
+    seeds: list[int], jobs: int, epochs: int, recipe: list[str], name: str = "preprocessing"
+) -> dict:
+    folder = make_folder(WORK / "folder", CLASSES, {"train": 1500, "val": 300}, seed=0)
     anchors = WORK / "user-anchors"
     anchors.mkdir(parents=True, exist_ok=True)
     standalone_file = anchors / "standalone.json"
@@ -198,10 +203,10 @@ def preprocessing(seeds: list[int], jobs: int, epochs: int, recipe: list[str]) -
         standalone_file.write_text(json.dumps(standalone, indent=2))
     family = [f"{arch}={anchors / f'{arch}.pth'}" for arch in ARCHS]
     base = [*family, "--img-size", "64", "--num-classes", "4", "--data", str(folder)]
-    base += ["--epochs", str(epochs), *recipe]
+    base += ["--epochs", str(epochs), "--val-images", "1200", *recipe]
 
     def one(seed: int) -> dict:
-        out = WORK / f"preprocessing-seed{seed}"
+        out = WORK / f"{name}-seed{seed}"
         summary = snnet_train(out, [*base, *USER_PREPROCESSING, "--seed", str(seed)])
         return {"seed": seed, **summary, **mean_stitch(out, folder)}
 
@@ -230,7 +235,7 @@ def preprocessing(seeds: list[int], jobs: int, epochs: int, recipe: list[str]) -
     worst_before = max(abs(d) for r in rows for d in r["before_minus_standalone"])
     worst_loss = min(d for r in rows for d in r["after_minus_standalone"])
     return {
-        "folder": {"classes": list(CLASSES.values()), "train": 3000, "val": 1200, "px": 72},
+        "folder": {"classes": list(CLASSES.values()), "train": 6000, "val": 1200, "px": 72},
         "anchors": list(ARCHS),
         "recipe": ["--epochs", str(epochs), *recipe],
         "user_standalone": user,
@@ -253,7 +258,7 @@ def preprocessing(seeds: list[int], jobs: int, epochs: int, recipe: list[str]) -
 
 # -- 2. re-heading --------------------------------------------------------------------------------
 def reheading(seeds: list[int], jobs: int, epochs: int, anchor_epochs: int, recipe: list[str]):
-    folder = make_folder(WORK / "folder", CLASSES, {"train": 750, "val": 300}, seed=0)
+    folder = make_folder(WORK / "folder", CLASSES, {"train": 1500, "val": 300}, seed=0)
     source = make_folder(
         WORK / "source",
         {i: f"c{i}" for i in range(10)},
@@ -273,7 +278,7 @@ def reheading(seeds: list[int], jobs: int, epochs: int, anchor_epochs: int, reci
         record.write_text(json.dumps(scores, indent=2))
     family = [f"{arch}={anchors / f'{arch}.pth'}" for arch in ARCHS]
     base = [*family, "--img-size", "48", "--num-classes", "4", "--data", str(folder)]
-    base += [*USER_PREPROCESSING, *recipe]
+    base += [*USER_PREPROCESSING, "--val-images", "1200", "--max-images", "3000", *recipe]
     arms = {
         "inside only": ["--epochs", str(epochs)],
         f"{anchor_epochs} anchor epochs first": [
@@ -283,6 +288,16 @@ def reheading(seeds: list[int], jobs: int, epochs: int, anchor_epochs: int, reci
             str(anchor_epochs),
         ],
         "inside only, as long": ["--epochs", str(epochs + anchor_epochs * len(ARCHS))],
+        # Distillation from the anchors as the SN-Net's run starts: only once they are tuned
+        # (re-headed anchors would teach from their random classifiers).
+        f"{anchor_epochs} anchor epochs first, then distilled": [
+            "--epochs",
+            str(epochs),
+            "--anchor-epochs",
+            str(anchor_epochs),
+            "--distill",
+            "end",
+        ],
     }
     tasks = [(arm, seed) for arm in arms for seed in seeds]
 
@@ -319,6 +334,11 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--anchor-epochs", type=int, default=1)
     p.add_argument(
+        "--name",
+        default=None,
+        help="record the runs under this name (default: the part's), e.g. one per recipe",
+    )
+    p.add_argument(
         "--recipe",
         nargs=argparse.REMAINDER,
         default=[],
@@ -330,8 +350,9 @@ def main() -> None:
 
     report = json.loads(OUT.read_text()) if OUT.is_file() else {}
     if args.part in ("preprocessing", "all"):
-        report["preprocessing"] = preprocessing(args.seeds, args.jobs, args.epochs, args.recipe)
-        pre = report["preprocessing"]
+        name = args.name or "preprocessing"
+        report[name] = preprocessing(args.seeds, args.jobs, args.epochs, args.recipe, name)
+        pre = report[name]
         print("user's standalone top-1:", pre["user_standalone"])
         print("seed | before - standalone | after - standalone | mean stitch | front stitches")
         for r in pre["rows"]:
@@ -347,8 +368,8 @@ def main() -> None:
         )
         for arm, row in report["reheading"]["table"].items():
             print(f"{arm}: anchors after {row['anchors_after']}, mean stitch {row['mean_stitch']}")
-    for part in ("preprocessing", "reheading"):
-        for run in report.get(part, {}).get("runs", []):
+    for part in report.values():
+        for run in part.get("runs", []):
             run.pop("stdout", None)
     atomic_write(OUT, lambda f: json.dump(report, f, indent=2))
     print(f"wrote {OUT}")

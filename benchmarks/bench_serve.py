@@ -138,7 +138,7 @@ def prepare_compute_run(run: Path) -> Path:
 
 def prepare_run(run: Path, *, eval_images: int | None) -> Path:
     """The demo family, least-squares init on 512 training images, evaluated and timed."""
-    from snnet.data import fashion_mnist, normalize
+    from snnet.data import fashion_mnist
     from snnet.measure.evaluate import evaluate_all
 
     results_path = run / "results.json"
@@ -151,7 +151,7 @@ def prepare_run(run: Path, *, eval_images: int | None) -> Path:
         train = fashion_mnist("train")
         g = torch.Generator().manual_seed(0)
         idx = torch.randperm(len(train), generator=g)[:512]
-        snnet.init_least_squares(net, normalize(train.images[idx]))
+        snnet.init_least_squares(net, train.batch(idx)[0])
         snnet.save(net, run / "model")
     net = snnet.load(run / "model").eval()
     print("evaluating every stitch on the Fashion-MNIST test set ...", flush=True)
@@ -219,7 +219,7 @@ def test_images(n: int = 512, *, px: int | None = None) -> list[tuple[bytes, int
     test = fashion_mnist("test")
     out = []
     for i in range(n):
-        img = Image.fromarray(test.images[i].numpy(), "L")
+        img = Image.fromarray(test.memory[i, 0].numpy(), "L")
         if px is not None:
             img = img.resize((px, px), Image.BILINEAR).convert("RGB")
         buf = io.BytesIO()

@@ -68,6 +68,15 @@ CASES = [
     ("export {net} --stitch 0:3-1:0 --out {tmp}/o", "not in this network"),
     ("export {net} --out {tmp}/o", "give --stitch"),
     ("export {net} --max-gmacs 1 --out {tmp}/o", "results.json does not exist"),
+    ("export {net} --front --stitch 0 --out {tmp}/o", "--stitch one: give one of them"),
+    ("export {net} --front --stitches 0 1 --out {tmp}/o", "give --front or --stitches, not"),
+    ("export {net} --stitches 0 1 --max-gmacs 1 --out {tmp}/o", "takes no budget (--max-gmacs)"),
+    ("export {net} --front --out {tmp}/o", "results.json does not exist"),
+    ("export {net} --front --results {other} --out {tmp}/o", "results are for another network"),
+    ("export {net} --front --results {costs} --out {tmp}/o", "run `snnet evaluate"),
+    ("export {net} --stitches 0 0 --out {tmp}/o", "stitch 0 is listed twice"),
+    ("export {net} --stitches 0 0:3-1:0 --out {tmp}/o", "not in this network"),
+    ("export {net} --stitches 0 1 --out {measured}", "is a file"),
     # -- train: every input is checked before anything is written
     ("train fmnist --out {tmp}/run --lr inf", "lr must be a finite number, got inf"),
     ("train fmnist --out {tmp}/run --min-lr nan", "min_lr must be a finite number, got nan"),
@@ -108,6 +117,7 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     for i, r in enumerate(sorted(measured, key=lambda r: r.gmacs)):
         measured.update(r.stitch, top1=50.0 + i)
     paths["measured"] = measured.save(tmp / "measured.json")
+    paths["costs"] = Results.for_network(net).save(tmp / "costs.json")  # nothing measured
     other = Results.for_network(snnet.SNNet(FAMILIES["sequential"][0]()))
     paths["other"] = other.save(tmp / "other.json")
     paths["empty"] = tmp / "empty.json"

@@ -392,6 +392,55 @@ def test_the_two_halves_of_the_transform_equal_timms_whole_transform(cfg):
         cfg.normalize(pixels.float())
 
 
+@pytest.mark.parametrize("crop_mode", ["center", "squash", "border"])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest", "lanczos", "box"])
+def test_the_torch_free_geometry_is_timms_pixel_for_pixel(crop_mode, interpolation):
+    # What a server without torch runs (snnet.data.geometry) against timm's own transform
+    from timm.data import create_transform
+
+    from snnet.data.config import pil_steps
+    from snnet.data.geometry import pixels_array
+
+    rng = np.random.default_rng(1)
+    shapes = [(28, 28, 1, "L"), (200, 300, 3, "RGB"), (40, 17, 4, "RGBA"), (9, 50, 3, "RGB")]
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, c), np.uint8).squeeze(), m)
+        for (h, w, c, m) in shapes
+    ]
+    for channels, size, crop_pct in [(1, (28, 28), 1.0), (3, (32, 24), 0.875), (3, (21, 21), 0.9)]:
+        cfg = DataConfig(
+            channels,
+            size,
+            (0.5,) * channels,
+            (0.25,) * channels,
+            crop_pct=crop_pct,
+            crop_mode=crop_mode,
+            interpolation=interpolation,
+        )
+        timm_steps = pil_steps(
+            list(
+                create_transform(
+                    input_size=cfg.input_size,
+                    mean=cfg.mean,
+                    std=cfg.std,
+                    crop_pct=crop_pct,
+                    crop_mode=crop_mode,
+                    interpolation=interpolation,
+                ).transforms
+            )
+        )
+        for img in images:
+            want = img.convert(cfg.mode)
+            for step in timm_steps:
+                want = step(want)
+            want = np.asarray(want, dtype=np.uint8)
+            want = want[None] if want.ndim == 2 else want.transpose(2, 0, 1)
+            got = pixels_array(img, cfg)
+            assert got.shape == cfg.input_size and got.dtype == np.uint8
+            np.testing.assert_array_equal(got, want, err_msg=f"{cfg} on {img.size} {img.mode}")
+            assert torch.equal(cfg.pixels(img), torch.from_numpy(want))
+
+
 def test_the_saved_network_records_its_preprocessing_and_evaluation_uses_it(tmp_path):
     import snnet
     from snnet.cli.evaluate import open_data

@@ -103,16 +103,11 @@ def _mean_stitch_top1(results: Results, net: snnet.SNNet) -> float:
     return float(np.mean(stitches))
 
 
-def test_cli_trains_a_digits_folder_like_the_python_api_and_reproducibly(digits, anchors, tmp_path):
-    # The CLI, twice.
+def test_cli_trains_a_digits_folder_like_the_python_api(digits, anchors, tmp_path):
+    # The CLI (two identical commands giving identical weights: tests/test_reheading.py).
     _train_cli(anchors, digits, tmp_path / "cli")
-    _train_cli(anchors, digits, tmp_path / "cli2")
     _cli("evaluate", str(tmp_path / "cli"), "--data", str(digits), "--threads", "1")
-    first, second = snnet.load(tmp_path / "cli"), snnet.load(tmp_path / "cli2")
-    for (name, a), (_, b) in zip(
-        first.state_dict().items(), second.state_dict().items(), strict=True
-    ):
-        assert torch.equal(a, b), name
+    first = snnet.load(tmp_path / "cli")
     cli = Results.load(tmp_path / "cli" / "results.json")
     assert cli.meta["accuracy"]["images"] == len(list((digits / "val").rglob("*.png")))  # 355
     assert "val" in cli.meta["accuracy"]["data"]

@@ -111,3 +111,35 @@ def test_offline_pretrained_weights_are_one_line(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert "could not fetch pretrained weights for deit_tiny_patch16_224" in err
     assert "deit_tiny_patch16_224=PATH" in err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_anchors_tuned_alone_first_resume_to_the_weights_of_a_run_never_stopped(tmp_path):
+    args = ["fmnist", "--anchor-epochs", "1", "--epochs", "1", "--max-images", "640"]
+    args += ["--batch-size", "32", "--ls-init", "64", "--val-images", "100", "--save-every", "1"]
+    args += ["--quiet", "--workers", "0"]
+    whole = train([*args, "--out", str(tmp_path / "whole")])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    phase = tmp_path / "whole" / "anchors" / "train.json"
+    import json
+
+    assert json.loads(phase.read_text())["step"] == 3 * 20  # 1 epoch of its own per anchor
+    out = tmp_path / "stopped"
+    record = out / "anchors" / "train.json"
+    cmd = [sys.executable, "-m", "snnet", "train", *args, "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (
+        record.is_file() and json.loads(record.read_text())["step"] > 5
+    ):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # while the anchors train alone
+    proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert not (out / "checkpoint.pt").exists()  # the SN-Net's own run has not started
+    resumed = train([*args, "--out", str(out), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = (tmp_path / "whole" / "model" / "model.safetensors").read_bytes()
+    assert (out / "model" / "model.safetensors").read_bytes() == a
+    before = json.loads((out / "summary.json").read_text())["anchors_before"]
+    assert before == json.loads((tmp_path / "whole" / "summary.json").read_text())["anchors_before"]

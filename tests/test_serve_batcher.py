@@ -175,3 +175,30 @@ def test_a_batch_that_waited_too_long_runs_a_cheaper_stitch_and_the_running_one_
     assert ctrl.batch_time(relief, 8) <= 5.0 < ctrl.batch_time(running, 8)
     assert b.stitch == running and hooks.seen == []  # a relief batch is no switch
     assert b.status()["relief_batches"] == 1 and b.status()["switches"] == switches
+
+
+def test_the_requests_in_flight_are_bounded_by_what_the_server_answers_in_time(run_dir):
+    """Little's law: with an SLO the server holds no more predictions than it answered over the
+    last second × 0.5 × SLO (never fewer than two batches, never more than the queue plus two
+    batches), so a backlog in reading and decoding, unseen by the queue bound, is refused."""
+    from snnet.serve.admission import inflight_limit
+    from snnet.serve.executor import Prediction
+    from snnet.serve.settings import ServeSettings
+
+    s = ServeSettings(slo_ms=100, max_batch=8)
+    assert inflight_limit(s, queue=500, answered_rps=1000.0) == 50
+    assert inflight_limit(s, queue=500, answered_rps=10.0) == 16  # two batches at least
+    assert inflight_limit(s, queue=20, answered_rps=1000.0) == 36  # the queue + two batches
+    assert inflight_limit(ServeSettings(max_batch=8), queue=256, answered_rps=1.0) == 272
+
+    now = [0.0]
+    b = _slo_batcher(run_dir, 4.0, now)
+    stitch = b.ctrl.front[0].stitch
+    pred = Prediction(None, stitch, 1, 0.0, 1.0)
+    for k in range(400):  # 400 answers over the last second
+        now[0] = 1.0 + k / 400
+        b.finish([pred], arrived=now[0] - 0.01)
+    assert b.executor.answered_rps(now[0]) == pytest.approx(400, abs=1)
+    assert b.inflight_limit() == min(b.max_queue() + 16, math.floor(400 * 0.5 * 0.1))
+    now[0] += 2.0  # nothing answered for two seconds: two batches
+    assert b.inflight_limit() == 16

@@ -3,11 +3,15 @@ offline, draws the front, latency and requests per stitch, and follows a stitch 
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from test_serve import Server, make_run, png
 
@@ -118,3 +122,66 @@ def test_the_page_draws_the_front_and_follows_a_stitch_switch(server, browser):
         "requests of both stitches drawn",
     )
     assert browser.execute_script(INK, "pareto") > 0 and before > 0
+    assert by_id(browser, "per-stitch").get_attribute("data-labels") == "0 2"
+    shots = Path(os.environ.get("SNNET_SCREENSHOTS", tempfile.gettempdir()))
+    browser.save_screenshot(str(shots / "serve-page-fixed.png"))
+
+
+# -- the page read from a screenshot, on a server holding an SLO ------------------------------------
+def _shot(element) -> np.ndarray:
+    """What the browser drew for ``element``, as RGB pixels."""
+    return np.asarray(Image.open(io.BytesIO(element.screenshot_as_png)).convert("RGB"), np.int16)
+
+
+def _near(pixels: np.ndarray, hex_color: str, tol: int = 40) -> np.ndarray:
+    rgb = np.array([int(hex_color[i : i + 2], 16) for i in (1, 3, 5)])
+    return np.abs(pixels - rgb).sum(axis=-1) <= tol
+
+
+@pytest.fixture(scope="module")
+def slo_server(tmp_path_factory):
+    """The ONNX Runtime server of a four-stitch front, holding a 50 ms SLO (it starts fast)."""
+    pytest.importorskip("onnxruntime")
+    from fronts import make_front
+
+    root = tmp_path_factory.mktemp("page-slo")
+    front = make_front(make_run(root / "run"), root / "front", ["0", "0:5-1:6", "1:3-2:3", "2"])
+    s = Server(front, "--slo-ms", "50", log=root / "slo.log")
+    yield s
+    s.stop()
+
+
+def test_the_charts_read_at_a_glance(slo_server, browser, tmp_path):
+    stitches = ["0", "0:5-1:6", "2"]
+    for i in range(12):
+        httpx.post(
+            f"{slo_server.url}/v1/predict",
+            params={"stitch": stitches[i % 3]},
+            content=png(i),
+            headers={"content-type": "image/png"},
+        ).raise_for_status()
+    browser.set_window_size(1400, 1100)
+    browser.get(slo_server.url + "/")
+    by_id = lambda d, name: d.find_element("id", name)  # noqa: E731
+    _wait(
+        browser,
+        lambda d: int(by_id(d, "latency-chart").get_attribute("data-points") or 0) >= 2,
+        "two seconds of latency history drawn",
+    )
+    shots = Path(os.environ.get("SNNET_SCREENSHOTS", tmp_path))
+    browser.save_screenshot(str(shots / "serve-page.png"))
+    # the requests chart names its stitches, fastest first, instead of numbering the bars
+    rows = httpx.get(f"{slo_server.url}/v1/stitches").json()["stitches"]  # by latency
+    fastest_first = [r["stitch"] for r in rows if r["stitch"] in stitches]
+    per_stitch = by_id(browser, "per-stitch")
+    assert per_stitch.get_attribute("data-labels") == " ".join(fastest_first)
+    # the SLO line runs across the latency chart, and the p99 line is drawn beside it
+    latency = _shot(by_id(browser, "latency-chart"))
+    slo_rows = _near(latency, "#c0392b").sum(axis=1)
+    assert slo_rows.max() > 0.3 * latency.shape[1], "no SLO line across the chart"
+    assert _near(latency, "#d35400").sum() > 100, "no p99 line"
+    # every chart has text along its axes (tick labels and titles), not only marks
+    for name in ("pareto", "latency-chart", "per-stitch"):
+        px = _shot(by_id(browser, name))
+        dark = (px.sum(axis=-1) < 200).sum(axis=0)  # dark ink per column: text and axes
+        assert (dark[: px.shape[1] // 12] > 0).sum() > 10, f"{name}: no y-axis labels"

@@ -97,6 +97,7 @@ CORE = [
     "snnet.serve.backend",
     "snnet.serve.executor",
     "snnet.serve.batcher",
+    "snnet.serve.predict",
     "snnet.serve.app",
     "snnet.serve.metrics",
     "snnet.cli.serve",

@@ -1,7 +1,6 @@
 import argparse
 import hashlib
 import json
-import time
 from collections import Counter
 
 import pytest
@@ -182,11 +181,14 @@ def test_deit_two_way_counts(deit_meta, options, expected):
     assert all(s.route == tuple(sorted(s.route)) for s in net.stitches) != two_way
 
 
-def test_two_way_space_builds_fast(deit_meta):
-    StitchSpace.build(deit_meta)  # the anchors' feature shapes are measured once, then cached
-    start = time.perf_counter()
+def test_a_second_space_reuses_the_measured_feature_shapes(deit_meta, monkeypatch):
+    # Building a space measures the anchors' feature shapes once (a forward of each anchor);
+    # a second space of the same anchors runs none (a two-way DeiT space has 2,211 stitches).
+    StitchSpace.build(deit_meta)
+    for anchor in deit_meta:
+        monkeypatch.setattr(anchor, "forward_stem", lambda *a: pytest.fail("ran a model"))
     space = StitchSpace.build(deit_meta, SpaceConfig(directions="both"))
-    assert time.perf_counter() - start < 0.5 and len(space) == 2211
+    assert len(space) == 2211
 
 
 def test_mapped_positions():

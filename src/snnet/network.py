@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,18 +36,27 @@ def run_plan(
     anchors: Sequence[Anchor],
     layers: Mapping[str, nn.Module],
     x: torch.Tensor,
+    *,
+    lora: bool = True,
 ) -> torch.Tensor:
     """One stitch's forward: the first anchor's stem, each step's blocks then stitching layer,
-    the last anchor's head. Shared by :class:`SNNet` and an exported stitch."""
+    the last anchor's head. Shared by :class:`SNNet` and an exported stitch. ``lora=False``
+    (anchors without LoRA) leaves the LoRA switch alone: setting it is a side effect that
+    ``torch.cond`` and ``torch.compile`` cannot trace."""
+    switch = adapting if lora else _unswitched
     h = anchors[steps[0].anchor].forward_stem(x)
     for i, step in enumerate(steps):
         # Anchors' LoRA (PEFT mode) runs only after the first stitching layer; see snnet.peft.
-        with adapting(i > 0):
+        with switch(i > 0):
             h = anchors[step.anchor].forward_blocks(h, step.start, step.stop)
         if step.layer is not None:
             h = layers[step.layer](h)
-    with adapting(len(steps) > 1):
+    with switch(len(steps) > 1):
         return anchors[steps[-1].anchor].forward_head(h)
+
+
+def _unswitched(on: bool) -> contextlib.nullcontext[None]:
+    return contextlib.nullcontext()
 
 
 class SNNet(nn.Module):
@@ -194,6 +204,34 @@ class SNNet(nn.Module):
             if not stack:
                 self._using.pop(tid, None)
 
+    def restrict(self, stitches: Sequence[Stitch | str]) -> SNNet:
+        """Keep only ``stitches`` (a front): drop, in place, the stitching layers and the anchors'
+        parts none of them runs, so the network holds only their weights; returns ``self``. The
+        costs stay those counted on the whole anchors. Call it on a copy.
+
+        Example:
+            >>> front = copy.deepcopy(net).restrict(["0", "0:5-1:6", "2"])
+            >>> len(front.stitches), front(x, stitch="0:5-1:6").shape
+            (3, torch.Size([8, 1000]))
+        """
+        kept = [self._resolve(s) for s in stitches]
+        if not kept:
+            raise ValueError("restrict() needs at least one stitch to keep")
+        for s in kept:
+            self.cost(s)  # counted now, while every part is there to run
+        parts = {p for s in kept for p in self.parts(s)}
+        for i, anchor in enumerate(self.anchors):
+            blocks = sorted({p.block for p in parts if p.kind == "block" and p.anchor == i})
+            anchor.prune(
+                stem=Part("stem", i) in parts, blocks=blocks, head=Part("head", i) in parts
+            )
+        for key in [k for k in self.layers if Part("layer", layer=k) not in parts]:
+            del self.layers[key]
+        self.space = self.space.restrict(kept)
+        if self._stitch not in self.space:
+            self._stitch = max(self.space.stitches, key=lambda s: self.cost(s).macs)
+        return self
+
     def __getstate__(self) -> dict[str, Any]:
         # A copy (deepcopy, pickle) runs the stitch the copying thread sees, in every thread.
         state = super().__getstate__()
@@ -263,7 +301,8 @@ class SNNet(nn.Module):
         stitch = self.stitch if stitch is None else stitch
         if self.dense is not None:
             return run_parts(self.parts(stitch), self.anchors, self.layers, x, self.dense)
-        return run_plan(self.plan(stitch), self.anchors, self.layers, x)
+        lora = self.adapter_config.frozen_anchors
+        return run_plan(self.plan(stitch), self.anchors, self.layers, x, lora=lora)
 
     # -- cost ---------------------------------------------------------------------------------
     def cost(self, stitch: Stitch | str) -> Cost:

@@ -41,8 +41,8 @@ IMPORTANCE = "importance.json"
 
 @dataclass(frozen=True, init=False)
 class RunDir:
-    """A run directory's files. ``RunDir(path)`` is the layout above; :meth:`find` opens what a
-    user pointed a command at, :meth:`at` the run to write (or continue) at ``path``.
+    """A run directory's files. ``RunDir(path)`` is the layout above, the run to write (or
+    continue) at ``path``; :meth:`find` opens what a user pointed a command at.
 
     Example:
         >>> run = RunDir.find("runs/demo")
@@ -106,11 +106,6 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.path / SUMMARY
-
-    @classmethod
-    def at(cls, path: str | Path) -> RunDir:
-        """The run to write into (or continue) at ``path``: the layout above."""
-        return cls(path)
 
     @classmethod
     def find(cls, path: str | Path) -> RunDir:

@@ -11,6 +11,7 @@ what was trained (the anchors are rebuilt from their sources and checked by :fun
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from snnet import artifact
 from snnet.adapters import Anchor
 from snnet.data.config import DataConfig
-from snnet.files import CONFIG, WEIGHTS, read_json_config, save_unit, unit_file
+from snnet.files import CONFIG, HASHES, WEIGHTS, read_json_config, save_unit, unit_file
 from snnet.network import SNNet
 from snnet.peft import AdapterConfig
 from snnet.rundir import RunDir
@@ -60,6 +62,8 @@ def network_config(net: SNNet) -> dict[str, Any]:
         "space": net.space_config.to_json(),  # as given: PEFT mode derives per-cut layers
         "layers": sorted(net.layers.keys()),
         "num_stitches": len(net.stitches),
+        # a network restricted to some stitches (a front) keeps only them: listed to rebuild it
+        **({"stitches": [str(s) for s in net.stitches]} if net.space.restricted else {}),
         # how images become inputs (what training used): read back by evaluate and serve
         **({"data": net.data_config.to_json()} if net.data_config is not None else {}),
     }
@@ -74,22 +78,31 @@ def save(net: SNNet, directory: str | Path) -> Path:
         >>> net2 = snnet.load("runs/deit-snnet")
     """
     directory = Path(directory)
-    # PEFT mode: only what was trained (the anchors come back from their sources on load).
-    tensors = {k: v.detach().contiguous().cpu() for k, v in saved_state(net).items()}
-    save_unit(
-        directory,
-        network_config(net),
-        {WEIGHTS: lambda p: save_file(tensors, p, metadata={"format": FORMAT})},
-    )
+    save_unit(directory, network_config(net), {WEIGHTS: lambda p: write_weights(net, p)})
     return directory
 
 
+def write_weights(net: SNNet, path: str | Path) -> None:
+    """Write what a save of ``net`` holds (:func:`saved_state`) as safetensors at ``path``."""
+    # PEFT mode: only what was trained (the anchors come back from their sources on load).
+    tensors = {k: v.detach().contiguous().cpu() for k, v in saved_state(net).items()}
+    save_file(tensors, str(path), metadata={"format": FORMAT})
+
+
 def read_config(directory: str | Path) -> dict[str, Any]:
+    """The network config in ``directory``: a saved network's, or the one an exported front
+    holds under ``"network"`` (with the unit's sha256, which covers ``model.safetensors``)."""
     path = Path(directory) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: is {directory} a directory written by snnet.save?"
         )
+    if _format_of(path) == artifact.FORMAT:
+        front = artifact.read_front_config(directory)
+        config = front["network"]
+        if config.get("format") != FORMAT or config.get("version", VERSION + 1) > VERSION:
+            raise ValueError(f"{path} holds no network this snnet can read; upgrade snnet")
+        return {**config, HASHES: front[HASHES]}
     return read_json_config(
         path,
         FORMAT,
@@ -97,6 +110,13 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         what="an snnet config",
         hints={"snnet-stitch": " (an exported stitch: load it with snnet.load_stitch)"},
     )
+
+
+def _format_of(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text()).get("format")
+    except (ValueError, AttributeError):
+        return None  # read_json_config says what is wrong
 
 
 def load(
@@ -107,9 +127,11 @@ def load(
 ) -> SNNet:
     """Rebuild the network saved at ``path`` and load its weights.
 
-    ``path`` is a directory written by :func:`save` or a run directory of ``snnet train`` /
-    ``snnet demo`` (its ``model/``). Anchors recorded from timm (or snnet's demo family) are
-    rebuilt without downloading; anchors that were your own modules must be passed again as
+    ``path`` is a directory written by :func:`save`, a run directory of ``snnet train`` /
+    ``snnet demo`` (its ``model/``), or a front exported with ``--format safetensors`` (a
+    smaller network holding only its stitches, see :meth:`SNNet.restrict`). Anchors recorded
+    from timm (or snnet's demo family) are rebuilt without downloading; anchors that were your
+    own modules must be passed again as
     ``anchors``. A network saved in parameter-efficient mode holds no anchor weights: its
     anchors are rebuilt with their pretrained weights (timm's hub or cache, the local
     checkpoint file, the demo family's weights) or taken from ``anchors``, and must be the very
@@ -140,6 +162,8 @@ def load(
         task=Task.from_json(config.get("task")),
         **adapters.to_json(),
     )
+    if "stitches" in config:  # a front: the anchors' parts and layers it keeps
+        net.restrict(config["stitches"])
     if "anchor_sha256" in config:
         for anchor, digest in zip(net.anchors, config["anchor_sha256"], strict=True):
             if anchor_digest(anchor) != digest:

@@ -128,6 +128,8 @@ class StitchSpace:
     positions: dict[tuple[int, int], tuple[Position, ...]]
     stitches: tuple[Stitch, ...]
     config: SpaceConfig = field(default_factory=SpaceConfig)
+    #: Whether :meth:`restrict` kept only some of the stitches the config gives (a front).
+    restricted: bool = False
 
     @classmethod
     def build(cls, anchors: Sequence[Anchor], config: SpaceConfig | None = None) -> StitchSpace:
@@ -186,6 +188,28 @@ class StitchSpace:
             stitches += _return_routes(len(anchors), positions)
         return cls(tuple(a.num_blocks for a in anchors), positions, tuple(stitches), config)
 
+    def restrict(self, stitches: Sequence[Stitch]) -> StitchSpace:
+        """The space of ``stitches`` only (each checked to be in this one), in this space's order,
+        with the positions their hops use.
+
+        Example:
+            >>> space.restrict([Stitch.parse("0"), Stitch.parse("0:5-1:6")]).layer_keys()
+            ['a0_a1_5']
+        """
+        kept = {self.check(s) for s in stitches}
+        hops = {(f, e, cut) for s in kept for f, e, cut in s.hops}
+        positions = {
+            pair: tuple(p for p in ps if (*pair, p.cut) in hops)
+            for pair, ps in self.positions.items()
+        }
+        return StitchSpace(
+            self.num_blocks,
+            {pair: ps for pair, ps in positions.items() if ps},
+            tuple(s for s in self.stitches if s in kept),
+            self.config,
+            restricted=True,
+        )
+
     # -- queries ------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.stitches)
@@ -226,6 +250,13 @@ class StitchSpace:
         s = Stitch.parse(stitch)
         if s in self._index:
             return s
+        if self.restricted:
+            listed = ", ".join(str(k) for k in self.stitches[:8])
+            more = ", ..." if len(self.stitches) > 8 else ""
+            raise ValueError(
+                f"stitch {s} is not in this network: it keeps only {len(self.stitches)} "
+                f"stitches ({listed}{more})"
+            )
         n = len(self.num_blocks)
         if any(a >= n for a in s.route):
             raise ValueError(

@@ -34,7 +34,8 @@ COMMANDS = {
     "plot": "Plot accuracy against GMACs/params/latency with the Pareto front (PNG).",
     "latency": "Measure every stitch's latency on this machine into a results file.",
     "select": "Pick the most accurate stitch within a budget (GMACs, params, latency).",
-    "export": "Export one stitch as a standalone model (safetensors, ONNX, torch.export).",
+    "export": "Export one stitch as a standalone model, or the front as one switchable artifact "
+    "(safetensors, ONNX, torch.export).",
     "serve": "Serve a run over HTTP, holding a latency SLO by switching stitches.",
 }
 

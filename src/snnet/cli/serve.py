@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import logging
 import os
@@ -27,6 +28,11 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         help=f"bearer token for /v1 and /metrics (or ${API_KEY_ENV}); required off loopback",
     )
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request (off by default: a line per request costs the event loop)",
+    )
     settings_options.add_options(p.add_argument_group("serving (ServeSettings)"), ServeSettings)
 
 
@@ -57,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
         )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     settings = settings_options.from_args(ServeSettings, args)
-    backend = load_backend(args.run, results=args.results, device=settings.device)
+    backend = load_backend(
+        args.run, results=args.results, device=settings.device, threads=settings.threads
+    )
     if settings.stitch is not None:
         backend.check(settings.stitch)
     app = create_app(
@@ -77,6 +85,14 @@ def run(args: argparse.Namespace) -> int:
             app.state.shutting_down = True
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+    )
     Server(config).run()
     return 0

@@ -114,21 +114,15 @@ def run(args: argparse.Namespace) -> int:
     from snnet.rundir import RunDir
     from snnet.sources import resolve_anchors
     from snnet.threads import set_threads
-    from snnet.train.checkpoint import check_run
-    from snnet.train.pipeline import fit
+    from snnet.train.pipeline import check_run_dir, fit
 
     set_threads(args.threads)
     config = config_from_args(args)
     task = task_from_args(args, class_names(args))
     if task.dense:
         check_dense_options(args, config, task)
-    check_run(  # before building anything, so that a refused command leaves no trace
-        args.out,
-        resume=args.resume,
-        save_every=args.save_every,
-        ls_init=args.ls_init,
-        num_workers=args.workers or 0,
-    )
+    # before building anything, so that a refused command leaves no trace
+    check_run_dir(args.out, args.resume, args.save_every, args.ls_init, args.workers or 0)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     overrides, origin = preprocess_overrides(args)
     net = build_network(args, task=task)
@@ -209,5 +203,10 @@ def check_dense_options(args: argparse.Namespace, config: TrainConfig, task: obj
                 f"{option} distils class logits; --task {task.kind} trains on its own targets: "
                 f"drop {option}"
             )
+    if config.anchor_epochs:
+        raise ValueError(
+            f"--anchor-epochs fine-tunes each anchor's classifier alone; --task {task.kind} "
+            "trains the anchors through the shared dense head: drop --anchor-epochs"
+        )
     if task.kind == "depth" and config.label_smoothing != TrainConfig().label_smoothing:
         raise ValueError("--label-smoothing smooths class labels; depth regresses metres: drop it")

@@ -14,7 +14,6 @@ uint8 pixels; the elementwise half (to [0, 1], then mean/std) runs once per batc
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -230,32 +229,15 @@ class DataConfig:
         )
 
     # -- the transform -------------------------------------------------------------------------
-    @functools.cached_property
-    def _geometry(self) -> list[Any]:
-        """timm's evaluation transform up to (not including) its conversion to a tensor: the
-        resize and crop, on PIL images."""
-        from timm.data import create_transform
-
-        steps = list(
-            create_transform(
-                input_size=self.input_size,
-                is_training=False,
-                mean=self.mean,
-                std=self.std,
-                interpolation=self.interpolation,
-                crop_pct=self.crop_pct,
-                crop_mode=self.crop_mode,
-            ).transforms
-        )
-        return pil_steps(steps)
-
     def pixels(self, img: Image.Image) -> torch.Tensor:
         """One image resized and cropped for the network, not yet normalised: a (C, H, W) uint8
-        tensor (normalise a batch of them with :meth:`normalize`)."""
-        img = img.convert(self.mode)
-        for step in self._geometry:
-            img = step(img)
-        return to_uint8(img)
+        tensor (normalise a batch of them with :meth:`normalize`). The resize and crop are
+        timm's evaluation transform, on PIL alone (:func:`snnet.data.geometry.pixels_array`)."""
+        import torch
+
+        from snnet.data.geometry import pixels_array
+
+        return torch.from_numpy(pixels_array(img, self))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 pixels ((C, H, W) or a batch of them), on any device, to the network's float

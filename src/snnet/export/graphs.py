@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,11 +61,24 @@ def write_onnx(
     check: bool = True,
     atol: float = 1e-4,
 ) -> None:
+    _onnx_program(model, dynamic_batch=dynamic_batch).save(path)
+    if check:
+        check_onnx(model, path, atol=atol)
+
+
+def onnx_model(model: StitchedModel, *, dynamic_batch: bool = True) -> Any:
+    """``model`` as an in-memory ``onnx.ModelProto`` (input ``x``, output ``logits``), as
+    :func:`export_onnx` writes it; for joining stitches into one graph (:mod:`.switch`)."""
+    require("onnx", "onnxscript", purpose="ONNX export")
+    return _onnx_program(model, dynamic_batch=dynamic_batch).model_proto
+
+
+def _onnx_program(model: StitchedModel, *, dynamic_batch: bool) -> Any:
     model = model.eval()
     x = _example(model, 2)
     dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
     with torch.no_grad():
-        program = torch.onnx.export(
+        return torch.onnx.export(
             model,
             (x,),
             dynamo=True,
@@ -73,9 +87,6 @@ def write_onnx(
             output_names=[_output_name(model)],
             verbose=False,
         )
-    program.save(path)
-    if check:
-        check_onnx(model, path, atol=atol)
 
 
 def _output_name(model: StitchedModel) -> str:

@@ -82,7 +82,8 @@ class StitchedModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense is not None:
             return run_parts(self.parts, self.anchors, self.layers, x, self.dense)
-        return run_plan(self.steps, self.anchors, self.layers, x)
+        # LoRA is folded into the weights at export: nothing to switch
+        return run_plan(self.steps, self.anchors, self.layers, x, lora=False)
 
     def extra_repr(self) -> str:
         return f"stitch='{self.info['stitch']}', path={self.info['path']!r}"

@@ -243,7 +243,7 @@ def _start(results: Results, settings: dict[str, Any], *, overwrite: bool) -> No
 
 
 def _settle(net: SNNet, x: torch.Tensor, seconds: float, device: torch.device) -> None:
-    largest = Stitch.anchor(len(net.anchors) - 1)
+    largest = max(net.stitches, key=lambda s: net.cost(s).macs)
     end = time.perf_counter() + seconds
     with torch.inference_mode():
         while time.perf_counter() < end:

@@ -164,13 +164,15 @@ class Record:
 
 
 def fingerprint(net: SNNet) -> dict[str, Any]:
-    """What identifies a network's stitches: anchors, stitching options, counts, and a dense
-    network's task."""
+    """What identifies a network's stitches: anchors, stitching options, counts, the stitches
+    a front keeps, and a dense network's task."""
     out = {
         "anchors": [a.name for a in net.anchors],
         "space": net.space.config.to_json(),
         "num_stitches": len(net.stitches),
     }
+    if net.space.restricted:  # a front: which stitches, not only how many
+        out["stitches"] = [str(s) for s in net.stitches]
     if net.task.dense:
         out["task"] = net.task.to_json()
     return out

@@ -10,6 +10,9 @@ from snnet.serve.settings import ServeSettings
 
 #: Without an SLO the queue takes this many full batches.
 FIXED_QUEUE_BATCHES = 32
+#: With an SLO, the share of it that requests admitted under overload may spend waiting behind
+#: those already in flight.
+INFLIGHT_SLO_SHARE = 0.5
 
 
 def queue_limit(
@@ -47,3 +50,22 @@ def overloaded(waiting: int, full_batch_ms: float) -> ServeError:
         "within the latency target): retry later",
         retry_after=max(1, math.ceil(4 * full_batch_ms / 1e3)),
     )
+
+
+def inflight_limit(settings: ServeSettings, queue: int, answered_rps: float) -> int:
+    """Predictions one replica holds at once (being read, decoded, queued or computed) before it
+    refuses the next: its queue (``queue`` images) plus two batches, and with an SLO no more
+    than it answers in half the SLO at the rate it answered over the last second (never fewer than
+    two batches). By Little's law a request admitted beyond that would wait past the SLO: when
+    reading and decoding, not the network, limit the rate, the queue bound (which counts
+    compute) does not see it.
+
+    Example:
+        >>> inflight_limit(ServeSettings(slo_ms=50), queue=200, answered_rps=500.0)
+        16
+    """
+    bound = queue + 2 * settings.max_batch
+    if settings.slo_ms is None:
+        return bound
+    by_rate = math.floor(answered_rps * INFLIGHT_SLO_SHARE * settings.slo_ms / 1e3)
+    return min(bound, max(2 * settings.max_batch, by_rate))

@@ -14,11 +14,11 @@ to its answer being ready; the SLO controller, ``/v1/status``, ``/metrics`` and 
 from __future__ import annotations
 
 import hmac
+import logging
 import math
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -27,19 +27,27 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from snnet.serve.backend import Backend
 from snnet.serve.batcher import Batcher
 from snnet.serve.errors import ServeError
-from snnet.serve.executor import Prediction
-from snnet.serve.images import decode_image
 from snnet.serve.metrics import Metrics
+from snnet.serve.predict import (
+    answer,
+    content_length,
+    decode_request,
+    limited,
+    read_request,
+    send_error,
+    send_json,
+    too_large,
+)
 from snnet.serve.settings import ServeSettings
 
+logger = logging.getLogger("snnet.serve")
 STATIC = resources.files("snnet.serve") / "static"
-IMAGE_TYPES = ("image/", "application/octet-stream")
 ARRIVED = "snnet.arrived"  # scope key: clock reading when a request reached the app
 
 
@@ -53,23 +61,10 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_big = ServeError(
-            413, "body_too_large", f"the request body exceeds {self.max_bytes:,} bytes"
-        )
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _send_error(send, too_big)
-        seen = 0
+        length = content_length(scope)
+        if length is not None and length > self.max_bytes:
+            return await send_error(send, too_large(self.max_bytes))
         started = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise too_big
-            return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
@@ -77,19 +72,20 @@ class BodyLimit:
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited(receive, self.max_bytes), tracking_send)
         except ServeError as e:
-            if e is not too_big or started:
+            if e.code != "body_too_large" or started:
                 raise
-            await _send_error(send, e)
+            await send_error(send, e)
 
 
 class Gate:
     """The outermost layer: stamps each request's arrival (``scope[ARRIVED]``, from ``clock``),
     then checks before a request is read: the API key (for ``/v1/*`` and ``/metrics``), and
     admission of predictions (``admit`` returns the refusal, or None); counts predictions in
-    flight in ``state["inflight"]``. Plain ASGI, so a refusal costs no body read and no
-    framework machinery."""
+    flight in ``state["inflight"]``. A prediction goes straight to ``predict`` (plain ASGI, see
+    :mod:`snnet.serve.predict`), everything else to ``app``: a refusal costs no body read and
+    no framework machinery, and neither does an answer."""
 
     def __init__(
         self,
@@ -98,8 +94,10 @@ class Gate:
         admit,
         state: dict[str, Any],
         clock: Callable[[], float] = time.monotonic,
+        predict: ASGIApp | None = None,
     ) -> None:
         self.app, self.state, self.admit, self.clock = app, state, admit, clock
+        self.predict = predict or app
         self.expected = f"Bearer {api_key}".encode() if api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -110,7 +108,7 @@ class Gate:
         if self.expected and (path.startswith("/v1/") or path == "/metrics"):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                return await _send_error(
+                return await send_error(
                     send,
                     ServeError(
                         401, "unauthorized", "send the API key as 'Authorization: Bearer KEY'"
@@ -120,126 +118,19 @@ class Gate:
             return await self.app(scope, receive, send)
         refusal = self.admit()
         if refusal is not None:
-            return await _send_error(send, refusal)
+            return await send_error(send, refusal)
         self.state["inflight"] += 1
         try:
-            await self.app(scope, receive, send)
+            app = self.predict if scope.get("method") == "POST" else self.app
+            await app(scope, receive, send)
         finally:
             self.state["inflight"] -= 1
-
-
-async def _send_error(send: Send, e: ServeError) -> None:
-    response = error_response(e)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status_code,
-            "headers": response.raw_headers,
-        }
-    )
-    await send({"type": "http.response.body", "body": response.body})
 
 
 def error_response(e: ServeError) -> JSONResponse:
     """``e`` as JSON ``{"error": {"code", "message"}}`` with its status (and ``Retry-After``)."""
     headers = {"Retry-After": str(math.ceil(e.retry_after))} if e.retry_after else None
     return JSONResponse(e.to_json(), status_code=e.status, headers=headers)
-
-
-def _number(request: Request, form: dict[str, Any], name: str, cast: type = float) -> Any:
-    raw = form.get(name, request.query_params.get(name))
-    if raw is None or raw == "":
-        return None
-    try:
-        value = cast(raw)
-    except ValueError:
-        raise ServeError(400, "bad_parameter", f"{name} must be a number, got {raw!r}") from None
-    if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
-        raise ServeError(400, "bad_parameter", f"{name} must be a positive number, got {raw!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class PredictRequest:
-    """What a ``POST /v1/predict`` asks, read and checked (images still encoded)."""
-
-    images: list[bytes]
-    stitch: str | None
-    max_gmacs: float | None
-    max_latency_ms: float | None
-    top_k: int
-
-
-async def read_request(request: Request, settings: ServeSettings) -> PredictRequest:
-    """Read one image (``Content-Type: image/...``) or ``multipart/form-data`` files, and the
-    options from the query or form fields; a 4xx :class:`ServeError` names what is wrong."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    form: dict[str, Any] = {}
-    if ctype.startswith(IMAGE_TYPES):
-        blobs = [await request.body()]
-    elif ctype == "multipart/form-data":
-        try:
-            parsed = await request.form(max_files=settings.max_images, max_fields=32)
-        except (MultiPartException, HTTPException) as e:  # Starlette wraps the former
-            if "files" in str(getattr(e, "detail", e)):
-                raise ServeError(
-                    413, "too_many_images", f"at most {settings.max_images} images per request"
-                ) from None
-            raise ServeError(400, "bad_multipart", str(getattr(e, "detail", e))) from None
-        blobs = [await v.read() for _, v in parsed.multi_items() if not isinstance(v, str)]
-        form = {k: v for k, v in parsed.items() if isinstance(v, str)}
-    else:
-        raise ServeError(
-            415,
-            "unsupported_media_type",
-            f"send an image (image/png, image/jpeg, ...) or multipart/form-data, not {ctype!r}",
-        )
-    if not blobs:
-        raise ServeError(400, "no_image", "the request holds no image")
-    if len(blobs) > settings.max_images:
-        raise ServeError(
-            413, "too_many_images", f"{len(blobs)} images; at most {settings.max_images}"
-        )
-    return PredictRequest(
-        images=blobs,
-        stitch=form.get("stitch", request.query_params.get("stitch")),
-        max_gmacs=_number(request, form, "max_gmacs"),
-        max_latency_ms=_number(request, form, "max_latency_ms"),
-        top_k=_number(request, form, "top_k", int) or settings.top_k,
-    )
-
-
-def answer(
-    backend: Backend,
-    preds: list[Prediction],
-    top_k: int,
-    latency_ms: Callable[[], float],
-) -> dict[str, Any]:
-    """The JSON answer: top-k classes per image, the stitch that ran and the latency
-    (``latency_ms()`` is called last, once the rest of the answer is built)."""
-    tops = backend.top_k([p.probs for p in preds], top_k)
-    stitches = {str(p.stitch) for p in preds}
-    body = {
-        "stitch": stitches.pop() if len(stitches) == 1 else None,
-        "latency_ms": None,
-        "predictions": [
-            {
-                "top": top,
-                "stitch": str(p.stitch),
-                "batch_size": p.batch_size,
-                "queue_ms": round(p.queue_ms, 3),
-                "compute_ms": round(p.compute_ms, 3),
-            }
-            for top, p in zip(tops, preds, strict=True)
-        ],
-    }
-    body["latency_ms"] = round(latency_ms(), 3)
-    return body
-
-
-def decode_all(backend: Backend, blobs: list[bytes], settings: ServeSettings) -> list[Any]:
-    """Each image of a request decoded and made the backend's input (4xx if one is bad)."""
-    return [backend.pixels(decode_image(b, max_pixels=settings.max_pixels)) for b in blobs]
 
 
 def create_app(
@@ -257,7 +148,7 @@ def create_app(
         >>> app = create_app(ServedModel.load("runs/demo"), ServeSettings(slo_ms=50))
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)
     """
-    routes = Routes(backend, settings)
+    routes = Routes(backend, settings, max_body_bytes=max_body_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -276,15 +167,24 @@ def create_app(
     )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     routes.install(app)
-    app.add_middleware(Gate, api_key=api_key, admit=routes.admit, state=routes.state, clock=clock)
+    app.add_middleware(
+        Gate,
+        api_key=api_key,
+        admit=routes.admit,
+        state=routes.state,
+        clock=clock,
+        predict=routes.predict_asgi,
+    )
     return app
 
 
 class Routes:
     """The endpoints of one replica's app, over its batcher once the app has started."""
 
-    def __init__(self, backend: Backend, settings: ServeSettings) -> None:
-        self.backend, self.settings = backend, settings
+    def __init__(
+        self, backend: Backend, settings: ServeSettings, *, max_body_bytes: int = 16 * 2**20
+    ) -> None:
+        self.backend, self.settings, self.max_body_bytes = backend, settings, max_body_bytes
         self.state: dict[str, Any] = {"batcher": None, "inflight": 0}  # shared with the Gate
         self.metrics = Metrics(lambda: self.state["batcher"].queue_depth if self.ready else 0)
 
@@ -335,16 +235,19 @@ class Routes:
         app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     async def serve_error(self, request: Request, e: ServeError) -> JSONResponse:
-        if 400 <= e.status < 500:
-            self.metrics.errors.labels(e.code).inc()
+        self.count(e)
         return error_response(e)
 
+    def count(self, e: ServeError) -> None:
+        if 400 <= e.status < 500:
+            self.metrics.errors.labels(e.code).inc()
+
     def admit(self) -> ServeError | None:
-        """Refuse a prediction before reading it when the server already holds as many as its
-        queue takes plus two batches in flight: under overload the backlog would otherwise wait
-        in the HTTP layer, unseen by the queue bound."""
+        """Refuse a prediction before reading it when the server already holds as many as it
+        can answer in time (:func:`~snnet.serve.admission.inflight_limit`): under overload the
+        backlog would otherwise wait in the HTTP layer, unseen by the queue bound."""
         b = self.state["batcher"]
-        if b is not None and self.state["inflight"] >= b.max_queue() + 2 * self.settings.max_batch:
+        if b is not None and self.state["inflight"] >= b.inflight_limit():
             b.refuse("overload")
             return ServeError(
                 503, "overloaded", "too many requests in flight: retry later", retry_after=1
@@ -359,8 +262,28 @@ class Routes:
         arrived = request.scope.get(ARRIVED, b.clock())
         req = await read_request(request, self.settings)
         want = b.resolve(req.stitch, req.max_gmacs, req.max_latency_ms)
-        preds = await b.submit(decode_all(self.backend, req.images, self.settings), want)
+        preds = await b.submit(await decode_request(self.backend, req, self.settings), want)
         return answer(self.backend, preds, req.top_k, lambda: b.finish(preds, arrived))
+
+    async def predict_asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/predict`` as plain ASGI (what the Gate calls): :meth:`predict` without
+        the framework's routing, middleware and response objects; errors as JSON."""
+        try:
+            length = content_length(scope)
+            if length is not None and length > self.max_body_bytes:
+                raise too_large(self.max_body_bytes)
+            request = Request(scope, limited(receive, self.max_body_bytes))
+            body = await self.predict(request)
+        except ServeError as e:
+            self.count(e)
+            return await send_error(send, e)
+        except ClientDisconnect:
+            return None
+        except Exception as e:  # an answer for every request, even a bug's
+            logger.exception("prediction failed")
+            error = ServeError(500, "internal_error", f"{type(e).__name__}: {e}")
+            return await send_error(send, error)
+        await send_json(send, 200, body)
 
     async def stitches(self) -> dict[str, Any]:
         m = self.backend

@@ -3,21 +3,36 @@
 The batcher, the app, the controller and the Ray deployment never touch tensors: they hand a
 backend per-image inputs it made (:meth:`Backend.pixels`) and get back per-image probabilities
 it can rank (:meth:`Backend.top_k`). :class:`~snnet.serve.model.ServedModel` is the torch
-backend; another runtime (ONNX Runtime, say) slots in by offering the same members, and
+backend and :class:`~snnet.serve.ort.OrtBackend` the ONNX Runtime one (an exported front,
+served without torch); another runtime slots in by offering the same members, and
 :func:`load_backend` picks one for a directory.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from snnet.artifact import FORMAT as FRONT_FORMAT
+from snnet.files import CONFIG
 from snnet.measure.results import Record, Results
 from snnet.stitch import Stitch
 
 if TYPE_CHECKING:
     from PIL import Image
+
+
+def is_front(path: str | Path) -> bool:
+    """Whether ``path`` is a directory holding an exported front."""
+    config = Path(path) / CONFIG
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("format") == FRONT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class Backend(Protocol):
@@ -73,14 +88,25 @@ def load_backend(
     device: str = "cpu",
     threads: int | None = None,
 ) -> Backend:
-    """The backend for a run directory or saved network (``results``: its results file, default
-    the run's), loaded on ``device``; with ``threads``, set before loading (a load may measure
-    latency).
+    """The backend for ``path``: an exported front (``snnet export RUN --front``) on ONNX
+    Runtime, without torch; else a run directory or saved network on torch (``results``: its
+    results file, default the run's), loaded on ``device``. With ``threads``, set before
+    loading (a load may measure latency).
 
     Example:
-        >>> backend = load_backend("runs/demo")
+        >>> backend = load_backend("runs/demo")          # torch
+        >>> backend = load_backend("deploy/demo-front")  # ONNX Runtime
     """
-    from snnet.serve.model import ServedModel  # torch: only the backend imports it
+    if is_front(path):
+        if device != "cpu" or results is not None:
+            raise ValueError(
+                "an exported front is served on the CPU with the results it holds: drop "
+                "--device and --results"
+            )
+        from snnet.serve.ort import OrtBackend
+
+        return OrtBackend.load(path, threads=threads or 1)
+    from snnet.serve.model import ServedModel  # torch: only the torch backend imports it
 
     if threads is not None:
         ServedModel.set_threads(threads)

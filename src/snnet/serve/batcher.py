@@ -28,13 +28,20 @@ from snnet.control.slo import SloController
 from snnet.control.window import TimeWindow, percentile
 from snnet.serve.backend import Backend
 from snnet.serve.errors import ServeError
-from snnet.serve.executor import BatchExecutor, Hooks, Item, Prediction, tune_interpreter
+from snnet.serve.executor import (
+    BatchExecutor,
+    Hooks,
+    Item,
+    Prediction,
+    stitch_name,
+    tune_interpreter,
+)
 from snnet.serve.settings import ServeSettings
 from snnet.serve.want import Want
 from snnet.stitch import Stitch
 
 #: Seconds of end-to-end latencies kept for ``/v1/status``, and of event-loop lags.
-RECENT_S, LAG_S = 60.0, 10.0
+RECENT_S, LAG_S = 10.0, 10.0
 
 
 class Batcher:
@@ -141,6 +148,11 @@ class Batcher:
         """Images the queue takes now (see :func:`~snnet.serve.admission.queue_limit`)."""
         return self.executor.queue_limit(self.clock())
 
+    def inflight_limit(self) -> int:
+        """Predictions the server holds at once before refusing (see
+        :func:`~snnet.serve.admission.inflight_limit`)."""
+        return self.executor.inflight_limit(self.clock())
+
     def resolve(
         self,
         stitch: str | None = None,
@@ -213,7 +225,7 @@ class Batcher:
         latency = self.executor.finish(preds, arrived, now)
         for p in preds:
             self._recent.add(now, latency)
-            self.counts[str(p.stitch)] += 1
+            self.counts[stitch_name(p.stitch)] += 1
         self._sample(now)
         return latency
 
@@ -275,6 +287,7 @@ class Batcher:
             "slo_front": [str(r.stitch) for r in c.front] if c is not None else None,
             "queue_depth": len(self._queue),
             "max_queue": self.max_queue(),
+            "max_inflight": self.inflight_limit(),
             # the event loop's largest lag over the last second and 10 s (not in the latencies)
             "loop_lag_ms": {"max_1s": self.loop_lag(1.0), "max_10s": self.loop_lag(10.0)},
             "max_batch": s.max_batch,

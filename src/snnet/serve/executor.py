@@ -9,9 +9,11 @@ end-to-end latency: from its arrival at the server to that moment.
 
 from __future__ import annotations
 
+import functools
 import gc
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +43,12 @@ def tune_interpreter() -> None:
     gc.collect()
     gc.freeze()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
+@functools.lru_cache(maxsize=4096)
+def stitch_name(stitch: Stitch) -> str:
+    """``str(stitch)``, cached: each answer, metric label and count names its stitch."""
+    return str(stitch)
 
 
 class Hooks:
@@ -132,6 +140,7 @@ class BatchExecutor:
         self.ctrl = prepare(backend, settings, batch_ms=batch_ms)
         self._fixed = fixed_stitch(backend, settings) if self.ctrl is None else None
         self._last = self.stitch  # the running stitch the hooks last heard of
+        self._answered: deque[float] = deque()  # when each image of the last second was answered
 
     @property
     def stitch(self) -> Stitch:
@@ -162,6 +171,21 @@ class BatchExecutor:
     def queue_limit(self, now: float | None = None) -> int:
         """Images the queue takes now (:func:`~snnet.serve.admission.queue_limit`)."""
         return admission.queue_limit(self.settings, self.ctrl, now)
+
+    def answered_rps(self, now: float | None = None) -> float:
+        """Images answered over the last second."""
+        now = self.clock() if now is None else now
+        while self._answered and self._answered[0] < now - 1.0:
+            self._answered.popleft()
+        return float(len(self._answered))
+
+    def inflight_limit(self, now: float | None = None) -> int:
+        """Predictions this replica holds at once before refusing
+        (:func:`~snnet.serve.admission.inflight_limit`)."""
+        now = self.clock() if now is None else now
+        return admission.inflight_limit(
+            self.settings, self.queue_limit(now), self.answered_rps(now)
+        )
 
     def overloaded(self, waiting: int) -> ServeError:
         """The 503 for a full queue: retry after a few full batches of the cheapest stitch
@@ -236,6 +260,7 @@ class BatchExecutor:
         goes to the controller and the hooks. Returns that latency."""
         now = self.clock() if now is None else now
         latency = (now - arrived) * 1e3
+        self._answered.extend(now for _ in preds)
         for p in preds:
             if self.ctrl is not None:
                 self.ctrl.observe_request(now, latency, p.queue_ms + p.compute_ms)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from snnet.serve.executor import Hooks
+from snnet.serve.executor import Hooks, stitch_name
 from snnet.stitch import Stitch
 
 #: Latency buckets in seconds: fine around typical SLOs of small models (1 ms to 1 s).
@@ -62,8 +62,9 @@ class Metrics(Hooks):
         self.compute.observe(compute_ms / 1e3)
 
     def request(self, stitch: Stitch, latency_ms: float) -> None:
-        self.latency.labels(str(stitch)).observe(latency_ms / 1e3)
-        self.requests.labels(str(stitch)).inc()
+        label = stitch_name(stitch)
+        self.latency.labels(label).observe(latency_ms / 1e3)
+        self.requests.labels(label).inc()
 
     def refused(self, reason: str) -> None:
         self.shed.labels(reason).inc()

@@ -7,7 +7,8 @@ serve``'s runs them, and Ray's autoscaler adds replicas as the queue grows. With
 replica runs its own :class:`~snnet.control.SloController` on the requests it sees.
 
 Each replica bounds its own queue as ``snnet serve`` does (:func:`~snnet.serve.admission.queue_limit`:
-``max_queue``, else what the cheapest stitch clears within the SLO): beyond it a request is
+``max_queue``, else what the cheapest stitch clears within the SLO, and with an SLO no more
+than it answers in time, :func:`~snnet.serve.admission.inflight_limit`): beyond it a request is
 answered at once with 503 and ``Retry-After``. On shutdown (scale-down, redeploy, ``serve
 delete``) Ray stops routing to the replica and waits up to ``graceful_shutdown_timeout_s`` for the
 requests it holds, so every accepted request is answered; the batch wait is far below that.
@@ -33,10 +34,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from snnet import settings as settings_text
-from snnet.serve.app import answer, decode_all, error_response, read_request
+from snnet.serve.app import error_response
 from snnet.serve.backend import load_backend
 from snnet.serve.errors import ServeError
 from snnet.serve.executor import BatchExecutor, Item, Prediction, tune_interpreter
+from snnet.serve.predict import answer, decode_request, read_request
 from snnet.serve.settings import ServeSettings
 
 #: Keys of ``build``'s arguments that place replicas; every other key is a ServeSettings field.
@@ -83,7 +85,7 @@ class SNNetDeployment:
             self._admit(0)  # a full replica refuses before reading the body
             req = await read_request(request, self.settings)
             want = self.executor.resolve(req.stitch, req.max_gmacs, req.max_latency_ms)
-            xs = decode_all(self.backend, req.images, self.settings)
+            xs = await decode_request(self.backend, req, self.settings)
             self._admit(len(xs))
             self.waiting += len(xs)
             try:
@@ -101,8 +103,11 @@ class SNNetDeployment:
         return JSONResponse({**body, "replica": self.replica})
 
     def _admit(self, images: int) -> None:
-        """Refuse (503) when ``images`` more would overflow this replica's own queue."""
-        if self.waiting + max(images, 1) > self.executor.queue_limit(time.monotonic()):
+        """Refuse (503) when ``images`` more would overflow this replica's own queue, or exceed
+        what it answers in time at the rate it answers (``executor.inflight_limit``)."""
+        now = time.monotonic()
+        limit = min(self.executor.queue_limit(now), self.executor.inflight_limit(now))
+        if self.waiting + max(images, 1) > limit:
             raise self.executor.overloaded(self.waiting)
 
 

@@ -208,7 +208,7 @@ def _learner(net: SNNet, config: TrainConfig, world: World, options: LoopOptions
         teachers = make_teachers(net, world, options.run_dir, resume=options.resume)
     dtype = amp_dtype(config.amp, world.device)
     autocast = torch.autocast(world.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    # Listed once: net.parameters() walks every module, ~4 ms a step on the demo's network.
+    # Listed once: net.parameters() walks every module, a cost paid at every step otherwise.
     trainable = [p for p in net.parameters() if p.requires_grad]
     return Learner(distributed.wrap(net, world), autocast, trainable, teacher, teachers)
 

@@ -127,7 +127,7 @@ def fit(
     if train is None:
         raise ValueError("the data has no training images")
     workers = default_workers(train) if num_workers is None else num_workers
-    run_dir, main_resume = _check_run(run_dir, resume, save_every, ls_init, workers)
+    run_dir, main_resume = check_run_dir(run_dir, resume, save_every, ls_init, workers)
     _check_inputs(net, train, val, val_every, val_images)
     check_free_space(net, run_dir, config)
     net.data_config = train.config
@@ -160,11 +160,12 @@ def fit(
     return result
 
 
-def _check_run(
+def check_run_dir(
     run_dir: str | Path | None, resume: bool, save_every: int, ls_init: int, workers: int
 ) -> tuple[Path | None, bool]:
-    """The run directory, checked, and whether the main run resumes (a run stopped while tuning
-    its anchors alone has no main checkpoint yet)."""
+    """Every check of ``run_dir`` and the run's options that needs neither network nor data
+    (:func:`snnet.train.checkpoint.check_run`), and whether the SN-Net's own run resumes: a run
+    stopped while its anchors trained alone (``--anchor-epochs``) has no main checkpoint yet."""
     run = RunDir(run_dir) if run_dir is not None else None
     main_resume = resume and run is not None and run.checkpoint.is_file()
     phase_started = run is not None and RunDir(run.training / ANCHOR_PHASE).checkpoint.is_file()
