@@ -113,13 +113,3 @@ def test_the_dense_demos_run_end_to_end(tmp_path, capsys):
         assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG" and "Pareto front" in text
         assert snnet.load(out).task.kind == task
     assert main(["demo", "--task", "depth", "--epochs", "2", "--out", str(tmp_path / "x")]) == 2
-
-
-def test_the_server_refuses_a_dense_network_in_one_line(tmp_path):
-    from families import vit_family
-    from snnet.serve.model import ServedModel
-    from snnet.task import Task
-
-    snnet.save(snnet.SNNet(vit_family(), task=Task("depth", channels=8)), tmp_path / "net")
-    with pytest.raises(ValueError, match="is a depth network: snnet serve answers classification"):
-        ServedModel.load(tmp_path / "net")

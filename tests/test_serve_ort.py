@@ -55,7 +55,7 @@ def test_each_stitch_answers_as_the_network_does(front):
         with torch.inference_mode():
             want = net(torch.stack([prep(img) for img in images]), stitch=s).softmax(-1)
         np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=0)
-        tops = backend.top_k(got, 3)
+        tops = [a["top"] for a in backend.answers(got, 3)]
         assert [t["index"] for t in tops[0]] == want[0].topk(3).indices.tolist()
     with pytest.raises(ValueError, match="holds the stitches"):
         backend.check("0:3-1:4")

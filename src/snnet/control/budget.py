@@ -39,11 +39,12 @@ class BudgetController:
         results: Results,
         *,
         cost: str = "latency_ms",
-        metric: str = "top1",
+        metric: str | None = None,
         adapt: bool = False,
         smoothing: float = 0.2,
     ) -> None:
         results.check_network(net)
+        metric = metric or results.metric  # the task's: top1, miou or absrel
         self.net, self.results, self.cost, self.metric = net, results, cost, metric
         self.front: list[Record] = results.pareto(cost, metric, complete=True)
         self._costs = [getattr(r, cost) for r in self.front]

@@ -22,7 +22,7 @@ from snnet.control.queueing import QueueModel
 from snnet.control.rate import ArrivalRate
 from snnet.control.window import TimeWindow, percentile
 from snnet.measure.pareto import pareto_front
-from snnet.measure.results import Record, Results
+from snnet.measure.results import FIELDS, Record, Results
 from snnet.stitch import Stitch
 
 #: Window statistics (observed p99s, the overhead quantile, the observed throughput) are at most
@@ -52,7 +52,8 @@ def slo_front(results: Results, full_ms: Mapping[Stitch, float], metric: str) ->
     if not results.missing("gmacs"):
         by_macs = {r.stitch for r in results.pareto("gmacs", metric)}
         front = [r for r in front if r.stitch in by_macs] or front
-    return pareto_front(front, lambda r: full_ms[r.stitch], lambda r: getattr(r, metric))
+    sign = 1.0 if FIELDS[metric].better == "higher" else -1.0  # absrel: lower is better
+    return pareto_front(front, lambda r: full_ms[r.stitch], lambda r: sign * getattr(r, metric))
 
 
 class SloController:
@@ -82,8 +83,9 @@ class SloController:
         *,
         batch_ms: Mapping[Stitch, float] | None = None,
         one_ms: Mapping[Stitch, float] | None = None,
-        metric: str = "top1",
+        metric: str | None = None,
     ) -> None:
+        metric = metric or results.metric  # the task's: top1, miou or absrel
         self.policy = policy
         b = policy.max_batch
         full = {

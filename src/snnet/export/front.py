@@ -73,6 +73,12 @@ def export_front(
         >>> results = Results.load("runs/demo/results.json")
         >>> export_front(net, "deploy/front", ["onnx", "safetensors"], results=results)
     """
+    if net.task.dense:  # the front's graph switches classification stitches only
+        raise ValueError(
+            f"a front artifact holds classification stitches; this is a {net.task.kind} "
+            "network: export its stitches one at a time (snnet export RUN --stitch S), or serve "
+            "it with snnet serve RUN"
+        )
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"unknown export format {bad[0]!r}; choose from {', '.join(FORMATS)}")

@@ -296,6 +296,7 @@ class Routes:
             "source": m.source,
             "preprocess": m.preprocess_json(),
             "classes": list(m.classes),
+            "metric": m.results.metric,  # what the front ranks: top1, miou or absrel
         }
 
     async def set_stitch(self, request: Request) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 The batcher, the app, the controller and the Ray deployment never touch tensors: they hand a
 backend per-image inputs it made (:meth:`Backend.pixels`) and get back per-image probabilities
-it can rank (:meth:`Backend.top_k`). :class:`~snnet.serve.model.ServedModel` is the torch
+it turns into each image's answer (:meth:`Backend.answers`: the top classes, or a dense
+network's label or depth map as a PNG). :class:`~snnet.serve.model.ServedModel` is the torch
 backend and :class:`~snnet.serve.ort.OrtBackend` the ONNX Runtime one (an exported front,
 served without torch); another runtime slots in by offering the same members, and
 :func:`load_backend` picks one for a directory.
@@ -62,11 +63,12 @@ class Backend(Protocol):
         normalised: that is done per batch)."""
 
     def run(self, pixels: Sequence[Any], stitch: Stitch) -> Sequence[Any]:
-        """Class probabilities of ``stitch``, one row per image of ``pixels`` (called on the
-        replica's worker thread)."""
+        """The output of ``stitch``, one row per image of ``pixels`` (called on the replica's
+        worker thread): class probabilities, or a dense network's label or depth map."""
 
-    def top_k(self, probs: Sequence[Any], k: int) -> list[list[dict[str, Any]]]:
-        """The ``k`` most probable classes (``index``, ``label``, ``prob``) of each row."""
+    def answers(self, rows: Sequence[Any], k: int) -> list[dict[str, Any]]:
+        """Each row's answer fields: ``top``, the ``k`` most probable classes (``index``,
+        ``label``, ``prob``), or a dense network's map (:mod:`snnet.serve.maps`)."""
 
     def prepare(self, stitches: Iterable[Stitch], *, max_batch: int) -> list[Stitch]:
         """Get ``stitches`` ready to run fast (trace, compile, warm up) for batches of up to

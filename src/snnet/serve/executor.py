@@ -74,7 +74,7 @@ class Item:
 class Prediction:
     """The answer for one image."""
 
-    probs: Any  # one row of Backend.run: (classes,)
+    probs: Any  # one row of Backend.run: (classes,), or a dense network's (H, W) map
     stitch: Stitch
     batch_size: int
     queue_ms: float  # queue entry to the start of compute

@@ -24,6 +24,7 @@ from snnet.measure.results import Record, Results
 from snnet.network import SNNet
 from snnet.rundir import RunDir
 from snnet.serialize import load, read_config
+from snnet.serve.maps import depth_answer, label_answer
 from snnet.sources import from_zoo
 from snnet.stitch import Stitch
 
@@ -44,7 +45,10 @@ def preprocessing(net: SNNet, config: dict[str, Any]) -> Preprocess:
 
 
 def class_names(net: SNNet, config: dict[str, Any], num_classes: int) -> tuple[str, ...]:
-    """Names of the classes when the dataset is known, else ``class_0``, ``class_1``, ..."""
+    """Names of the classes when the dataset is known, else ``class_0``, ``class_1``, ...
+    (none for depth)."""
+    if num_classes == 0:
+        return ()
     names = (config.get("data") or {}).get("classes")
     if names and len(names) == num_classes:
         return tuple(names)
@@ -87,7 +91,7 @@ class ServedModel:
         self.source = source
         self.device = next(net.parameters()).device
         self.traced: dict[Stitch, Callable[[torch.Tensor], torch.Tensor]] = {}  # see trace()
-        self.front: list[Record] = results.pareto("latency_ms", "top1")
+        self.front: list[Record] = results.pareto("latency_ms", net.task.metric)
         if not self.front:
             raise ValueError("no stitch has both latency and top-1 measured")
 
@@ -111,11 +115,6 @@ class ServedModel:
         run = RunDir.find(path)
         config = read_config(run.model)
         net = load(run.model, map_location=device).eval()
-        if net.task.dense:
-            raise ValueError(
-                f"{path} is a {net.task.kind} network: snnet serve answers classification only "
-                "for now; deploy a stitch with `snnet export` (ONNX, safetensors)"
-            )
         res_path = Path(results) if results else run.results
         if not res_path.is_file():
             raise FileNotFoundError(
@@ -124,9 +123,10 @@ class ServedModel:
             )
         res = Results.load(res_path)
         res.check_network(net)
-        if res.missing("top1"):
+        metric = net.task.metric
+        if res.missing(metric):
             raise ValueError(
-                f"{res_path} lacks top-1 for {len(res.missing('top1'))} stitches: run "
+                f"{res_path} lacks {metric} for {len(res.missing(metric))} stitches: run "
                 f"`snnet evaluate {path}` first"
             )
         measured_on = (res.meta.get("latency") or {}).get("device")
@@ -148,9 +148,11 @@ class ServedModel:
                 lambda n, r: measure_latency(n, r, repeats=20, warmup=3, settle_s=1, progress=False)
             )
             res = measure(net, res)
-        with torch.inference_mode():
-            probe = torch.zeros(1, *net.anchors[0].input_size, device=device)
-            num_classes = int(net(probe).shape[-1])
+        num_classes = net.task.num_classes or 0  # segmentation's; depth has none
+        if not net.task.dense:
+            with torch.inference_mode():
+                probe = torch.zeros(1, *net.anchors[0].input_size, device=device)
+                num_classes = int(net(probe).shape[-1])
         return cls(
             net,
             res,
@@ -215,9 +217,10 @@ class ServedModel:
         return out
 
     def predict(self, pixels: torch.Tensor, stitch: Stitch) -> torch.Tensor:
-        """Class probabilities (B, classes, on the CPU) of ``stitch`` on a batch of uint8
-        pixels (``preprocess.pixels`` of each image, stacked), normalised here, on the device:
-        one elementwise pass per batch instead of one per image on the event loop."""
+        """Class probabilities (B, classes, on the CPU; a dense network: its (B, H, W) label
+        or depth maps) of ``stitch`` on a batch of uint8 pixels (``preprocess.pixels`` of each
+        image, stacked), normalised here, on the device: one elementwise pass per batch instead
+        of one per image on the event loop."""
         run = self.traced.get(stitch) or self._eager(stitch)
         with torch.inference_mode():  # .to and .cpu return the tensor itself when it is there
             return run(pixels.to(self.device, non_blocking=True)).cpu()
@@ -226,12 +229,18 @@ class ServedModel:
         """uint8 pixels -> probabilities on ``stitch``, as a plain function: tracing a function
         records the parameters it reads as references (a module would be mirrored, all 800-odd
         submodules of every anchor, far slower to trace)."""
-        net, normalize = self.net, self.preprocess.normalize
+        net, normalize, kind = self.net, self.preprocess.normalize, self.net.task.kind
 
         def probabilities(pixels: torch.Tensor) -> torch.Tensor:
             return net(normalize(pixels), stitch=stitch).float().softmax(dim=-1)
 
-        return probabilities
+        def labels(pixels: torch.Tensor) -> torch.Tensor:  # (B, H, W) class indices
+            return net(normalize(pixels), stitch=stitch).argmax(dim=1).to(torch.uint8)
+
+        def depth(pixels: torch.Tensor) -> torch.Tensor:  # (B, H, W) metres
+            return net(normalize(pixels), stitch=stitch).float()
+
+        return {"segmentation": labels, "depth": depth}.get(kind, probabilities)
 
     # -- the Backend contract -------------------------------------------------------------------
     def check(self, stitch: Stitch | str) -> Stitch:
@@ -268,11 +277,22 @@ class ServedModel:
         """torch's intra-op threads (a setting of the calling thread)."""
         torch.set_num_threads(threads)
 
-    def top_k(self, probs: Sequence[torch.Tensor], k: int) -> list[list[dict[str, Any]]]:
-        """The ``k`` most probable classes of each row of ``probs`` (rows of :meth:`run`)."""
-        probs = probs if isinstance(probs, torch.Tensor) else torch.stack(list(probs))
+    def answers(self, rows: Sequence[torch.Tensor], k: int) -> list[dict[str, Any]]:
+        """Each row of :meth:`run` as its answer: the ``k`` most probable classes, or a dense
+        network's label or depth map as a PNG (:mod:`snnet.serve.maps`)."""
+        kind = self.net.task.kind
+        if kind == "segmentation":
+            return [label_answer(r.numpy(), self.classes) for r in rows]
+        if kind == "depth":
+            return [depth_answer(r.numpy()) for r in rows]
+        probs = rows if isinstance(rows, torch.Tensor) else torch.stack(list(rows))
         values, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)
         return [
-            [{"index": i, "label": self.classes[i], "prob": v} for v, i in zip(vs, ix, strict=True)]
+            {
+                "top": [
+                    {"index": i, "label": self.classes[i], "prob": v}
+                    for v, i in zip(vs, ix, strict=True)
+                ]
+            }
             for vs, ix in zip(values.tolist(), indices.tolist(), strict=True)
         ]

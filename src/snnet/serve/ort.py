@@ -162,13 +162,14 @@ class OrtBackend:
         e = np.exp(logits - logits.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
 
-    def top_k(self, probs: Sequence[np.ndarray], k: int) -> list[list[dict[str, Any]]]:
-        p = np.asarray(probs if isinstance(probs, np.ndarray) else np.stack(list(probs)))
+    def answers(self, rows: Sequence[np.ndarray], k: int) -> list[dict[str, Any]]:
+        """The ``k`` most probable classes of each row of :meth:`run`."""
+        p = np.asarray(rows if isinstance(rows, np.ndarray) else np.stack(list(rows)))
         k = min(k, p.shape[-1])
         order = np.argsort(-p, axis=-1, kind="stable")[:, :k]
         return [
-            [{"index": int(i), "label": self.classes[i], "prob": float(row[i])} for i in ix]
-            for row, ix in zip(p, order, strict=True)
+            {"top": [{"index": int(i), "label": self.classes[i], "prob": float(r[i])} for i in ix]}
+            for r, ix in zip(p, order, strict=True)
         ]
 
     def prepare(self, stitches: Iterable[Stitch], *, max_batch: int) -> list[Stitch]:

@@ -120,22 +120,23 @@ def answer(
     top_k: int,
     latency_ms: Callable[[], float],
 ) -> dict[str, Any]:
-    """The JSON answer: top-k classes per image, the stitch that ran and the latency
-    (``latency_ms()`` is called last, once the rest of the answer is built)."""
-    tops = backend.top_k([p.probs for p in preds], top_k)
+    """The JSON answer: top-k classes per image (a dense network: its map), the stitch that
+    ran and the latency (``latency_ms()`` is called last, once the rest of the answer is
+    built)."""
+    answers = backend.answers([p.probs for p in preds], top_k)
     stitches = {stitch_name(p.stitch) for p in preds}
     body = {
         "stitch": stitches.pop() if len(stitches) == 1 else None,
         "latency_ms": None,
         "predictions": [
             {
-                "top": top,
+                **fields,
                 "stitch": stitch_name(p.stitch),
                 "batch_size": p.batch_size,
                 "queue_ms": round(p.queue_ms, 3),
                 "compute_ms": round(p.compute_ms, 3),
             }
-            for top, p in zip(tops, preds, strict=True)
+            for fields, p in zip(answers, preds, strict=True)
         ],
     }
     body["latency_ms"] = round(latency_ms(), 3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from snnet.measure.results import Record
+from snnet.measure.results import FIELDS, Record
 from snnet.serve.backend import Backend
 from snnet.serve.errors import ServeError
 from snnet.stitch import Stitch
@@ -56,7 +56,9 @@ def resolve_want(
             f"cheapest is '{cheapest.stitch}' ({cheapest.gmacs:.4g} GMACs, "
             f"{cheapest.latency_ms * slowdown:.3g} ms now)",
         )
-    return Want(cap=max(rows, key=lambda r: (r.top1, -r.latency_ms)))
+    metric = backend.results.metric
+    sign = 1.0 if FIELDS[metric].better == "higher" else -1.0  # absrel: lower is better
+    return Want(cap=max(rows, key=lambda r: (sign * getattr(r, metric), -r.latency_ms)))
 
 
 def stitch_for(backend: Backend, want: Want, chosen: Stitch) -> Stitch:

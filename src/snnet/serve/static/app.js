@@ -97,29 +97,32 @@ function legend(ctx, items) {
   }
 }
 
+const METRIC_TITLES = { top1: "top-1 accuracy (%)", miou: "mIoU (%)", absrel: "AbsRel (lower is better)" };
+
 function drawPareto(current) {
   const canvas = document.getElementById("pareto");
   const { ctx, w, h } = setup(canvas);
-  const rows = stitches.stitches.filter((r) => r.latency_ms !== null && r.top1 !== null);
-  const xs = rows.map((r) => r.latency_ms), ys = rows.map((r) => r.top1);
+  const m = stitches.metric || "top1";  // top1, miou or absrel
+  const rows = stitches.stitches.filter((r) => r.latency_ms !== null && r[m] !== null);
+  const xs = rows.map((r) => r.latency_ms), ys = rows.map((r) => r[m]);
   const xpad = (Math.max(...xs) - Math.min(...xs)) * 0.05 || 0.01, ypad = (Math.max(...ys) - Math.min(...ys)) * 0.08 || 0.5;
   const { X, Y } = axes(ctx, w, h,
     { lo: Math.max(0, Math.min(...xs) - xpad), hi: Math.max(...xs) + xpad, title: "latency of one image (ms)" },
-    { lo: Math.min(...ys) - ypad, hi: Math.max(...ys) + ypad, title: "top-1 accuracy (%)" });
+    { lo: Math.min(...ys) - ypad, hi: Math.max(...ys) + ypad, title: METRIC_TITLES[m] || m });
   ctx.fillStyle = COLORS.other;
-  for (const r of rows) { ctx.beginPath(); ctx.arc(X(r.latency_ms), Y(r.top1), 2.5, 0, 7); ctx.fill(); }
+  for (const r of rows) { ctx.beginPath(); ctx.arc(X(r.latency_ms), Y(r[m]), 2.5, 0, 7); ctx.fill(); }
   ctx.strokeStyle = COLORS.front; ctx.lineWidth = 1.5; ctx.beginPath();
-  stitches.front.forEach((r, i) => (i ? ctx.lineTo : ctx.moveTo).call(ctx, X(r.latency_ms), Y(r.top1)));
+  stitches.front.forEach((r, i) => (i ? ctx.lineTo : ctx.moveTo).call(ctx, X(r.latency_ms), Y(r[m])));
   ctx.stroke(); ctx.lineWidth = 1;
   ctx.fillStyle = COLORS.front;
-  for (const r of stitches.front) { ctx.beginPath(); ctx.arc(X(r.latency_ms), Y(r.top1), 4, 0, 7); ctx.fill(); }
+  for (const r of stitches.front) { ctx.beginPath(); ctx.arc(X(r.latency_ms), Y(r[m]), 4, 0, 7); ctx.fill(); }
   legend(ctx, [["Pareto front", COLORS.front], ["running stitch", COLORS.slo]]);
   const cur = rows.find((r) => r.stitch === current);
   if (cur) {
     ctx.strokeStyle = COLORS.slo; ctx.fillStyle = COLORS.slo; ctx.lineWidth = 3;
-    ctx.beginPath(); ctx.arc(X(cur.latency_ms), Y(cur.top1), 8, 0, 7); ctx.stroke(); ctx.lineWidth = 1;
+    ctx.beginPath(); ctx.arc(X(cur.latency_ms), Y(cur[m]), 8, 0, 7); ctx.stroke(); ctx.lineWidth = 1;
     ctx.font = "bold " + FONT; ctx.textAlign = X(cur.latency_ms) > w / 2 ? "right" : "left";
-    ctx.fillText(current, X(cur.latency_ms) + (ctx.textAlign === "right" ? -12 : 12), Y(cur.top1) - 10);
+    ctx.fillText(current, X(cur.latency_ms) + (ctx.textAlign === "right" ? -12 : 12), Y(cur[m]) - 10);
     ctx.font = FONT; ctx.textAlign = "left";
   }
   canvas.dataset.highlighted = current;

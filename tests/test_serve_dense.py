@@ -1,0 +1,89 @@
+"""`snnet serve` on dense networks over real HTTP: a segmentation network answers each image
+with its label map as a PNG, a depth network with a 16-bit PNG in millimetres, both equal to
+the network's own output for the stitch the answer names; the front and the SLO rank stitches
+by the task's metric in its direction (AbsRel: lower is better)."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import snnet
+from snnet.data.anchors import network_preprocessing
+from snnet.measure.results import Results
+from snnet.serve.maps import decode_png
+from snnet.task import Task
+from test_serve import AUTH, KEY, Server, png, predict
+
+
+def dense_run(path, task: Task):
+    """The demo anchors with a shared ``task`` head (random init), and results in which the
+    metric improves with GMACs (AbsRel falls), so the latency front is every stitch."""
+    anchors, options = snnet.resolve_anchors("fmnist")
+    torch.manual_seed(0)
+    net = snnet.SNNet(anchors, task=task, **options).eval()
+    snnet.save(net, path / "model")
+    res = Results.for_network(net)
+    for r in res:
+        quality = 40 + 800 * r.gmacs
+        metric = {"miou": quality} if task.kind == "segmentation" else {"absrel": 1 / quality}
+        res.update(r.stitch, latency_ms=0.3 + 300 * r.gmacs, **metric)
+    res.save(path / "results.json")
+    return path, net
+
+
+def expected(net, stitch: str, image: bytes) -> torch.Tensor:
+    pre = network_preprocessing(net)
+    x = pre.normalize(pre.pixels(Image.open(io.BytesIO(image)))[None])
+    with torch.no_grad():
+        return net(x, stitch=stitch)
+
+
+@pytest.mark.parametrize("kind", ["segmentation", "depth"])
+def test_a_dense_server_answers_with_the_networks_map(tmp_path, kind):
+    task = Task(kind, num_classes=3 if kind == "segmentation" else None, channels=8)
+    run, net = dense_run(tmp_path / "run", task)
+    server = Server(run, "--slo-ms", "500", "--api-key", KEY, log=tmp_path / "server.log")
+    try:
+        stitches = httpx.get(f"{server.url}/v1/stitches", headers=AUTH, timeout=30).json()
+        assert stitches["metric"] == task.metric
+        # every stitch is on the front when the metric is read in its direction
+        assert len(stitches["front"]) == len(net.stitches)
+        image = png(seed=3)
+        r = predict(server.url, image)
+        assert r.status_code == 200, r.text
+        [answer] = r.json()["predictions"]
+        out = expected(net, answer["stitch"], image)[0]
+        if kind == "segmentation":
+            labels = decode_png(answer["mask"])
+            assert labels.dtype == np.uint8 and labels.shape == (28, 28)
+            want = out.argmax(0).numpy()
+            assert (labels == want).mean() > 0.999  # a traced forward may round a near-tie apart
+            shares = {c["index"]: c["share"] for c in answer["classes"]}
+            assert shares == {
+                int(i): pytest.approx((want == i).mean(), abs=1e-4) for i in np.unique(want)
+            }
+        else:
+            mm = decode_png(answer["depth"])
+            assert mm.dtype == np.uint16 and mm.shape == (28, 28) and answer["units"] == "mm"
+            want = np.rint(out.numpy() * 1000)
+            assert np.abs(mm.astype(np.int64) - want).max() <= 1
+        # a stitch asked for by name is the one that runs
+        r = predict(server.url, image, stitch="0")
+        assert r.json()["predictions"][0]["stitch"] == "0"
+    finally:
+        server.stop()
+
+
+def test_a_front_artifact_refuses_a_dense_network_in_one_line(tmp_path):
+    from families import vit_family
+    from snnet.export.front import export_front
+
+    net = snnet.SNNet(vit_family(), task=Task("depth", channels=8))
+    with pytest.raises(ValueError, match="a front artifact holds classification stitches"):
+        export_front(net, tmp_path / "front", stitches=["0", "1"])
