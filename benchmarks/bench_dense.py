@@ -8,7 +8,8 @@ Per seed:
      path sampled), for
        (a) as many steps as its own path got in the SN-Net (counted in the demo's steps.csv), and
        (b) as many steps as the whole SN-Net run,
-     then scored on the same 2,000 test canvases: its "standalone" mIoU;
+     then scored on the same 2,000 test canvases: its "standalone" mIoU ((b) with
+     ``--all-steps`` only: three more runs as long as the demo);
   3. the goals: each anchor inside the SN-Net within 1 point of standalone; the anchors' mIoU
      spread >= 3 points; >= 10 stitches on the mIoU/GMACs front; the front's stitches on average
      within 1.5 points of the straight line, in log GMACs, between their two anchors' standalone
@@ -20,9 +21,11 @@ The timed parts (the demo, the one-pass ratio) run under the shared benchmark lo
 and let go between them, so other benchmarks wait minutes, not the hour the whole takes; the
 standalone runs measure mIoU only. Every time comes with the load average around it:
 
-    .venv/bin/python benchmarks/bench_dense.py [--seeds 0 1 2]
+    .venv/bin/python benchmarks/bench_dense.py [--seeds 0 1 2] [--all-steps]
 
-Writes benchmarks/results/dense.json and prints the figures.
+Writes benchmarks/results/dense.json and prints the figures. Each finished seed is kept in
+runs/bench-dense/seedS.json (written whole, then renamed): a stopped benchmark, run again, goes
+on from the first seed not finished (that seed's demo starts anew, so its time is whole).
 """
 
 from __future__ import annotations
@@ -33,10 +36,10 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -62,6 +65,7 @@ from snnet.train.loop import LoopOptions, run_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "dense.json"
+WORK = ROOT / "runs" / "bench-dense"
 DEMO_LIMIT_S = 600
 
 
@@ -168,9 +172,10 @@ def one_pass_ratio(net: snnet.SNNet, test) -> dict:
     }
 
 
-def one_seed(settings: DenseDemoSettings, work: Path) -> dict:
+def one_seed(settings: DenseDemoSettings, work: Path, all_steps: bool) -> dict:
     seed = settings.seed
-    out = work / f"demo-seed{seed}"
+    out = work / f"demo-seed{seed}-steps{settings.steps}"
+    shutil.rmtree(out, ignore_errors=True)  # a demo resumed would not be timed whole
     demo = run_demo(out, settings)
     results = Results.load(RunDir(out).results)
     net = snnet.load(out)
@@ -182,7 +187,11 @@ def one_seed(settings: DenseDemoSettings, work: Path) -> dict:
     total = settings.steps
     t = time.perf_counter()
     alone_own = [standalone(settings, i, n, data, data.val) for i, n in enumerate(own)]
-    alone_all = [standalone(settings, i, total, data, data.val) for i in range(len(anchors))]
+    alone_all = (
+        [standalone(settings, i, total, data, data.val) for i in range(len(anchors))]
+        if all_steps
+        else None
+    )
     front = results.pareto("gmacs", "miou")
     return {
         "seed": seed,
@@ -196,7 +205,7 @@ def one_seed(settings: DenseDemoSettings, work: Path) -> dict:
         "front": [str(r.stitch) for r in front],
         "front_size": len(front),
         "deviation_own_steps": line_deviation(results, alone_own),
-        "deviation_all_steps": line_deviation(results, alone_all),
+        "deviation_all_steps": line_deviation(results, alone_all) if all_steps else None,
         "one_pass": one_pass_ratio(net, data.val),
         "load_end": load(),
     }
@@ -219,6 +228,8 @@ def goals(runs: list[dict]) -> dict:
         }
 
     for which in ("own_steps", "all_steps"):
+        if any(r[f"standalone_{which}"] is None for r in runs):
+            continue
         diffs = [
             [a - b for a, b in zip(r["anchors_snnet"], r[f"standalone_{which}"], strict=True)]
             for r in runs
@@ -247,13 +258,24 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--steps", type=int, default=DenseDemoSettings().steps, help="a quick look")
+    p.add_argument(
+        "--all-steps", action="store_true", help="also each anchor alone for the demo's steps"
+    )
+    p.add_argument("--work", type=Path, default=WORK, help="where runs and finished seeds stay")
     args = p.parse_args()
     started = {"load": load(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     runs = []
-    with tempfile.TemporaryDirectory(prefix="snnet-bench-dense-") as work:
-        for seed in args.seeds:
-            runs.append(one_seed(DenseDemoSettings(seed=seed, steps=args.steps), Path(work)))
-            print(json.dumps(runs[-1]), flush=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        done = args.work / f"seed{seed}-steps{args.steps}{'-all' if args.all_steps else ''}.json"
+        if done.is_file():
+            runs.append(json.loads(done.read_text()))
+            print(f"seed {seed}: finished earlier ({done})", flush=True)
+            continue
+        settings = DenseDemoSettings(seed=seed, steps=args.steps)
+        runs.append(one_seed(settings, args.work, args.all_steps))
+        atomic_write(done, lambda f, r=runs[-1]: json.dump(r, f, indent=2))
+        print(json.dumps(runs[-1]), flush=True)
     report = {
         "settings": asdict(DenseDemoSettings(steps=args.steps)),
         "cpus": os.cpu_count(),
