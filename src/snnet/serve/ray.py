@@ -40,6 +40,7 @@ from snnet.serve.errors import ServeError
 from snnet.serve.executor import BatchExecutor, Item, Prediction, tune_interpreter
 from snnet.serve.predict import answer, decode_request, read_request
 from snnet.serve.settings import ServeSettings
+from snnet.threads import usable_cores
 
 #: Keys of ``build``'s arguments that place replicas; every other key is a ServeSettings field.
 REPLICA_KEYS = ("run", "num_replicas", "min_replicas", "max_replicas")
@@ -120,7 +121,7 @@ def split_args(args: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any
     run = str(args.pop("run"))
     replicas: dict[str, Any] = {}
     if "min_replicas" in args or "max_replicas" in args:
-        lo, hi = int(args.pop("min_replicas", 1)), int(args.pop("max_replicas", os.cpu_count()))
+        lo, hi = int(args.pop("min_replicas", 1)), int(args.pop("max_replicas", usable_cores()))
         replicas["autoscaling_config"] = {
             "min_replicas": lo,
             "max_replicas": hi,
