@@ -348,7 +348,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from snnet.files import atomic_write
 
-    report = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    report = {}
     if args.part in ("preprocessing", "all"):
         name = args.name or "preprocessing"
         report[name] = preprocessing(args.seeds, args.jobs, args.epochs, args.recipe, name)
@@ -371,6 +371,8 @@ def main() -> None:
     for part in report.values():
         for run in part.get("runs", []):
             run.pop("stdout", None)
+    # parts written meanwhile by another run of this script are kept
+    report = {**(json.loads(OUT.read_text()) if OUT.is_file() else {}), **report}
     atomic_write(OUT, lambda f: json.dump(report, f, indent=2))
     print(f"wrote {OUT}")
 
