@@ -24,8 +24,9 @@ standalone runs measure mIoU only. Every time comes with the load average around
     .venv/bin/python benchmarks/bench_dense.py [--seeds 0 1 2] [--all-steps]
 
 Writes benchmarks/results/dense.json and prints the figures. Each finished seed is kept in
-runs/bench-dense/seedS.json (written whole, then renamed): a stopped benchmark, run again, goes
-on from the first seed not finished (that seed's demo starts anew, so its time is whole).
+runs/bench-dense/seedS-stepsN.json (written whole, then renamed): a stopped benchmark, run again,
+goes on from the first seed not finished (that seed's demo starts anew, so its time is whole);
+``--all-steps`` on finished seeds runs only the longer baseline.
 """
 
 from __future__ import annotations
@@ -172,42 +173,58 @@ def one_pass_ratio(net: snnet.SNNet, test) -> dict:
     }
 
 
-def one_seed(settings: DenseDemoSettings, work: Path, all_steps: bool) -> dict:
+def demo_data(out: Path):
+    """The demo run's network and its data (the canvases the demo trained and scored on)."""
+    net = snnet.load(out)
+    config = resolve_preprocessing(net.anchors).config
+    return net, resolve_data(CANVAS, config, task=net.task)
+
+
+def one_seed(settings: DenseDemoSettings, work: Path) -> dict:
     seed = settings.seed
     out = work / f"demo-seed{seed}-steps{settings.steps}"
     shutil.rmtree(out, ignore_errors=True)  # a demo resumed would not be timed whole
     demo = run_demo(out, settings)
     results = Results.load(RunDir(out).results)
-    net = snnet.load(out)
+    net, data = demo_data(out)
     anchors = [results[str(i)].miou for i in range(len(net.anchors))]
-    config = resolve_preprocessing(net.anchors).config
-    data = resolve_data(CANVAS, config, task=net.task)
     torch.set_num_threads(1)
     own = own_steps(out, len(net.anchors))
-    total = settings.steps
     t = time.perf_counter()
     alone_own = [standalone(settings, i, n, data, data.val) for i, n in enumerate(own)]
-    alone_all = (
-        [standalone(settings, i, total, data, data.val) for i in range(len(anchors))]
-        if all_steps
-        else None
-    )
     front = results.pareto("gmacs", "miou")
     return {
         "seed": seed,
+        "run": str(out),
         "demo": demo,
         "anchors_snnet": anchors,
         "anchor_gmacs": [results[str(i)].gmacs for i in range(len(anchors))],
         "own_steps": own,
         "standalone_own_steps": alone_own,
-        "standalone_all_steps": alone_all,
+        "standalone_all_steps": None,
         "standalone_seconds": round(time.perf_counter() - t, 1),
         "front": [str(r.stitch) for r in front],
         "front_size": len(front),
         "deviation_own_steps": line_deviation(results, alone_own),
-        "deviation_all_steps": line_deviation(results, alone_all) if all_steps else None,
+        "deviation_all_steps": None,
         "one_pass": one_pass_ratio(net, data.val),
         "load_end": load(),
+    }
+
+
+def all_steps(settings: DenseDemoSettings, record: dict) -> dict:
+    """The longer baseline of a finished seed: each anchor alone for the demo's whole run."""
+    out = Path(record["run"])
+    net, data = demo_data(out)
+    torch.set_num_threads(1)
+    t = time.perf_counter()
+    alone = [
+        standalone(settings, i, settings.steps, data, data.val) for i in range(len(net.anchors))
+    ]
+    return {
+        "standalone_all_steps": alone,
+        "standalone_all_seconds": round(time.perf_counter() - t, 1),
+        "deviation_all_steps": line_deviation(Results.load(RunDir(out).results), alone),
     }
 
 
@@ -267,15 +284,18 @@ def main() -> None:
     runs = []
     args.work.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
-        done = args.work / f"seed{seed}-steps{args.steps}{'-all' if args.all_steps else ''}.json"
-        if done.is_file():
-            runs.append(json.loads(done.read_text()))
-            print(f"seed {seed}: finished earlier ({done})", flush=True)
-            continue
+        done = args.work / f"seed{seed}-steps{args.steps}.json"
         settings = DenseDemoSettings(seed=seed, steps=args.steps)
-        runs.append(one_seed(settings, args.work, args.all_steps))
-        atomic_write(done, lambda f, r=runs[-1]: json.dump(r, f, indent=2))
-        print(json.dumps(runs[-1]), flush=True)
+        if done.is_file():
+            record = json.loads(done.read_text())
+            print(f"seed {seed}: demo and standalone runs finished earlier ({done})", flush=True)
+        else:
+            record = one_seed(settings, args.work)
+        if args.all_steps and record.get("standalone_all_steps") is None:
+            record.update(all_steps(settings, record))
+        atomic_write(done, lambda f, r=record: json.dump(r, f, indent=2))
+        runs.append(record)
+        print(json.dumps(record), flush=True)
     report = {
         "settings": asdict(DenseDemoSettings(steps=args.steps)),
         "cpus": os.cpu_count(),
