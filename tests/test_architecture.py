@@ -29,7 +29,8 @@ DOCS = ROOT / "docs" / "architecture.md"
 LAYERS: list[tuple[str, list[str]]] = [
     ("Values and files", ["snnet.stitch", "snnet.presets", "snnet.files", "snnet.rundir",
                           "snnet.threads", "snnet.settings", "snnet.data.config",
-                          "snnet.artifact", "snnet.data.geometry", "snnet.task"]),
+                          "snnet.artifact", "snnet.data.geometry", "snnet.task",
+                          "snnet.lazy"]),
     ("Models", ["snnet.adapters", "snnet.adapters.*", "snnet.parts", "snnet.cost", "snnet.layers",
                 "snnet.cuts", "snnet.space", "snnet.peft", "snnet.network", "snnet.zoo",
                 "snnet.sources", "snnet.batchnorm", "snnet.lstsq", "snnet.dense",

@@ -125,12 +125,17 @@ def run_demo(
     if trained.interrupted:
         return report
     report = _evaluate(net, test, run, settings, report, device=device, progress=progress)
+    write_summary(run, report, settings, resume)
+    return report
+
+
+def write_summary(run: RunDir, report: DemoReport, settings: Any, resume: bool) -> None:
+    """``RUN/summary.json``: what training recorded there, the report and the settings."""
     summary = json.loads(run.summary.read_text()) if run.summary.is_file() else {}
     summary.update({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(report).items()})
     summary["settings"] = asdict(settings)
     summary["resumed"] = resume  # timings then cover only what this run still had to do
     atomic_write(run.summary, lambda f: json.dump(summary, f, indent=2))
-    return report
 
 
 def train_config(settings: DemoSettings) -> Any:

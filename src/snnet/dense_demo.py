@@ -9,14 +9,12 @@ evaluated in one pass -> table and plot. Like the classification demo, every sta
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from snnet.demo import DemoReport
-from snnet.files import atomic_write
+from snnet.demo import DemoReport, write_summary
 from snnet.rundir import RunDir
 
 #: Each dense demo's own run folder.
@@ -137,11 +135,7 @@ def run_dense_demo(
     if trained.interrupted:
         return report
     report = _evaluate(net, test, run, settings, report, device=device, progress=progress)
-    summary = json.loads(run.summary.read_text()) if run.summary.is_file() else {}
-    summary.update({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(report).items()})
-    summary["settings"] = asdict(settings)
-    summary["resumed"] = resume
-    atomic_write(run.summary, lambda f: json.dump(summary, f, indent=2))
+    write_summary(run, report, settings, resume)
     return report
 
 

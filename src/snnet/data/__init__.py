@@ -17,8 +17,7 @@ saved networks and read by servers) loads without torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from snnet.lazy import lazy_exports
 
 _PUBLIC = {
     "snnet.data.anchors": ("Preprocessing", "read_data_config", "resolve_preprocessing"),
@@ -36,17 +35,4 @@ _PUBLIC = {
     "snnet.data.sample": ("stratified_indices",),
     "snnet.data.sources": ("write_image_folder",),
 }
-_MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'snnet.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC, globals())

@@ -10,8 +10,7 @@ names below load on first use, so that ``snnet serve --help`` imports neither to
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from snnet.lazy import lazy_exports
 
 _PUBLIC = {
     "snnet.serve.backend": ("Backend", "load_backend"),
@@ -23,17 +22,4 @@ _PUBLIC = {
     "snnet.serve.settings": ("ServeSettings",),
     "snnet.serve.want": ("Want",),
 }
-_MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'snnet.serve' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC, globals())

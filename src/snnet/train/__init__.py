@@ -8,8 +8,7 @@ and imported on first use, so that reading the knobs (``snnet train --help``) ne
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from snnet.lazy import lazy_exports
 
 _PUBLIC = {
     "snnet.train.config": ("TrainConfig",),
@@ -17,17 +16,4 @@ _PUBLIC = {
     "snnet.train.loop": ("TrainResult", "train_loop"),
     "snnet.train.step": ("get_lr", "parameter_groups"),
 }
-_MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'snnet.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC, globals())
