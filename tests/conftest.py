@@ -27,26 +27,3 @@ def as_rgb(images: torch.Tensor, size: int) -> torch.Tensor:
         images, size=(size, size), mode="bilinear", align_corners=False
     )
     return ((x - 0.286) / 0.353).expand(-1, 3, -1, -1).contiguous()
-
-
-#: The files whose tests take longest (training runs, servers, demos), longest first. pytest-xdist
-#: (``--dist loadfile``) hands files to the workers in collection order, so these are collected
-#: first: the two workers start on the long files and end together, instead of one running a long
-#: file alone at the end while the other waits.
-LONG_FILES = (
-    "test_demo.py",
-    "test_reheading.py",
-    "test_serve_ray.py",
-    "test_digits.py",
-    "test_threads.py",
-    "test_dense_commands.py",
-    "test_serve.py",
-    "test_front.py",
-    "test_out_errors.py",
-    "test_train.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONG_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
