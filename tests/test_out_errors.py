@@ -59,13 +59,13 @@ def test_a_disk_that_fills_up_mid_run_keeps_the_last_checkpoint_and_resumes(tmp_
         while not os.path.exists(os.path.join(run, "train.json")):  # the first checkpoint
             time.sleep(0.05)
         time.sleep(0.5)
-        with open(os.path.join(MNT, "filler"), "wb") as f:  # the disk fills up
-            try:
+        try:  # the disk fills up (the run's own saves may have filled it already)
+            with open(os.path.join(MNT, "filler"), "wb") as f:
                 while True:
                     f.write(b"\\0" * (1 << 16))
                     f.flush()
-            except OSError:
-                pass
+        except OSError:
+            pass
         err = proc.communicate()[1]
         kept = json.load(open(os.path.join(run, "train.json")))
         import torch
