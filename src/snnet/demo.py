@@ -124,7 +124,12 @@ def run_demo(
     )  # fmt: skip
     if trained.interrupted:
         return report
-    report = _evaluate(net, test, run, settings, report, device=device, progress=progress)
+    report = evaluate_demo(
+        net, test, run, settings, report,
+        data_name="fashion-mnist test",
+        title="SN-Net on Fashion-MNIST: {} stitches",
+        device=device, progress=progress,
+    )  # fmt: skip
     write_summary(run, report, settings, resume)
     return report
 
@@ -157,18 +162,22 @@ def train_config(settings: DemoSettings) -> Any:
     )
 
 
-def _evaluate(
+def evaluate_demo(
     net: Any,
     test: Any,
     run: RunDir,
-    settings: DemoSettings,
+    settings: Any,
     report: DemoReport,
     *,
+    data_name: str,
+    title: str,
     device: str | None,
     progress: bool,
 ) -> DemoReport:
-    """Every stitch of the trained network on the test images, and the plot; the report with
-    what they found."""
+    """Every stitch of the trained network on the test images (``settings.eval_images`` of
+    them, drawn with ``settings.seed``), and the plot (``title``, ``{}`` taking the number of
+    stitches); the report with what they found, the anchors scored by the task's metric. Both
+    demos end with it."""
     from snnet.measure.evaluate import evaluate_all
     from snnet.measure.plot import plot_results
 
@@ -181,14 +190,15 @@ def _evaluate(
         path=run.results,
         device=device,
         progress=progress,
-        data_name="fashion-mnist test",
+        data_name=data_name,
     )
     report.seconds["evaluate every stitch"] = time.perf_counter() - t
-    plot_results(results, run.plot, title=f"SN-Net on Fashion-MNIST: {len(results)} stitches")
+    plot_results(results, run.plot, title=title.format(len(results)))
+    after = [getattr(results[str(i)], results.metric) for i in range(len(net.anchors))]
     return DemoReport(
         **{
             **asdict(report),
-            "anchors_after": [results[str(i)].top1 for i in range(len(net.anchors))],
+            "anchors_after": after,
             "pareto": [str(r.stitch) for r in results.pareto("gmacs")],
         }
     )

@@ -10,11 +10,11 @@ evaluated in one pass -> table and plot. Like the classification demo, every sta
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from snnet.demo import DemoReport, write_summary
+from snnet.demo import DemoReport, evaluate_demo, write_summary
 from snnet.rundir import RunDir
 
 #: Each dense demo's own run folder.
@@ -134,44 +134,11 @@ def run_dense_demo(
     )  # fmt: skip
     if trained.interrupted:
         return report
-    report = _evaluate(net, test, run, settings, report, device=device, progress=progress)
+    report = evaluate_demo(
+        net, test, run, settings, report,
+        data_name=f"Fashion-MNIST canvases ({settings.task}, test)",
+        title=f"SN-Net {settings.task} on Fashion-MNIST canvases: {{}} stitches",
+        device=device, progress=progress,
+    )  # fmt: skip
     write_summary(run, report, settings, resume)
     return report
-
-
-def _evaluate(
-    net: Any,
-    test: Any,
-    run: RunDir,
-    settings: DenseDemoSettings,
-    report: DemoReport,
-    *,
-    device: str | None,
-    progress: bool,
-) -> DemoReport:
-    """Every stitch on the test canvases, and the plot."""
-    from snnet.measure.evaluate import evaluate_all
-    from snnet.measure.plot import plot_results
-
-    t = time.perf_counter()
-    results = evaluate_all(
-        net,
-        test,
-        max_images=settings.eval_images,
-        seed=settings.seed,
-        path=run.results,
-        device=device,
-        progress=progress,
-        data_name=f"Fashion-MNIST canvases ({settings.task}, test)",
-    )
-    report.seconds["evaluate every stitch"] = time.perf_counter() - t
-    title = f"SN-Net {settings.task} on Fashion-MNIST canvases: {len(results)} stitches"
-    plot_results(results, run.plot, title=title)
-    metric = results.metric
-    return DemoReport(
-        **{
-            **asdict(report),
-            "anchors_after": [getattr(results[str(i)], metric) for i in range(len(net.anchors))],
-            "pareto": [str(r.stitch) for r in results.pareto("gmacs")],
-        }
-    )

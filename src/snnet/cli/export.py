@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from snnet.cli.select import add_budget_arguments, budgets
+from snnet.cli.select import add_budget_arguments, budgets, given_budgets
 from snnet.files import FORMATS
 from snnet.rundir import RunDir
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_choice(args: argparse.Namespace) -> bool:
     """Which export the options ask for (True: several stitches), or a one-line error."""
-    wanted = _limits(args)
+    wanted = given_budgets(args)
     if args.front and args.stitches is not None:
         raise ValueError("give --front or --stitches, not both")
     several = args.front or args.stitches is not None
@@ -90,19 +90,13 @@ def _check_choice(args: argparse.Namespace) -> bool:
     return several
 
 
-def _limits(args: argparse.Namespace) -> list[str]:
-    """The budget options given (a budget picks the stitch to export)."""
-    limits = ("max_gmacs", "max_params", "max_latency_ms", "min_top1", "at_least", "at_most")
-    return [k for k in limits if getattr(args, k, None) is not None]
-
-
 def _export_stitch(args: argparse.Namespace, net: SNNet, results_path: Path) -> int:
     from snnet.cli.common import load_results_for
     from snnet.export import export, export_stitch
     from snnet.measure.select import select
 
     stitch = args.stitch
-    if _limits(args):
+    if given_budgets(args):
         results = load_results_for(net, results_path, create=False)
         wanted = budgets(args, results)
         stitch = select(results, **wanted).stitch

@@ -32,6 +32,17 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
+#: The options :func:`add_budget_arguments` adds, as argparse names: limits on a cost or top-1,
+#: and a bound on the task's metric.
+LIMITS = ("max_gmacs", "max_params", "max_latency_ms", "min_top1")
+BOUNDS = ("at_least", "at_most")
+
+
+def given_budgets(args: argparse.Namespace) -> list[str]:
+    """The budget options given (a budget picks one stitch)."""
+    return [k for k in (*LIMITS, *BOUNDS) if getattr(args, k, None) is not None]
+
+
 def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-gmacs", type=float, default=None, help="budget in GMACs per image")
     p.add_argument("--max-params", type=float, default=None, help="budget in parameters")
@@ -57,8 +68,7 @@ def budgets(args: argparse.Namespace, results: Results | None = None) -> dict[st
     """The keyword arguments of :func:`snnet.measure.select.select` the options give. A bound
     that points the wrong way for the metric (``--at-most`` on mIoU) is refused; ``results``
     tells the default metric."""
-    names = ("max_gmacs", "max_params", "max_latency_ms", "min_top1")
-    out: dict[str, Any] = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    out: dict[str, Any] = {k: getattr(args, k) for k in LIMITS if getattr(args, k) is not None}
     if getattr(args, "metric", None) is not None:
         out["metric"] = args.metric
     if args.at_least is not None and args.at_most is not None:

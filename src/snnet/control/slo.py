@@ -52,7 +52,7 @@ def slo_front(results: Results, full_ms: Mapping[Stitch, float], metric: str) ->
     if not results.missing("gmacs"):
         by_macs = {r.stitch for r in results.pareto("gmacs", metric)}
         front = [r for r in front if r.stitch in by_macs] or front
-    sign = 1.0 if FIELDS[metric].better == "higher" else -1.0  # absrel: lower is better
+    sign = FIELDS[metric].sign  # absrel: lower is better
     return pareto_front(front, lambda r: full_ms[r.stitch], lambda r: sign * getattr(r, metric))
 
 

@@ -60,6 +60,12 @@ class Field:
     units: tuple[Unit, ...] = ()
     role: Literal["cost", "metric"] = "metric"
 
+    @property
+    def sign(self) -> float:
+        """``1.0`` where higher is better, ``-1.0`` where lower is: ``sign * value`` ranks
+        stitches best last, whichever way the field points."""
+        return 1.0 if self.better == "higher" else -1.0
+
     def format(self, value: float) -> str:
         """``value`` in a sentence, e.g. ``FIELDS["gmacs"].format(3.0) == "3 GMACs"``."""
         return self.prose.format(value)
@@ -282,7 +288,7 @@ class Results:
             self.require(cost)
             self.require(metric)
         rows = [r for r in self if getattr(r, cost) is not None and getattr(r, metric) is not None]
-        sign = 1.0 if FIELDS[metric].better == "higher" else -1.0
+        sign = FIELDS[metric].sign
         return pareto_front(rows, lambda r: getattr(r, cost), lambda r: sign * getattr(r, metric))
 
     # -- files --------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def resolve_want(
             f"{cheapest.latency_ms * slowdown:.3g} ms now)",
         )
     metric = backend.results.metric
-    sign = 1.0 if FIELDS[metric].better == "higher" else -1.0  # absrel: lower is better
+    sign = FIELDS[metric].sign  # absrel: lower is better
     return Want(cap=max(rows, key=lambda r: (sign * getattr(r, metric), -r.latency_ms)))
 
 
