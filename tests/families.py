@@ -13,6 +13,18 @@ from torch import nn
 import snnet
 
 
+def perturb(net: snnet.SNNet) -> None:
+    """Non-trivial stitching layers and BatchNorm statistics (seeded), so that copies, exports
+    and loads are really checked."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in net.layers.values():
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g))
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+
+
 def _timm(name: str, **kwargs) -> nn.Module:
     """Through snnet's own loader, so the anchor records how to rebuild itself."""
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import snnet
-from families import FAMILIES
+from families import FAMILIES, perturb
 from snnet import Stitch
 from snnet.cli import main
 from snnet.export import check_onnx, export, export_onnx, export_stitch, load_stitch, save_stitch
@@ -17,22 +17,11 @@ from snnet.measure.results import Results
 from snnet.measure.select import select
 
 
-def _perturb(net: snnet.SNNet) -> None:
-    """Make stitching layers and anchors non-trivial so copies and loads are really checked."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for layer in net.layers.values():
-            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g))
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-
-
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family(request):
     models = FAMILIES[request.param][0]()
     net = snnet.SNNet(models).eval()
-    _perturb(net)
+    perturb(net)
     x = torch.randn(3, *net.anchors[0].input_size, generator=torch.Generator().manual_seed(0))
     return request.param, models, net, x
 
@@ -161,7 +150,7 @@ def test_export_errors(tmp_path, monkeypatch):
 # -- command line -----------------------------------------------------------------------------
 def test_cli_latency_select_export(tmp_path, capsys):
     net = snnet.SNNet(FAMILIES["vit"][0]()).eval()
-    _perturb(net)
+    perturb(net)
     snnet.save(net, tmp_path / "net")
     args = ["--repeats", "2", "--warmup", "0", "--threads", "1", "--settle", "0", "--no-progress"]
     assert main(["latency", str(tmp_path / "net"), *args]) == 0

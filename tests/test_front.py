@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import snnet
-from families import FAMILIES
+from families import FAMILIES, perturb
 from snnet import Stitch
 from snnet.artifact import read_front_config
 from snnet.cli import main
@@ -27,20 +27,9 @@ from snnet.export.front import export_front, front_network, front_stitches
 from snnet.measure.results import Results
 
 
-def _perturb(net: snnet.SNNet) -> None:
-    """Non-trivial stitching layers and BatchNorm statistics, so copies are really checked."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for layer in net.layers.values():
-            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g))
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-
-
 def _network(name: str) -> snnet.SNNet:
     net = snnet.SNNet(FAMILIES[name][0]()).eval()
-    _perturb(net)
+    perturb(net)
     c, h, w = net.anchors[0].input_size
     net.data_config = DataConfig(c, (h, w), (0.45,) * c, (0.22,) * c)  # as training records it
     return net
