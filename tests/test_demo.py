@@ -72,47 +72,15 @@ def test_the_demo_table_file_is_what_the_demo_prints():
     assert text.startswith(expected + "\n")
 
 
-@pytest.mark.slow
-def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
-    out = tmp_path / "demo"
-    args = [
-        "demo",
-        "--out",
-        str(out),
-        "--steps",
-        "20",
-        "--eval-images",
-        "256",
-        "--quiet",
-        "--threads",
-        "1",
-    ]
-    assert main(args) == 0
-    text = capsys.readouterr().out
-    results = Results.load(out / "results.json")
-    assert len(results) == 71 and not results.missing("top1")
-    assert (out / "results.csv").is_file() and (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
-    summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["anchors_after"]) == 3 and summary["pareto"]
-    for name in demo_family_names():
-        assert name in text
-    assert str(out / "pareto.png") in text and "Pareto front" in text
-
-    # A second run finds the finished checkpoint and results: it resumes instead of redoing work.
-    mtime = (out / "results.json").stat().st_mtime_ns
-    assert main(args) == 0
-    assert Results.load(out / "results.json").records == results.records
-    assert json.loads(RunDir(out).train_record.read_text())["step"] == 20
-    assert (out / "results.json").stat().st_mtime_ns >= mtime
-    # The demo's run directory is the one layout: snnet.load and every command open it.
-    assert RunDir.find(out) == RunDir(out) and len(snnet.load(out).stitches) == len(results)
+#: A short demo: 30 steps (too few to fill the teachers' cache), evaluated on 2,600 images, so
+#: the evaluation saves its progress (every 10 batches of 256) before it ends.
+SHORT = ["--steps", "30", "--eval-images", "2600", "--quiet", "--threads", "1"]
 
 
 def _demo(out: Path, *, stop_when=None, sig=signal.SIGINT) -> subprocess.CompletedProcess:
     """``snnet demo`` (a short one) in a process; with ``stop_when(out)``, stopped by ``sig``
     as soon as that returns True."""
-    cmd = [sys.executable, "-m", "snnet", "demo", "--out", str(out), "--steps", "30"]
-    cmd += ["--eval-images", "2600", "--quiet", "--threads", "1"]
+    cmd = [sys.executable, "-m", "snnet", "demo", "--out", str(out), *SHORT]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     if stop_when is None:
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -137,10 +105,41 @@ def _training(out: Path) -> bool:
     return log.is_file() and len(log.read_text().splitlines()) > 3
 
 
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A short demo run to its end in a process, as a user runs it."""
+    out = tmp_path_factory.mktemp("whole") / "demo"
+    proc = _demo(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
 @pytest.mark.slow
-def test_a_demo_stopped_at_any_point_stops_and_the_same_command_finishes_it(tmp_path):
-    whole = _demo(tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
+def test_demo_runs_end_to_end_and_resumes(whole, capsys):
+    out, proc = whole
+    results = Results.load(out / "results.json")
+    assert len(results) == 71 and not results.missing("top1")
+    assert (out / "results.csv").is_file() and (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["anchors_after"]) == 3 and summary["pareto"]
+    for name in demo_family_names():
+        assert name in proc.stdout
+    assert str(out / "pareto.png") in proc.stdout and "Pareto front" in proc.stdout
+
+    # A second run finds the finished checkpoint and results: it resumes instead of redoing work.
+    mtime = (out / "results.json").stat().st_mtime_ns
+    assert main(["demo", "--out", str(out), *SHORT]) == 0
+    assert _table(capsys.readouterr().out) == _table(proc.stdout)
+    assert Results.load(out / "results.json").records == results.records
+    assert json.loads(RunDir(out).train_record.read_text())["step"] == 30
+    assert (out / "results.json").stat().st_mtime_ns >= mtime
+    # The demo's run directory is the one layout: snnet.load and every command open it.
+    assert RunDir.find(out) == RunDir(out) and len(snnet.load(out).stitches) == len(results)
+
+
+@pytest.mark.slow
+def test_a_demo_stopped_at_any_point_stops_and_the_same_command_finishes_it(whole, tmp_path):
+    whole_out, whole = whole
     out = tmp_path / "stopped"
     moments = [
         ("anchors scored, before least squares", lambda o: RunDir(o).summary.is_file(), "INT"),
@@ -158,5 +157,5 @@ def test_a_demo_stopped_at_any_point_stops_and_the_same_command_finishes_it(tmp_
     again = _demo(out)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _table(again.stdout).replace(str(out), "OUT") == _table(whole.stdout).replace(
-        str(tmp_path / "whole"), "OUT"
+        str(whole_out), "OUT"
     )

@@ -182,6 +182,25 @@ def test_onnx_of_a_dense_stitch_agrees_with_the_network_within_1e_5(kind, tmp_pa
     assert float((torch.from_numpy(got) - want).abs().max()) <= 1e-5
 
 
+@pytest.mark.parametrize("kind", TASKS)
+def test_a_dense_front_is_one_program_that_computes_the_network(kind, tmp_path):
+    """(Its ONNX graph, served: tests/test_serve_dense.py.)"""
+    from snnet.artifact import read_front_config
+    from snnet.export.front import export_front
+
+    net = snnet.SNNet(FAMILIES["vit"][0](), task=TASKS[kind]).eval()
+    stitches = ["0:1-1:2", "1"]
+    export_front(net, tmp_path, ["pt2"], stitches=stitches, atol=1e-5)
+    config = read_front_config(tmp_path)
+    assert [r["stitch"] for r in config["stitches"]] == stitches and config["task"]["kind"] == kind
+    assert len(config["checked"]["pt2"]) == 2 and max(config["checked"]["pt2"]) <= 1e-5
+    [output] = config["outputs"]
+    assert output["name"] == ("logits" if kind == "segmentation" else "depth")
+    assert output["shape"] == (
+        ["batch", 5, 32, 32] if kind == "segmentation" else ["batch", 32, 32]
+    )
+
+
 def test_a_route_that_misses_a_level_is_refused_when_the_network_is_built(monkeypatch):
     import snnet.dense.head as head
 

@@ -1,8 +1,8 @@
 """A user's own image folder, end to end: scikit-learn's 8×8 digits rendered as 32×32 PNGs into
 ``train/`` + ``val/`` class folders, two random-init ViT anchors (DeiT-Ti/S widths at 32 px).
 
-``snnet train --data ROOT`` must train as well as the same recipe through the Python API, and two
-identical CLI runs must give identical weights.
+``snnet train --data ROOT`` must give the weights the same recipe gives through the Python API,
+and train them well.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from PIL import Image
 
 import snnet
 from snnet.data import resolve_data, resolve_preprocessing
-from snnet.measure.evaluate import evaluate_all
 from snnet.measure.results import Results
 from snnet.train import TrainConfig, fit
 
@@ -104,7 +103,7 @@ def _mean_stitch_top1(results: Results, net: snnet.SNNet) -> float:
 
 
 def test_cli_trains_a_digits_folder_like_the_python_api(digits, anchors, tmp_path):
-    # The CLI (two identical commands giving identical weights: tests/test_reheading.py).
+    # The CLI (two identical commands give identical weights: tests/test_reheading.py).
     _train_cli(anchors, digits, tmp_path / "cli")
     _cli("evaluate", str(tmp_path / "cli"), "--data", str(digits), "--threads", "1")
     first = snnet.load(tmp_path / "cli")
@@ -112,21 +111,20 @@ def test_cli_trains_a_digits_folder_like_the_python_api(digits, anchors, tmp_pat
     assert cli.meta["accuracy"]["images"] == len(list((digits / "val").rglob("*.png")))  # 355
     assert "val" in cli.meta["accuracy"]["data"]
 
-    # The same recipe through the Python API.
+    # The same recipe through the Python API gives the very same weights.
     found, options = snnet.resolve_anchors(anchors, img_size=32, num_classes=10)
     net = snnet.SNNet(found, **options)
     data = resolve_data(digits, resolve_preprocessing(net.anchors).config)
     assert data.config.augment.kind == "none"  # small grey images: no augmentation
     fit(net, data, CONFIG, ls_init=LS_INIT, progress=False)
-    held_out = resolve_data(digits, net.data_config, split="eval").val
-    api = evaluate_all(net, held_out, progress=False)
+    assert first.state_dict().keys() == net.state_dict().keys()
+    for k, v in net.state_dict().items():
+        assert torch.equal(first.state_dict()[k], v), k
 
     # The preprocessing training used was saved with the network, classes included.
     assert first.data_config == net.data_config
     assert first.data_config.classes == tuple(str(d) for d in range(10))
-    cli_mean, api_mean = _mean_stitch_top1(cli, first), _mean_stitch_top1(api, net)
+    cli_mean = _mean_stitch_top1(cli, first)
     anchors_top1 = [cli[str(i)].top1 for i in range(len(first.anchors))]
-    print(f"\ndigits: mean stitch top-1 CLI {cli_mean:.2f} %, Python API {api_mean:.2f} %; ")
-    print(f"anchors (CLI) {anchors_top1}")
-    assert abs(cli_mean - api_mean) <= 1.0
+    print(f"\ndigits: mean stitch top-1 {cli_mean:.2f} %; anchors {anchors_top1}")
     assert cli_mean > 50.0  # ten classes: chance is 10 %

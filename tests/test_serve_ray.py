@@ -28,7 +28,7 @@ def ray_app(tmp_path_factory):
 
     from snnet.serve.ray import build
 
-    run = make_run(tmp_path_factory.mktemp("ray") / "run")
+    run = make_run(tmp_path_factory.mktemp("ray") / "run", front=["0", "0:5-1:6", "1", "2"])
     env = {"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     ray.init(
         num_cpus=4,  # logical: two applications of two replicas, one CPU each

@@ -11,18 +11,22 @@ exported (``model.onnx``, ``model.pt2``, ``model.safetensors``), written as one 
   measured), ``macs`` and ``path`` (what the stitch runs, in words).
 - ``data``: the preprocessing (:class:`snnet.data.config.DataConfig` as JSON: size, resize and
   crop, ``mean``/``std``, class names).
+- ``task``: what the stitches predict (:class:`snnet.task.Task` as JSON): classification
+  (``logits``, N × classes), semantic segmentation (``logits``, N × classes × H × W) or depth
+  (``depth``, N × H × W, metres). The stitches are ranked by the task's metric (``top1``,
+  ``miou`` or ``absrel``).
 - ``inputs`` / ``outputs``: the graphs' inputs and output: name, element type, shape
   (``"batch"``: any size).
 - ``measured``: how the results were measured (``accuracy``: data, images; ``latency``: device,
   threads), as the run's results file records it.
 - ``network``: the smaller SN-Net that holds the stitches (what ``model.safetensors`` fills and
   ``snnet.load`` rebuilds).
-- ``checked``: per graph format, the largest absolute difference of each stitch's logits from
+- ``checked``: per graph format, the largest absolute difference of each stitch's output from
   the SN-Net's own, measured at export.
 - ``sha256``: the unit's files.
 
-The ONNX file carries ``format``, ``version``, ``stitches``, ``data``, ``inputs`` and ``outputs``
-in its metadata too, under ``snnet.<key>``, each value as JSON text, so the file alone says what
+The ONNX file carries ``format``, ``version``, ``stitches``, ``data``, ``task``, ``inputs`` and
+``outputs`` in its metadata too, under ``snnet.<key>``, each value as JSON text, so the file alone says what
 it is.
 """
 
@@ -36,21 +40,25 @@ from snnet.files import CONFIG, HASHES, read_json_config
 
 FORMAT = "snnet-front"
 VERSION = 1
-#: The graphs' inputs and output: uint8 images (N, C, H, W), the stitch's index, the logits.
-PIXELS, STITCH, LOGITS = "pixels", "stitch", "logits"
+#: The graphs' inputs and output: uint8 images (N, C, H, W), the stitch's index, the logits
+#: (classes, or classes per pixel) or a depth network's ``depth`` (metres per pixel).
+PIXELS, STITCH, LOGITS, DEPTH = "pixels", "stitch", "logits", "depth"
 #: The config keys the ONNX metadata repeats (as ``snnet.<key>``, values as JSON text).
-METADATA_KEYS = ("format", "version", "stitches", "data", "inputs", "outputs")
+METADATA_KEYS = ("format", "version", "stitches", "data", "task", "inputs", "outputs")
 KEYS = {*METADATA_KEYS, "measured", "network", "checked", HASHES}
 
 
-def io_spec(input_size: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
-    """The ``inputs`` and ``outputs`` of a front's graphs for images of ``input_size``."""
+def io_spec(
+    input_size: tuple[int, int, int], output: str, output_shape: tuple[int, ...]
+) -> dict[str, Any]:
+    """The ``inputs`` and ``outputs`` of a front's graphs for images of ``input_size`` whose
+    ``output`` (:data:`LOGITS` or :data:`DEPTH`) has ``output_shape`` (one image's)."""
     return {
         "inputs": [
             {"name": PIXELS, "dtype": "uint8", "shape": ["batch", *input_size]},
             {"name": STITCH, "dtype": "int64", "shape": []},
         ],
-        "outputs": [{"name": LOGITS, "dtype": "float32", "shape": ["batch", num_classes]}],
+        "outputs": [{"name": output, "dtype": "float32", "shape": ["batch", *output_shape]}],
     }
 
 

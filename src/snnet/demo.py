@@ -102,12 +102,12 @@ def run_demo(
     anchors, options = resolve_anchors("fmnist")
     net = SNNet(anchors, **options)
     resume = run.checkpoint.exists()
-    test = fashion_mnist("test")
+    train, test = fashion_mnist("train"), fashion_mnist("test")
     t = time.perf_counter()
     trained = fit(
         net,
-        fashion_mnist("train"),
-        train_config(settings),
+        train,
+        train_config(settings, len(train)),
         val=test if settings.val_images else None,
         anchor_images=test,
         run_dir=run.training,
@@ -143,9 +143,15 @@ def write_summary(run: RunDir, report: DemoReport, settings: Any, resume: bool) 
     atomic_write(run.summary, lambda f: json.dump(summary, f, indent=2))
 
 
-def train_config(settings: DemoSettings) -> Any:
-    """The :class:`~snnet.train.TrainConfig` of the demo's recipe."""
+def train_config(settings: DemoSettings, images: int | None = None) -> Any:
+    """The :class:`~snnet.train.TrainConfig` of the demo's recipe for ``images`` training
+    images. The teachers' logits are cached only when the run sees every image at least once:
+    the cache computes each teaching anchor's logits of every image, which a short ``--steps``
+    run would spend longer filling than training."""
     from snnet.train import TrainConfig
+
+    short = settings.steps is not None and images is not None
+    sees_all = not short or settings.steps * settings.batch_size >= images
 
     return TrainConfig(
         epochs=settings.epochs,
@@ -158,7 +164,7 @@ def train_config(settings: DemoSettings) -> Any:
         distill_temperature=settings.distill_temperature,
         distill_weight=settings.distill_weight,
         anchor_probability=settings.anchor_probability,
-        cache_teachers=settings.cache_teachers,
+        cache_teachers=settings.cache_teachers and sees_all,
     )
 
 

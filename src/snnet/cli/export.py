@@ -26,8 +26,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--front",
         action="store_true",
-        help="export the Pareto front of top-1 against GMACs (from the results) as one "
-        "artifact that switches between its stitches",
+        help="export the Pareto front of the task's metric (top-1, mIoU or AbsRel) against "
+        "GMACs (from the results) as one artifact that switches between its stitches",
     )
     p.add_argument(
         "--stitches",

@@ -1,11 +1,12 @@
 """Several stitches of an SN-Net as one switchable artifact: the Pareto front (or any list) in one
-ONNX file, one ``torch.export`` program, or a smaller SN-Net, each weight stored once.
+ONNX file, one ``torch.export`` program, or a smaller SN-Net, each weight stored once. A dense
+network's front holds its stitches with the shared head: per-pixel logits or depth out.
 
 :func:`export_front` writes the directory :mod:`snnet.artifact` describes. Each graph takes uint8
 pixels and normalises them inside, so a server needs only to decode, resize and crop (the
 ``data`` of the config) and never repeats the normalisation or gets it wrong; uint8 images are
 also a quarter of the bytes of float ones to pass in. Every stitch of every graph is checked
-against the SN-Net's own logits before anything is written.
+against the SN-Net's own output before anything is written.
 """
 
 from __future__ import annotations
@@ -33,16 +34,16 @@ from snnet.stitch import Stitch
 
 
 def front_stitches(results: Results) -> list[Stitch]:
-    """The stitches on the Pareto front of top-1 against GMACs, cheapest first: the front the
-    demo's table marks.
+    """The stitches on the Pareto front of the task's metric (top-1, mIoU or AbsRel) against
+    GMACs, cheapest first: the front the demo's table marks.
 
     Example:
         >>> front_stitches(Results.load("runs/demo/results.json"))
         [Stitch('0'), Stitch('0:9-1:10'), Stitch('1'), Stitch('2')]
     """
-    front = results.pareto("gmacs", "top1")
+    front = results.pareto("gmacs")
     if not front:
-        results.require("top1")  # says which command measures it
+        results.require(results.metric)  # says which command measures it
     return [r.stitch for r in front]
 
 
@@ -67,18 +68,12 @@ def export_front(
     in each of ``formats``: ``onnx`` (one graph, the stitch an input), ``pt2`` (one
     ``torch.export`` program, likewise) and ``safetensors`` (a smaller SN-Net for
     :func:`snnet.load`), with ``config.json``. Every stitch of every graph is checked against
-    the network's own logits (max abs difference ≤ ``atol``) before anything is written.
+    the network's own output (max abs difference ≤ ``atol``) before anything is written.
 
     Example:
         >>> results = Results.load("runs/demo/results.json")
         >>> export_front(net, "deploy/front", ["onnx", "safetensors"], results=results)
     """
-    if net.task.dense:  # the front's graph switches classification stitches only
-        raise ValueError(
-            f"a front artifact holds classification stitches; this is a {net.task.kind} "
-            "network: export its stitches one at a time (snnet export RUN --stitch S), or serve "
-            "it with snnet serve RUN"
-        )
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"unknown export format {bad[0]!r}; choose from {', '.join(FORMATS)}")
@@ -137,14 +132,16 @@ def _config(
     data = front.data_config
     with torch.no_grad():
         x = torch.zeros(1, *data.input_size, device=next(net.parameters()).device)
-        num_classes = int(front.eval()(x, stitch=stitches[0]).shape[-1])
+        shape = tuple(front.eval()(x, stitch=stitches[0]).shape[1:])
+    output = artifact.DEPTH if net.task.kind == "depth" else artifact.LOGITS
     meta = results.meta if results is not None else {}
     return {
         "format": artifact.FORMAT,
         "version": artifact.VERSION,
         "stitches": rows,
         "data": data.to_json(),
-        **artifact.io_spec(data.input_size, num_classes),
+        "task": net.task.to_json(),
+        **artifact.io_spec(data.input_size, output, shape),
         "measured": {k: meta[k] for k in ("accuracy", "latency") if k in meta},
         "network": network_config(front),
     }
@@ -169,7 +166,8 @@ def example_pixels(data: DataConfig, batch_size: int = 3) -> torch.Tensor:
 def reference_logits(
     net: SNNet, stitches: Sequence[Stitch], data: DataConfig, pixels: torch.Tensor
 ) -> list[torch.Tensor]:
-    """Each stitch's logits in ``net`` (in eval mode) on ``pixels``, normalised by ``data``."""
+    """Each stitch's output in ``net`` (in eval mode) on ``pixels``, normalised by ``data``:
+    logits, or a dense network's per-pixel logits or depth."""
     was = net.training
     net.eval()
     try:

@@ -1,11 +1,12 @@
 """Several single-stitch ONNX graphs joined into one that runs any of them, chosen by an index.
 
 :func:`switch_graph` takes the graphs :func:`~snnet.export.graphs.onnx_model` exports (input
-``x``: normalised images, output ``logits``) and builds one model::
+``x``: normalised images, output ``logits``, or ``depth`` for a depth network) and builds one
+model::
 
     pixels (uint8, N×C×H×W) ─ Cast, /255, −mean, /std ─ x ─────────────────────────────┐
     stitch (int64 scalar) ─ Gather(i < m?) ─ If ─ ... ─ Gather(i < m'?) ─ If ─ stitch i's graph
-                                                                                  └─ logits
+                                                                       └─ logits (or depth)
 
 The stitches' graphs sit at the leaves of a balanced tree of ``If`` nodes, so a call takes
 ``ceil(log2 n)`` lookups and ``If`` nodes, then one stitch's nodes, unchanged. A stitch index
@@ -35,10 +36,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from snnet.artifact import LOGITS, PIXELS, STITCH
+from snnet.artifact import DEPTH, LOGITS, PIXELS, STITCH
 
 #: What the single-stitch graphs take and give (see graphs.write_onnx).
-_X, _Y = "x", "logits"
+_X, _OUTPUTS = "x", (LOGITS, DEPTH)
 # Element types Mul accepts, so a shared weight of one of them can be folded into a branch.
 _MUL_TYPES = {
     TensorProto.FLOAT,
@@ -83,8 +84,8 @@ def switch_graph(
     std: Sequence[float],
     metadata: Mapping[str, str] | None = None,
 ) -> onnx.ModelProto:
-    """One model running any of ``models`` (single-stitch graphs: input ``x``, output ``logits``)
-    on uint8 ``pixels``, normalised inside as ``(pixels / 255 - mean) / std``, the stitch chosen
+    """One model running any of ``models`` (single-stitch graphs: input ``x``, output ``logits``
+    or ``depth``, the same for all) on uint8 ``pixels``, normalised inside as ``(pixels / 255 - mean) / std``, the stitch chosen
     by the int64 scalar input ``stitch`` (its position in ``models``).
 
     Example:
@@ -99,12 +100,12 @@ def switch_graph(
     keys = [{t.name: pool.add(t, i) for t in m.graph.initializer} for i, m in enumerate(models)]
     shared = {key: f"w{n}" for n, key in enumerate(k for k in pool.tensors if pool.shared(k))}
     branches = [_branch(m.graph, i, keys[i], pool, shared) for i, m in enumerate(models)]
-    out_type = first.graph.output[0].type
+    out_name, out_type = first.graph.output[0].name, first.graph.output[0].type
     nodes, inits = _preprocess(mean, std)
     inits += [numpy_helper.from_array(_array(pool.tensors[k]), name) for k, name in shared.items()]
     inits += _ones(shared)
     tree = _tree(branches, 0, len(branches), len(branches), out_type)
-    nodes += _rename_output(tree, LOGITS)
+    nodes += _rename_output(tree, out_name)
     inits += tree.initializer  # the top of the tree is the main graph
     channels, height, width = (
         d.dim_value for d in first.graph.input[0].type.tensor_type.shape.dim[1:]
@@ -118,7 +119,7 @@ def switch_graph(
             ),
             helper.make_tensor_value_info(STITCH, TensorProto.INT64, []),
         ],
-        [_value_info(LOGITS, out_type)],
+        [_value_info(out_name, out_type)],
         initializer=inits,
     )
     model = helper.make_model(
@@ -140,8 +141,13 @@ def switch_graph(
 
 def _check_single(m: onnx.ModelProto, first: onnx.ModelProto) -> None:
     g = m.graph
-    if [i.name for i in g.input] != [_X] or [o.name for o in g.output] != [_Y]:
-        raise ValueError("each graph must take one input 'x' and give one output 'logits'")
+    outputs = [o.name for o in g.output]
+    if [i.name for i in g.input] != [_X] or len(outputs) != 1 or outputs[0] not in _OUTPUTS:
+        raise ValueError(
+            "each graph must take one input 'x' and give one output 'logits' or 'depth'"
+        )
+    if outputs[0] != first.graph.output[0].name:
+        raise ValueError("the graphs give different outputs (logits and depth)")
     if m.functions:
         raise ValueError("graphs with local functions cannot be joined: inline them first")
     if sorted((o.domain, o.version) for o in m.opset_import) != sorted(
@@ -151,7 +157,9 @@ def _check_single(m: onnx.ModelProto, first: onnx.ModelProto) -> None:
     if g.input[0].type != first.graph.input[0].type:
         raise ValueError("the graphs take differently shaped images")
     if g.output[0].type != first.graph.output[0].type:
-        raise ValueError("the graphs give differently shaped outputs (another number of classes)")
+        raise ValueError(
+            "the graphs give differently shaped outputs (another number of classes or map size)"
+        )
 
 
 def _array(t: TensorProto) -> np.ndarray:
@@ -281,7 +289,8 @@ def _empty(out_type: Any) -> onnx.GraphProto:
     """A branch never taken (the other side of a one-stitch front's check): no rows."""
     dims = out_type.tensor_type.shape.dim
     dtype = helper.tensor_dtype_to_np_dtype(out_type.tensor_type.elem_type)
-    value = numpy_helper.from_array(np.zeros((0, dims[-1].dim_value), dtype), "none")
+    shape = (0, *(d.dim_value for d in dims[1:]))
+    value = numpy_helper.from_array(np.zeros(shape, dtype), "none")
     node = helper.make_node("Constant", [], ["none"], value=value)
     return helper.make_graph([node], "none", [], [_value_info("none", out_type)])
 

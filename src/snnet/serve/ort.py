@@ -6,7 +6,8 @@ every front stitch inside, and a ``config.json`` beside it (``"format": "snnet-f
 the stitches in index order with their costs and accuracy, and the preprocessing with the class
 names. :class:`OrtBackend` serves it through the :class:`~snnet.serve.backend.Backend` contract
 with numpy and PIL: resize and crop per image (:mod:`snnet.data.geometry`), softmax and top-k in
-numpy. Nothing here imports torch, so the serving process holds the runtime, the web stack and
+numpy, or a dense front's label or depth maps as PNGs (:mod:`snnet.serve.maps`). Nothing here
+imports torch, so the serving process holds the runtime, the web stack and
 the weights only.
 
 The batch times the SLO controller predicts from are measured on the first start on a device
@@ -31,7 +32,9 @@ from snnet.data.geometry import pixels_array
 from snnet.files import CONFIG, HASHES, ONNX, unit_file
 from snnet.measure.results import Record, Results
 from snnet.serve import timings
+from snnet.serve.maps import depth_answer, label_answer
 from snnet.stitch import Stitch
+from snnet.task import Task
 
 logger = logging.getLogger("snnet.serve")
 
@@ -65,6 +68,7 @@ class OrtBackend:
         if not records:
             raise ValueError(f"{directory / CONFIG} lists no stitches")
         self.index = {r.stitch: i for i, r in enumerate(records)}
+        self.task = Task.from_json(config.get("task"))  # absent: classification
         try:  # checked against the sha256 its config records: a changed file is never loaded
             self.model_path = unit_file(directory, config, ONNX)
         except FileNotFoundError as e:
@@ -77,13 +81,14 @@ class OrtBackend:
         classes = config.get("classes") or self.preprocess.classes
         n = self._num_classes()
         self.classes = tuple(classes) if classes and len(classes) == n else _numbered(n)
-        self.results = Results(records, meta={"source": self.source})
+        task = {"task": self.task.to_json()} if self.task.dense else {}
+        self.results = Results(records, network=task, meta={"source": self.source})
         latency = self.batch_ms((1,))[1]
         for s, ms in latency.items():
             self.results.update(s, latency_ms=ms)
-        self.front: list[Record] = self.results.pareto("latency_ms", "top1")
+        self.front: list[Record] = self.results.pareto("latency_ms")
         if not self.front:
-            raise ValueError(f"{directory / CONFIG}: no stitch has a top-1")
+            raise ValueError(f"{directory / CONFIG}: no stitch has a {self.results.metric}")
 
     @classmethod
     def load(cls, path: str | Path, *, threads: int = 1) -> OrtBackend:
@@ -125,15 +130,20 @@ class OrtBackend:
         self._output = self.session.get_outputs()[0].name
 
     def _num_classes(self) -> int:
-        """The logits' width: from the graph's output shape, else from one run."""
-        width = self.session.get_outputs()[0].shape[-1]
+        """The logits' width (a segmentation front: their channels; depth: none): from the
+        graph's output shape, else from one run."""
+        if self.task.kind == "depth":
+            return 0
+        axis = 1 if self.task.dense else -1
+        width = self.session.get_outputs()[0].shape[axis]
         if isinstance(width, int):
             return width
         x = np.zeros((1, *self.preprocess.input_size), np.uint8)
-        return int(self._logits(x, next(iter(self.index))).shape[-1])
+        return int(self._logits(x, next(iter(self.index))).shape[axis])
 
     def _logits(self, pixels: np.ndarray, stitch: Stitch) -> np.ndarray:
-        """(B, classes) logits of uint8 ``pixels`` (B, C, H, W); the graph normalises them."""
+        """The graph's output for uint8 ``pixels`` (B, C, H, W; the graph normalises them):
+        (B, classes) logits, a segmentation front's (B, classes, H, W), depth's (B, H, W)."""
         index = np.full(self._index_shape, self.index[stitch], np.int64)
         return self.session.run([self._output], {self._images: pixels, self._stitch: index})[0]
 
@@ -157,13 +167,23 @@ class OrtBackend:
 
     def run(self, pixels: Sequence[np.ndarray], stitch: Stitch) -> np.ndarray:
         """Class probabilities (B, classes) of ``stitch``: the front run at its index on the
-        batch of uint8 pixels (normalised inside the graph), softmax."""
+        batch of uint8 pixels (normalised inside the graph), softmax; a dense front's (B, H, W)
+        label maps (uint8) or depth maps (metres)."""
         logits = self._logits(np.stack(list(pixels)), stitch).astype(np.float32)
+        if self.task.kind == "segmentation":
+            return logits.argmax(axis=1).astype(np.uint8)
+        if self.task.kind == "depth":
+            return logits
         e = np.exp(logits - logits.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
 
     def answers(self, rows: Sequence[np.ndarray], k: int) -> list[dict[str, Any]]:
-        """The ``k`` most probable classes of each row of :meth:`run`."""
+        """The ``k`` most probable classes of each row of :meth:`run`, or a dense front's map
+        as a PNG."""
+        if self.task.kind == "segmentation":
+            return [label_answer(r, self.classes) for r in rows]
+        if self.task.kind == "depth":
+            return [depth_answer(r) for r in rows]
         p = np.asarray(rows if isinstance(rows, np.ndarray) else np.stack(list(rows)))
         k = min(k, p.shape[-1])
         order = np.argsort(-p, axis=-1, kind="stable")[:, :k]
