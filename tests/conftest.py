@@ -27,3 +27,13 @@ def as_rgb(images: torch.Tensor, size: int) -> torch.Tensor:
         images, size=(size, size), mode="bilinear", align_corners=False
     )
     return ((x - 0.286) / 0.353).expand(-1, 3, -1, -1).contiguous()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files holding ``slow`` tests first, each file's tests in their order. The workers take
+    whole files (``--dist loadfile``, ``--no-loadscope-reorder``: pyproject.toml) in this
+    order, so they start the long files first and end on short ones together; xdist's own
+    order (most tests first) would leave the files of one long test for last, run by one
+    worker while the other idles."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # a stable sort keeps the order within

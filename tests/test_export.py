@@ -103,6 +103,7 @@ def test_an_exported_stitch_carries_the_networks_preprocessing(tmp_path):
     assert load_stitch(tmp_path).data_config == recorded
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_onnxruntime(family, tmp_path):
     net = family[2]
     stitch = next(s for s in net.stitches if not s.is_anchor)

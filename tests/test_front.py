@@ -101,6 +101,7 @@ def onnx_front(request, tmp_path_factory):
     return net, stitches, out
 
 
+@pytest.mark.slow
 def test_each_stitch_of_an_onnx_front_gives_the_networks_logits(onnx_front):
     net, stitches, out = onnx_front
     session = _session(out / "model.onnx")
@@ -118,6 +119,7 @@ def test_each_stitch_of_an_onnx_front_gives_the_networks_logits(onnx_front):
         assert config["checked"]["onnx"][i] <= 1e-5
 
 
+@pytest.mark.slow
 def test_an_onnx_front_holds_each_weight_once(onnx_front):
     net, stitches, out = onnx_front
     held = _param_bytes(front_network(net, stitches))  # each distinct tensor once
@@ -126,6 +128,7 @@ def test_an_onnx_front_holds_each_weight_once(onnx_front):
     assert held < alone  # the stitches share weights, held once
 
 
+@pytest.mark.slow
 def test_an_onnx_front_says_what_it_is_in_its_metadata(onnx_front):
     _, _, out = onnx_front
     config = read_front_config(out)

@@ -21,6 +21,7 @@ from snnet.serve.maps import decode_png
 from snnet.task import Task
 from test_serve import AUTH, KEY, Server, png, predict
 
+pytestmark = pytest.mark.slow  # real server processes
 FRONT = ["0", "0:6-1:6", "1", "2"]
 
 

@@ -17,22 +17,22 @@ import torch
 from PIL import Image
 
 import snnet
-from test_serve import AUTH, BAD, KEY, SRC, Server, make_run, png, predict
+from fronts import DEMO_FRONT
+from test_serve import AUTH, BAD, KEY, SRC, Server, png, predict
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 httpx = pytest.importorskip("httpx")
+pytestmark = pytest.mark.slow  # real server processes, and a front exported to ONNX
 
-STITCHES = ["0", "0:5-1:6", "1:3-2:3", "2"]
+STITCHES = DEMO_FRONT
 
 
 @pytest.fixture(scope="module")
 def front(tmp_path_factory) -> tuple[Path, Path]:
-    from fronts import make_front
+    from fronts import demo_front
 
-    root = tmp_path_factory.mktemp("ort")
-    run = make_run(root / "run")
-    return run, make_front(run, root / "front", STITCHES)
+    return demo_front(tmp_path_factory, tmp_path_factory.mktemp("ort") / "demo")
 
 
 def test_each_stitch_answers_as_the_network_does(front):

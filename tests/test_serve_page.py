@@ -142,10 +142,10 @@ def _near(pixels: np.ndarray, hex_color: str, tol: int = 40) -> np.ndarray:
 def slo_server(tmp_path_factory):
     """The ONNX Runtime server of a four-stitch front, holding a 50 ms SLO (it starts fast)."""
     pytest.importorskip("onnxruntime")
-    from fronts import make_front
+    from fronts import demo_front
 
     root = tmp_path_factory.mktemp("page-slo")
-    front = make_front(make_run(root / "run"), root / "front", ["0", "0:5-1:6", "1:3-2:3", "2"])
+    _, front = demo_front(tmp_path_factory, root / "demo")
     s = Server(front, "--slo-ms", "50", log=root / "slo.log")
     yield s
     s.stop()

@@ -127,7 +127,7 @@ def _export_front(args: argparse.Namespace, net: SNNet, results_path: Path) -> i
         {k: v for k, v in r.items() if k not in ("index", "macs", "path")}
         for r in config["stitches"]
     ]
-    table = Results([Record.from_json(r) for r in rows])
+    table = Results([Record.from_json(r) for r in rows], network={"task": config.get("task")})
     print(f"exported {len(rows)} stitches as one artifact (its stitch input: the row, from 0):")
     print(format_table(table, sort=False))
     for fmt, errors in config["checked"].items():
