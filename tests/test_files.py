@@ -38,15 +38,25 @@ def _dead_pid() -> int:
     return p.pid
 
 
+def _safetensors(path: str) -> None:  # writes the file anew, 0o600 whatever the umask
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, path)
+
+
 def test_outputs_get_the_permissions_the_umask_gives(tmp_path, umask):
     for mask, want in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
         umask(mask)
         atomic_write(tmp_path / f"text{mask}", lambda f: f.write("x"))
         atomic_write(tmp_path / f"path{mask}", _writer(""), mode="path")
-        save_unit(tmp_path / f"unit{mask}", {"format": "t"}, {"a": _writer("")})
+        atomic_write(tmp_path / f"st{mask}", _safetensors, mode="path")
+        save_unit(tmp_path / f"unit{mask}", {"format": "t"}, {"a": _writer(""), "b": _safetensors})
         assert _mode(tmp_path / f"text{mask}") == want
         assert _mode(tmp_path / f"path{mask}") == want
+        assert _mode(tmp_path / f"st{mask}") == want
         assert _mode(tmp_path / f"unit{mask}" / "a") == want
+        assert _mode(tmp_path / f"unit{mask}" / "b") == want
         assert _mode(tmp_path / f"unit{mask}" / CONFIG) == want
 
 

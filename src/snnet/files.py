@@ -283,8 +283,11 @@ def _write_temp(directory: Path, name: str, write: Any, mode: str) -> Path:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         if mode == "path":
+            given = os.fstat(fd).st_mode & 0o777
             os.close(fd)
             write(str(tmp))
+            # a library may write the file anew with permissions of its own (safetensors: 0o600)
+            os.chmod(tmp, given)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         else:
