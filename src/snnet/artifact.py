@@ -26,8 +26,8 @@ exported (``model.onnx``, ``model.pt2``, ``model.safetensors``), written as one 
 - ``sha256``: the unit's files.
 
 The ONNX file carries ``format``, ``version``, ``stitches``, ``data``, ``task``, ``inputs`` and
-``outputs`` in its metadata too, under ``snnet.<key>``, each value as JSON text, so the file alone says what
-it is.
+``outputs`` in its metadata too, under ``snnet.<key>``, each value as JSON text, so the file
+alone says what it is.
 """
 
 from __future__ import annotations

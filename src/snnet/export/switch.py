@@ -85,8 +85,9 @@ def switch_graph(
     metadata: Mapping[str, str] | None = None,
 ) -> onnx.ModelProto:
     """One model running any of ``models`` (single-stitch graphs: input ``x``, output ``logits``
-    or ``depth``, the same for all) on uint8 ``pixels``, normalised inside as ``(pixels / 255 - mean) / std``, the stitch chosen
-    by the int64 scalar input ``stitch`` (its position in ``models``).
+    or ``depth``, the same for all) on uint8 ``pixels``, normalised inside as
+    ``(pixels / 255 - mean) / std``, the stitch chosen by the int64 scalar input ``stitch`` (its
+    position in ``models``).
 
     Example:
         >>> front = switch_graph([onnx_model(m) for m in stitched], mean=[0.5], std=[0.5])

@@ -7,8 +7,7 @@ the stitches in index order with their costs and accuracy, and the preprocessing
 names. :class:`OrtBackend` serves it through the :class:`~snnet.serve.backend.Backend` contract
 with numpy and PIL: resize and crop per image (:mod:`snnet.data.geometry`), softmax and top-k in
 numpy, or a dense front's label or depth maps as PNGs (:mod:`snnet.serve.maps`). Nothing here
-imports torch, so the serving process holds the runtime, the web stack and
-the weights only.
+imports torch, so the serving process holds the runtime, the web stack and the weights only.
 
 The batch times the SLO controller predicts from are measured on the first start on a device
 and kept beside the artifact (:mod:`snnet.serve.timings`); later starts read them.
