@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 import snnet
-from snnet.measure.results import Results
+from snnet.measure.results import FIELDS, Results
+from snnet.task import Task
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -34,21 +35,30 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 # -- helpers (also used by test_serve_page.py) -------------------------------------------------------
-def make_run(path: Path, *, latency: bool = True, front: Sequence[str] | None = None) -> Path:
-    """The demo family stitched (71 stitches), saved as a run with a results file. Accuracy and
-    latency grow with GMACs so the latency/top-1 front is every stitch, or only ``front`` (the
-    others score below the smallest anchor: a server traces the front only, so it starts
-    sooner); the stitching layers keep their random init (outputs only need to be deterministic
-    here)."""
+def make_run(
+    path: Path,
+    *,
+    latency: bool = True,
+    front: Sequence[str] | None = None,
+    task: Task | None = None,
+) -> Path:
+    """The demo family stitched (71 stitches; with a dense ``task``, one head shared by every
+    stitch), saved as a run with a results file. The task's metric improves and latency grows
+    with GMACs (AbsRel falls), so the latency/metric front is every stitch, or only ``front``
+    (the others score below the smallest anchor: a server traces the front only, so it starts
+    sooner); the stitching layers keep their random init (outputs only need to be
+    deterministic here)."""
     anchors, options = snnet.resolve_anchors("fmnist")
     torch.manual_seed(0)
-    net = snnet.SNNet(anchors, **options).eval()
+    net = snnet.SNNet(anchors, task=task, **options).eval()
     snnet.save(net, path / "model")
     res = Results.for_network(net)
+    metric = net.task.metric
     for r in res:
         extra = {"latency_ms": 0.3 + 300 * r.gmacs} if latency else {}
-        top1 = 80 + 800 * r.gmacs if front is None or str(r.stitch) in front else 50.0
-        res.update(r.stitch, top1=top1, **extra)
+        quality = 80 + 800 * r.gmacs if front is None or str(r.stitch) in front else 50.0
+        value = quality if FIELDS[metric].better == "higher" else 1 / quality
+        res.update(r.stitch, **{metric: value}, **extra)
     res.save(path / "results.json")
     return path
 

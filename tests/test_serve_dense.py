@@ -19,28 +19,17 @@ from snnet.data.anchors import network_preprocessing
 from snnet.measure.results import Results
 from snnet.serve.maps import decode_png
 from snnet.task import Task
-from test_serve import AUTH, KEY, Server, png, predict
+from test_serve import AUTH, KEY, Server, make_run, png, predict
 
 pytestmark = pytest.mark.slow  # real server processes
 FRONT = ["0", "0:6-1:6", "1", "2"]
 
 
 def dense_run(path, task: Task):
-    """The demo anchors with a shared ``task`` head (random init), and results in which the
-    metric improves with GMACs (AbsRel falls) for the anchors and ``0:6-1:6``, and every other
-    stitch scores below the smallest anchor: the front is those four (the server traces only
-    the front, so it starts in seconds)."""
-    anchors, options = snnet.resolve_anchors("fmnist")
-    torch.manual_seed(0)
-    net = snnet.SNNet(anchors, task=task, **options).eval()
-    snnet.save(net, path / "model")
-    res = Results.for_network(net)
-    for r in res:
-        quality = 40 + 800 * r.gmacs if str(r.stitch) in FRONT else 30.0
-        metric = {"miou": quality} if task.kind == "segmentation" else {"absrel": 1 / quality}
-        res.update(r.stitch, latency_ms=0.3 + 300 * r.gmacs, **metric)
-    res.save(path / "results.json")
-    return path, net
+    """The demo anchors with a shared ``task`` head (random init) as a run whose front is
+    :data:`FRONT` (:func:`test_serve.make_run`), and its network."""
+    make_run(path, front=FRONT, task=task)
+    return path, snnet.load(path / "model").eval()
 
 
 def expected(net, stitch: str, image: bytes) -> torch.Tensor:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from snnet.lazy import lazy_exports
+
 #: Module -> the public names it defines. They are imported on first use (PEP 562), so that
 #: ``import snnet`` and ``snnet --help`` do not load torch.
 _PUBLIC = {
@@ -50,25 +52,18 @@ _PUBLIC = {
     "snnet.space": ("SpaceConfig", "StitchSpace"),
     "snnet.stitch": ("Cut", "Stitch"),
 }
-_MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
+__all__, _exported, __dir__ = lazy_exports(__name__, _PUBLIC, globals())
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    if name in _MODULE_OF:
-        value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    else:
-        try:  # a submodule: snnet.data, snnet.zoo, ...
-            value = importlib.import_module(f"snnet.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"snnet.{name}":
-                raise
-            raise AttributeError(f"module 'snnet' has no attribute {name!r}") from None
+    if name in __all__:
+        return _exported(name)
+    try:  # a submodule: snnet.data, snnet.zoo, ...
+        value = importlib.import_module(f"snnet.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"snnet.{name}":
+            raise
+        raise AttributeError(f"module 'snnet' has no attribute {name!r}") from None
     globals()[name] = value
     return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})

@@ -150,9 +150,8 @@ def train_config(settings: DemoSettings, images: int | None = None) -> Any:
     run would spend longer filling than training."""
     from snnet.train import TrainConfig
 
-    short = settings.steps is not None and images is not None
-    sees_all = not short or settings.steps * settings.batch_size >= images
-
+    steps = settings.steps
+    sees_all = steps is None or images is None or steps * settings.batch_size >= images
     return TrainConfig(
         epochs=settings.epochs,
         steps=settings.steps,

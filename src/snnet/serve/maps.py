@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,16 @@ def depth_answer(metres: np.ndarray) -> dict[str, Any]:
         "min_m": round(float(metres.min()), 4),
         "max_m": round(float(metres.max()), 4),
     }
+
+
+def dense_answers(kind: str, maps: Iterable[np.ndarray], classes: tuple[str, ...]) -> list[dict]:
+    """Each of a dense network's ``maps`` as its answer: ``kind`` ``segmentation`` (label
+    maps, :func:`label_answer`) or ``depth`` (metres, :func:`depth_answer`)."""
+    if kind == "segmentation":
+        return [label_answer(m, classes) for m in maps]
+    if kind == "depth":
+        return [depth_answer(m) for m in maps]
+    raise ValueError(f"{kind!r} networks answer with classes, not maps")
 
 
 def decode_png(data: str) -> np.ndarray:

@@ -24,7 +24,7 @@ from snnet.measure.results import Record, Results
 from snnet.network import SNNet
 from snnet.rundir import RunDir
 from snnet.serialize import load, read_config
-from snnet.serve.maps import depth_answer, label_answer
+from snnet.serve.maps import dense_answers
 from snnet.sources import from_zoo
 from snnet.stitch import Stitch
 
@@ -280,11 +280,9 @@ class ServedModel:
     def answers(self, rows: Sequence[torch.Tensor], k: int) -> list[dict[str, Any]]:
         """Each row of :meth:`run` as its answer: the ``k`` most probable classes, or a dense
         network's label or depth map as a PNG (:mod:`snnet.serve.maps`)."""
-        kind = self.net.task.kind
-        if kind == "segmentation":
-            return [label_answer(r.numpy(), self.classes) for r in rows]
-        if kind == "depth":
-            return [depth_answer(r.numpy()) for r in rows]
+        task = self.net.task
+        if task.dense:
+            return dense_answers(task.kind, (r.numpy() for r in rows), self.classes)
         probs = rows if isinstance(rows, torch.Tensor) else torch.stack(list(rows))
         values, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)
         return [

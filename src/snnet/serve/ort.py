@@ -31,7 +31,7 @@ from snnet.data.geometry import pixels_array
 from snnet.files import CONFIG, HASHES, ONNX, unit_file
 from snnet.measure.results import Record, Results
 from snnet.serve import timings
-from snnet.serve.maps import depth_answer, label_answer
+from snnet.serve.maps import dense_answers
 from snnet.stitch import Stitch
 from snnet.task import Task
 
@@ -80,8 +80,8 @@ class OrtBackend:
         classes = config.get("classes") or self.preprocess.classes
         n = self._num_classes()
         self.classes = tuple(classes) if classes and len(classes) == n else _numbered(n)
-        task = {"task": self.task.to_json()} if self.task.dense else {}
-        self.results = Results(records, network=task, meta={"source": self.source})
+        network = {"task": self.task.to_json()}  # what Results.metric ranks by
+        self.results = Results(records, network=network, meta={"source": self.source})
         latency = self.batch_ms((1,))[1]
         for s, ms in latency.items():
             self.results.update(s, latency_ms=ms)
@@ -179,10 +179,8 @@ class OrtBackend:
     def answers(self, rows: Sequence[np.ndarray], k: int) -> list[dict[str, Any]]:
         """The ``k`` most probable classes of each row of :meth:`run`, or a dense front's map
         as a PNG."""
-        if self.task.kind == "segmentation":
-            return [label_answer(r, self.classes) for r in rows]
-        if self.task.kind == "depth":
-            return [depth_answer(r) for r in rows]
+        if self.task.dense:
+            return dense_answers(self.task.kind, rows, self.classes)
         p = np.asarray(rows if isinstance(rows, np.ndarray) else np.stack(list(rows)))
         k = min(k, p.shape[-1])
         order = np.argsort(-p, axis=-1, kind="stable")[:, :k]
